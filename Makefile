@@ -1,0 +1,52 @@
+# postroom — build, run and test.
+#
+# The virtual environment is made from Debian's own python3 (not a pyenv build under
+# /root), so that the unprivileged test user can execute it: the differential tests run
+# procmail and `postroom deliver` as that user, because procmail keeps root's identity
+# when root gives it an rcfile.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || command -v python3)
+VENV := .venv
+VPY := $(VENV)/bin/python
+TEST_USER ?= prtest
+APT_PACKAGES := procmail swaks python3-venv
+IS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo yes)
+
+.PHONY: run test bench venv test-deps clean check-samples
+
+$(VPY):
+	@if ! $(PYTHON) -c 'import ensurepip' 2>/dev/null && [ "$(IS_ROOT)" = yes ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; fi
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(VPY) pyproject.toml
+	$(VPY) -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+# Debian's procmail/formail (the oracle) and swaks (a real SMTP client), installed when
+# missing and we are root; plus an unprivileged user for the differential tests.
+test-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	    if [ "$(IS_ROOT)" = yes ]; then \
+	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	    else echo "missing Debian packages:$$missing (run make test as root, or install them)"; exit 1; fi; \
+	fi
+	@if [ "$(IS_ROOT)" = yes ] && ! id -u $(TEST_USER) >/dev/null 2>&1; then \
+	    useradd --create-home --shell /bin/sh $(TEST_USER); fi
+
+test: test-deps venv
+	POSTROOM_TEST_USER=$(TEST_USER) $(VPY) -m pytest -q
+
+run: venv
+	$(VPY) -m mta.cli demo
+
+bench: test-deps venv
+	POSTROOM_TEST_USER=$(TEST_USER) $(VPY) tests/benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .hypothesis
