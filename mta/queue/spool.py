@@ -1,0 +1,475 @@
+"""mta.queue.spool — the durable queue: one directory per message, moved between states.
+
+Layout under the spool root (Postfix-style: the state of mail is visible with ``ls``)::
+
+    tmp/<qid>/        being received, or being deleted; never read by the runner
+    incoming/<qid>/   committed, waiting for its first (or an immediate) try
+    active/<qid>/     claimed by a delivery in progress
+    deferred/<qid>/   waiting for the ``next_try`` of some recipient
+    hold/<qid>/       put aside by the administrator; never tried until released
+    corrupt/<qid>/    an entry whose envelope could not be read
+
+Each message directory holds ``message`` (the message as it will be delivered locally:
+LF line endings, the receiver's Received: header first, no SMTP dot-stuffing) and
+``envelope.json`` (mta.queue.envelope).  Moving the *directory* moves both at once, so a
+message and its envelope can never be seen apart.
+
+Guarantees
+  * ``IncomingMessage.commit`` returns only after the message file, the envelope file and
+    the message directory are fsync'd, the directory is renamed into incoming/ and
+    incoming/ itself is fsync'd: a 250 sent after it can survive a crash at any moment.
+    Before the rename the entry lives in tmp/ only, so a crash (or kill -9) while writing
+    never leaves half a message in incoming/; ``recover`` removes such leftovers.
+  * Exclusive claims: whoever holds ``flock(LOCK_EX)`` on a message's ``message`` file
+    owns it.  ``claim`` locks first, then renames into active/; a second claimer, in any
+    process, either cannot open it, cannot lock it, or finds it moved, and gets ``None``.
+    The kernel drops the lock when its owner dies, so an unlocked entry in active/ is a
+    stale claim; ``recover`` (run on start) puts it back into incoming/.
+  * Envelope updates (``ClaimedMessage.save``) are atomic: tmp file + fsync + rename +
+    directory fsync.
+
+Errors: ``QueueError`` (an ``OSError`` from the file system while committing, e.g.
+ENOSPC or EFBIG), ``UnknownMessage``, ``QueueBusy`` (hold/delete of a claimed message),
+``InvalidQueueId``.  A corrupt envelope found while scanning is moved to corrupt/ and
+logged, never raised to the runner.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import BinaryIO
+
+from .envelope import Envelope, RecipientState
+from .errors import CorruptEnvelope, QueueBusy, QueueError, UnknownMessage
+from .ids import check_qid, is_qid, new_qid
+
+log = logging.getLogger("mta.queue")
+
+STATES = ("tmp", "incoming", "active", "deferred", "hold", "corrupt")
+MESSAGE = "message"
+ENVELOPE = "envelope.json"
+_WRITE_BUFFER = 256 * 1024
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file_synced(path: str, data: bytes, *, exclusive: bool) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _try_lock(path: str) -> int | None:
+    """Open ``path`` and take a non-blocking exclusive flock: the fd, or None if busy.
+
+    Raises FileNotFoundError when the file is not there (the entry moved away).
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopeInfo:
+    """One line of a queue listing (``mailq``)."""
+
+    qid: str
+    queue: str
+    sender: str | None
+    recipients: tuple[RecipientState, ...]
+    size: int
+    received_at: float | None
+    next_due: float | None
+    error: str | None = None
+
+
+class IncomingMessage:
+    """A message being received into tmp/: ``write`` bytes, then ``commit`` or ``abort``.
+
+    Holds the flock on its file from creation to the end, so ``recover`` never mistakes
+    a live writer for an abandoned one.  Usable as a context manager: leaving the block
+    without ``commit`` aborts.
+    """
+
+    def __init__(self, spool: Spool) -> None:
+        self._spool = spool
+        while True:
+            self.qid = new_qid()
+            self._dir = os.path.join(spool.dirs["tmp"], self.qid)
+            try:
+                os.mkdir(self._dir, 0o700)
+                break
+            except FileExistsError:  # pragma: no cover - 24 random bits and a clock apart
+                continue
+        fd = os.open(os.path.join(self._dir, MESSAGE), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._file: BinaryIO | None = os.fdopen(fd, "wb", buffering=_WRITE_BUFFER)
+        self.size = 0
+        self.committed = False
+
+    def write(self, data: bytes) -> None:
+        if self._file is None:
+            raise QueueError(f"{self.qid}: write after commit/abort")
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise QueueError(f"{self.qid}: cannot write message: {exc}") from exc
+        self.size += len(data)
+
+    def commit(self, envelope: Envelope) -> str:
+        """Make the message durable and visible in incoming/; return its queue id."""
+        if self._file is None:
+            raise QueueError(f"{self.qid}: commit after commit/abort")
+        spool = self._spool
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            _write_file_synced(os.path.join(self._dir, ENVELOPE), envelope.to_json(), exclusive=True)
+            _fsync_dir(self._dir)
+            os.rename(self._dir, os.path.join(spool.dirs["incoming"], self.qid))
+            _fsync_dir(spool.dirs["incoming"])
+        except OSError as exc:
+            self.abort()
+            raise QueueError(f"{self.qid}: cannot commit message: {exc}") from exc
+        self.committed = True
+        self._close()
+        return self.qid
+
+    def abort(self) -> None:
+        """Throw the partial message away (it was never visible outside tmp/)."""
+        self._close()
+        if not self.committed:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _close(self) -> None:
+        if self._file is not None:
+            f, self._file = self._file, None
+            try:
+                f.close()
+            except OSError:  # a failed flush of data we are discarding anyway
+                pass
+
+    def __enter__(self) -> IncomingMessage:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if not self.committed:
+            self.abort()
+
+
+class ClaimedMessage:
+    """A message claimed for delivery: in active/ and exclusively locked by this process.
+
+    Update ``envelope`` (its RecipientState objects) as deliveries happen, ``save()``
+    after each so a crash does not repeat finished work, and ``finish()`` at the end:
+    the entry is deleted when every recipient is final, else put back into incoming/
+    (some still pending) or deferred/.
+    """
+
+    def __init__(self, spool: Spool, qid: str, lock_fd: int, envelope: Envelope) -> None:
+        self.spool = spool
+        self.qid = qid
+        self.envelope = envelope
+        self._fd: int | None = lock_fd
+        self.dir = os.path.join(spool.dirs["active"], qid)
+
+    @property
+    def message_path(self) -> str:
+        return os.path.join(self.dir, MESSAGE)
+
+    def open_message(self) -> BinaryIO:
+        return open(self.message_path, "rb")
+
+    def save(self) -> None:
+        """Write the envelope atomically (tmp + fsync + rename + directory fsync)."""
+        self._check_owned()
+        tmp = os.path.join(self.dir, ENVELOPE + ".tmp")
+        try:
+            _write_file_synced(tmp, self.envelope.to_json(), exclusive=False)
+            os.rename(tmp, os.path.join(self.dir, ENVELOPE))
+            _fsync_dir(self.dir)
+        except OSError as exc:
+            raise QueueError(f"{self.qid}: cannot save envelope: {exc}") from exc
+
+    def finish(self) -> str:
+        """Save and leave active/: returns ``"done"``, ``"incoming"`` or ``"deferred"``."""
+        self._check_owned()
+        if self.envelope.is_done:
+            self._move_out("tmp")  # atomic disappearance; rmtree below may be cut short
+            shutil.rmtree(os.path.join(self.spool.dirs["tmp"], self.qid), ignore_errors=True)
+            self._unlock()
+            log.info("%s: removed", self.qid)
+            return "done"
+        self.save()
+        state = "incoming" if any(r.state == "pending" for r in self.envelope.recipients) else "deferred"
+        self._move_out(state)
+        self._unlock()
+        return state
+
+    def hold(self) -> None:
+        """Save and put the message on hold (the runner stops trying it)."""
+        self._check_owned()
+        self.save()
+        self._move_out("hold")
+        self._unlock()
+
+    def _move_out(self, state: str) -> None:
+        dst = self.spool.dirs[state]
+        try:
+            os.rename(self.dir, os.path.join(dst, self.qid))
+            _fsync_dir(dst)
+            _fsync_dir(self.spool.dirs["active"])
+        except OSError as exc:
+            raise QueueError(f"{self.qid}: cannot move to {state}/: {exc}") from exc
+
+    def _check_owned(self) -> None:
+        if self._fd is None:
+            raise QueueError(f"{self.qid}: claim already finished")
+
+    def _unlock(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def __enter__(self) -> ClaimedMessage:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        # A failing stage preserves the entry (Mailman): whatever state was saved stays.
+        if self._fd is not None:
+            self.finish()
+
+
+class Spool:
+    """The queue directories under ``root``; see the module docstring for the contract."""
+
+    def __init__(self, root: str, *, recover: bool = True) -> None:
+        self.root = os.path.abspath(root)
+        self.dirs = {s: os.path.join(self.root, s) for s in STATES}
+        for d in self.dirs.values():
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        if recover:
+            self.recover()
+
+    # --- receiving ------------------------------------------------------------------
+    def new_message(self) -> IncomingMessage:
+        try:
+            return IncomingMessage(self)
+        except OSError as exc:
+            raise QueueError(f"cannot create a queue file: {exc}") from exc
+
+    # --- the runner's side ----------------------------------------------------------
+    def claim(self, qid: str) -> ClaimedMessage | None:
+        """Claim ``qid`` from incoming/ or deferred/; None if another claimer has it."""
+        check_qid(qid)
+        for state in ("incoming", "deferred"):
+            src = os.path.join(self.dirs[state], qid)
+            try:
+                fd = _try_lock(os.path.join(src, MESSAGE))
+            except FileNotFoundError:
+                continue
+            if fd is None:
+                return None
+            dst = os.path.join(self.dirs["active"], qid)
+            try:
+                os.rename(src, dst)
+            except FileNotFoundError:  # moved by another claimer (or hold) meanwhile
+                os.close(fd)
+                return None
+            try:
+                env = self._read_envelope(dst)
+            except CorruptEnvelope as exc:
+                log.error("%s: corrupt envelope, moved to corrupt/: %s", qid, exc)
+                os.rename(dst, os.path.join(self.dirs["corrupt"], qid))
+                os.close(fd)
+                return None
+            return ClaimedMessage(self, qid, fd, env)
+        return None
+
+    def scan_due(self, now: float) -> list[str]:
+        """Queue ids worth claiming at ``now``: all of incoming/, due ones of deferred/."""
+        due = self._qids("incoming")
+        for qid in self._qids("deferred"):
+            try:
+                env = self._read_envelope(os.path.join(self.dirs["deferred"], qid))
+            except FileNotFoundError:
+                continue
+            except CorruptEnvelope as exc:
+                self._to_corrupt(qid, "deferred", exc)
+                continue
+            if env.due(now):
+                due.append(qid)
+        return due
+
+    def recover(self, *, tmp_grace: float = 5.0) -> dict[str, int]:
+        """Return stale claims to incoming/ and remove abandoned tmp/ entries.
+
+        Safe to run at any time, from any process: only entries whose lock is free (their
+        owner died) are touched; tmp/ entries must also be older than ``tmp_grace``
+        seconds, covering the instant between a writer's mkdir and its flock.
+        """
+        counts = {"claims": 0, "tmp": 0}
+        for qid in self._qids("active"):
+            d = os.path.join(self.dirs["active"], qid)
+            try:
+                fd = _try_lock(os.path.join(d, MESSAGE))
+            except FileNotFoundError:
+                if os.path.isdir(d):
+                    self._to_corrupt(qid, "active", "message file missing")
+                continue
+            if fd is None:
+                continue  # a live claim
+            try:
+                os.rename(d, os.path.join(self.dirs["incoming"], qid))
+                _fsync_dir(self.dirs["incoming"])
+                counts["claims"] += 1
+                log.warning("%s: stale claim recovered into incoming/", qid)
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(fd)
+        now = time.time()
+        for name in os.listdir(self.dirs["tmp"]):
+            d = os.path.join(self.dirs["tmp"], name)
+            try:
+                if now - os.lstat(d).st_mtime < tmp_grace:
+                    continue
+                fd = _try_lock(os.path.join(d, MESSAGE))
+            except FileNotFoundError:
+                fd = -1  # no message file: never got past mkdir, or half deleted
+            if fd is None:
+                continue
+            shutil.rmtree(d, ignore_errors=True)
+            if fd >= 0:
+                os.close(fd)
+            counts["tmp"] += 1
+        return counts
+
+    # --- administration ---------------------------------------------------------------
+    def locate(self, qid: str) -> str | None:
+        """The state directory holding ``qid``, or None."""
+        check_qid(qid)
+        for state in STATES[1:]:
+            if os.path.isdir(os.path.join(self.dirs[state], qid)):
+                return state
+        return None
+
+    def read_envelope(self, qid: str) -> Envelope:
+        state = self.locate(qid)
+        if state is None:
+            raise UnknownMessage(qid)
+        return self._read_envelope(os.path.join(self.dirs[state], qid))
+
+    def list(self) -> list[EnvelopeInfo]:
+        out: list[EnvelopeInfo] = []
+        for state in STATES[1:]:
+            for qid in self._qids(state):
+                d = os.path.join(self.dirs[state], qid)
+                try:
+                    env = self._read_envelope(d)
+                except (CorruptEnvelope, FileNotFoundError) as exc:
+                    out.append(EnvelopeInfo(qid, state, None, (), 0, None, None, str(exc)))
+                    continue
+                out.append(EnvelopeInfo(qid, state, env.sender, tuple(env.recipients), env.size,
+                                        env.received_at, env.next_due()))
+        return out
+
+    def hold(self, qid: str) -> None:
+        self._admin_move(qid, ("incoming", "deferred"), "hold")
+
+    def release(self, qid: str) -> None:
+        self._admin_move(qid, ("hold",), "incoming")
+
+    def delete(self, qid: str) -> None:
+        """Remove a message that is not being delivered (incoming, deferred, hold, corrupt)."""
+        self._admin_move(qid, ("incoming", "deferred", "hold", "corrupt"), "tmp")
+        shutil.rmtree(os.path.join(self.dirs["tmp"], qid), ignore_errors=True)
+        log.info("%s: deleted by administrator", qid)
+
+    # --- internals ----------------------------------------------------------------------
+    def _qids(self, state: str) -> list[str]:
+        try:
+            return sorted(n for n in os.listdir(self.dirs[state]) if is_qid(n))
+        except FileNotFoundError:
+            return []
+
+    @staticmethod
+    def _read_envelope(d: str) -> Envelope:
+        with open(os.path.join(d, ENVELOPE), "rb") as f:
+            return Envelope.from_json(f.read())
+
+    def _admin_move(self, qid: str, sources: tuple[str, ...], dst_state: str) -> None:
+        check_qid(qid)
+        for state in sources:
+            src = os.path.join(self.dirs[state], qid)
+            if not os.path.isdir(src):
+                continue
+            try:
+                fd = _try_lock(os.path.join(src, MESSAGE))
+            except FileNotFoundError:
+                fd = -1 if state == "corrupt" else None
+                if fd is None:
+                    continue
+            if fd is None:
+                raise QueueBusy(f"{qid}: being delivered")
+            try:
+                os.rename(src, os.path.join(self.dirs[dst_state], qid))
+                _fsync_dir(self.dirs[dst_state])
+                return
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise QueueError(f"{qid}: already present in {dst_state}/") from exc
+                raise QueueError(f"{qid}: cannot move to {dst_state}/: {exc}") from exc
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+        if os.path.isdir(os.path.join(self.dirs["active"], qid)):
+            raise QueueBusy(f"{qid}: being delivered")
+        raise UnknownMessage(qid)
+
+    def _to_corrupt(self, qid: str, state: str, why: object) -> None:
+        src = os.path.join(self.dirs[state], qid)
+        try:
+            fd = _try_lock(os.path.join(src, MESSAGE))
+        except FileNotFoundError:
+            fd = -1
+        if fd is None:
+            return
+        try:
+            os.rename(src, os.path.join(self.dirs["corrupt"], qid))
+            log.error("%s: moved to corrupt/: %s", qid, why)
+        except OSError:
+            pass
+        finally:
+            if fd >= 0:
+                os.close(fd)
