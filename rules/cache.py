@@ -1,0 +1,144 @@
+"""Load an rc file through an on-disk cache of its parsed AST.
+
+What it does: ``load_rc(path)`` reads the rc file and returns its ``RcFile``.  The AST
+is cached as JSON (rules.astcodec) under a key made of the file's realpath, size,
+mtime_ns, inode and the codec version, so an edit, a replacement or a new postroom
+format is a miss.  On a hit neither rules.parser nor pyparsing is imported: delivery
+pays for the grammar only when an rc changed.
+
+What it guarantees (a cache must never make a delivery run something the rc does not
+say): the cache is a data format, never pickle; it is used only from a directory that
+is a real directory (not a symlink) owned by the effective uid and not writable by
+group or other, and only from files opened with O_NOFOLLOW that are regular, owned by
+the euid and mode 0600.  Anything else - a foreign or loose directory, a foreign file,
+corrupt JSON, a key mismatch - is a miss; an untrusted directory is not written to
+either, an untrusted or corrupt file in a trusted directory is replaced atomically.
+Failure to write the cache is logged and otherwise ignored.
+
+Default directory: ``$XDG_CACHE_HOME/postroom/rc`` or ``~/.cache/postroom/rc``,
+created 0700.
+
+Errors: ``OSError`` when the rc file itself cannot be opened or read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import stat
+import tempfile
+
+from .ast import RcFile
+from .astcodec import VERSION, AstCodecError, decode_rc, encode_rc
+
+__all__ = ["load_rc", "default_cache_dir", "cache_path"]
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "postroom", "rc")
+
+
+def _key(real: str, st: os.stat_result) -> dict:
+    return {"realpath": real, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "inode": st.st_ino, "dev": st.st_dev, "version": VERSION}
+
+
+def cache_path(cache_dir: str, key: dict) -> str:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return os.path.join(cache_dir, digest + ".json")
+
+
+def _trusted_dir(cache_dir: str, create: bool) -> bool:
+    """True if cache_dir is a real directory owned by us, not group/other-writable."""
+    if create:
+        try:
+            os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        except OSError as e:
+            log.debug("cannot create rc cache %s: %s", cache_dir, e)
+            return False
+    try:
+        st = os.lstat(cache_dir)
+    except OSError:
+        return False
+    ok = (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+          and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+    if not ok:
+        log.warning("ignoring rc cache directory %s: not a private directory of uid %d",
+                    cache_dir, os.geteuid())
+    return ok
+
+
+def _read_cache(path: str, key: dict) -> RcFile | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not (stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
+                and stat.S_IMODE(st.st_mode) == 0o600):
+            log.warning("ignoring rc cache file %s: not a private file", path)
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("key") != key:
+            return None
+        return decode_rc(data["ast"])
+    except (ValueError, KeyError, TypeError, RecursionError, AstCodecError):
+        log.info("rc cache file %s is corrupt; reparsing", path)
+        return None
+
+
+def _write_cache(cache_dir: str, path: str, key: dict, rc: RcFile) -> None:
+    try:
+        payload = json.dumps({"key": key, "ast": encode_rc(rc)},
+                             separators=(",", ":")).encode()
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".json")
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    except (OSError, ValueError, RecursionError) as e:
+        log.debug("cannot write rc cache %s: %s", path, e)
+
+
+def load_rc(path: str, *, cache_dir: str | None = None) -> RcFile:
+    """Read and parse ``path`` (latin-1), through the cache.  Raises OSError if the rc
+    file cannot be read."""
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        data = f.read()
+    real = os.path.realpath(path)
+    key = _key(real, st)
+    given = cache_dir is not None
+    cdir = cache_dir if given else default_cache_dir()
+    trusted = _trusted_dir(cdir, create=not given)
+    cpath = cache_path(cdir, key) if trusted else ""
+    if trusted:
+        rc = _read_cache(cpath, key)
+        if rc is not None and rc.path == path:
+            return rc
+    from .parser import parse_rc  # imports pyparsing: only on a miss
+    rc = parse_rc(data.decode("latin-1"), path)
+    if trusted:
+        _write_cache(cdir, cpath, key, rc)
+    return rc

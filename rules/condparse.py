@@ -1,0 +1,170 @@
+"""Parse one procmail condition line (the text after ``*``) into a ``Condition``.
+
+What it does: mirrors procmail 3.22's ``conditions()`` dispatch (procmailrc(5),
+procmailsc(5); PROCMAIL-BEHAVIOUR items 6, 9, 11, 12, 13): the text is stripped of
+leading and trailing blanks, then its first character selects the test, repeatedly:
+
+  ``w^x``        a weight (procmailsc(5)); the rest is parsed again
+  ``!``          negation (repeatable: the parity counts, item 9)
+  ``NAME ??``    the rest is matched against a variable or the H/B/HB/BH area; a name
+                 must start with a letter or ``_`` (``1 ?? x`` is a plain regex, item 12)
+  ``$``          ExpandTest: expanded and re-parsed at run time, so this module is also
+                 called by the evaluator after expansion (it must not import pyparsing)
+  ``?``          ProgramTest
+  ``<`` ``>``    SizeTest (``VAR ?? < n`` gives SizeTest(area=VAR), item 11)
+  ``\\``         quotes the next character and is dropped (item 6)
+  anything else  RegexTest
+
+Regex and ``$`` texts are "squeezed" as procmail does: a backslash-newline pair and the
+blanks that start the continuation line are removed.  Program texts keep them (item 18).
+
+What it guarantees: ``parse_condition`` returns a ``Condition`` or raises
+``RcSyntaxError`` (never any other exception) for any input string.
+
+Errors: ``RcSyntaxError`` for a size test without a decimal number, and for a ``?`` or
+``$`` test after ``NAME ??`` (procmail supports these; the AST cannot express them yet).
+"""
+
+from __future__ import annotations
+
+import re
+
+from .ast import (Condition, ExpandTest, ProgramTest, RegexTest, SizeTest, Span,
+                  Test, VarTest, Weight)
+from .errors import RcSyntaxError
+
+__all__ = ["parse_condition", "squeeze", "is_name_start", "is_name_char"]
+
+_BLANKS = " \t"
+# procmail's stod(): optional blanks and sign, digits, optional '.' or ',' fraction;
+# no exponent.  At least one digit must be present somewhere.
+_STOD = re.compile(r"[ \t]*([+-]?)([0-9]*)(?:[.,]([0-9]*))?")
+_SIZE = re.compile(r"[ \t]*([+-]?[0-9]+)[ \t]*\Z")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_LIMIT = 2147483647.0
+
+
+def is_name_start(c: str) -> bool:
+    """procmail's ``alphanum(c) && !numeric(c)``: ASCII letters and ``_``."""
+    return c == "_" or ("a" <= c <= "z") or ("A" <= c <= "Z")
+
+
+def is_name_char(c: str) -> bool:
+    return is_name_start(c) or ("0" <= c <= "9")
+
+
+def squeeze(text: str) -> str:
+    """procmail's squeeze(): drop every backslash-newline pair and the blanks that
+    follow a newline."""
+    out: list[str] = []
+    state = 0
+    for c in text:
+        if c == "\n":
+            if state == 1:
+                out.pop()  # the backslash; the newline is not added
+            else:
+                out.append(c)
+            state = 2
+            continue
+        if c == "\\":
+            out.append(c)
+            state = 1
+            continue
+        if c in _BLANKS and state == 2:
+            continue
+        out.append(c)
+        state = 0
+    return "".join(out)
+
+
+def _stod(text: str) -> tuple[float, int] | None:
+    """Return (value, end index) like procmail's stod(), or None if no digits."""
+    m = _STOD.match(text)
+    assert m is not None
+    sign, whole, frac = m.group(1), m.group(2), m.group(3)
+    if not whole and not frac:
+        return None
+    value = float(f"{whole or '0'}.{frac or '0'}")
+    return (-value if sign == "-" else value), m.end()
+
+
+def _strip(text: str) -> str:
+    return text.strip(_BLANKS)
+
+
+def parse_condition(text: str, span: Span) -> Condition:
+    """Parse the text after ``*`` (not yet stripped).  Raises RcSyntaxError."""
+    if not isinstance(text, str):
+        raise RcSyntaxError(span, "condition text must be a string")
+    rest = _strip(text)
+    negate = False
+    weight: Weight | None = None
+    area: str | None = None
+    test: Test
+    while True:
+        c = rest[:1]
+        if c and (c in "+-.," or c.isdigit() and c.isascii()):
+            w = _stod(rest)
+            if w is not None:
+                after = rest[w[1]:].lstrip(_BLANKS)
+                if after.startswith("^"):
+                    x = _stod(after[1:])
+                    if x is not None:
+                        if not (abs(w[0]) <= _LIMIT and abs(x[0]) <= _LIMIT):
+                            raise RcSyntaxError(
+                                span, "weight out of range: expected w^x with both "
+                                      "between -2147483647 and 2147483647")
+                        weight = Weight(w[0], x[0])
+                        rest = after[1 + x[1]:].lstrip(_BLANKS)
+                        continue
+            test = _regex(rest, area)
+            break
+        if c and is_name_start(c):
+            m = _NAME.match(rest)
+            assert m is not None
+            after = rest[m.end():].lstrip(_BLANKS)
+            if after.startswith("??"):
+                area = m.group(0)
+                rest = after[2:].lstrip(_BLANKS)
+                continue
+            test = _regex(rest, area)
+            break
+        if c == "\\":
+            test = _regex(rest[1:], area)
+            break
+        if c == "!":
+            negate = not negate
+            rest = rest[1:].lstrip(_BLANKS)
+            continue
+        if c == "$":
+            if area is not None:
+                raise RcSyntaxError(
+                    span, f"'$' after '{area} ??' is not supported: expected a regular "
+                          "expression or a size test after '??'")
+            test = ExpandTest(squeeze(rest[1:]))
+            break
+        if c == "?":
+            if area is not None:
+                raise RcSyntaxError(
+                    span, f"'?' after '{area} ??' is not supported: expected a regular "
+                          "expression or a size test after '??'")
+            test = ProgramTest(rest[1:].lstrip(_BLANKS))
+            break
+        if c in ("<", ">"):
+            m = _SIZE.match(rest, 1)
+            if m is None:
+                raise RcSyntaxError(
+                    span, f"expected a decimal number of bytes after '{c}', "
+                          f"found {rest[1:].strip(_BLANKS)!r}")
+            test = SizeTest(c, int(m.group(1)), area)
+            break
+        test = _regex(rest, area)
+        break
+    return Condition(test=test, negate=negate, weight=weight, span=span)
+
+
+def _regex(pattern: str, area: str | None) -> Test:
+    pattern = squeeze(pattern)
+    if area is None:
+        return RegexTest(pattern)
+    return VarTest(area, pattern)
