@@ -1,0 +1,251 @@
+"""mta.smtp.dataread — bounded line reading and streaming DATA (RFC 5321 4.1.1.4, 4.5.2).
+
+``LineReader`` buffers an asyncio StreamReader and hands out command lines of bounded
+length within a deadline, so a client can neither make the server buffer an endless line
+nor hold a session open by dripping one byte at a time.
+
+``DataReceiver`` turns the DATA byte stream into message bytes without ever holding more
+than one read chunk plus one text line: it removes dot-stuffing, converts CRLF to LF (the
+queue's format), counts the size and the Received: headers, notes the Message-ID, and
+stops writing (but keeps reading) once a limit is exceeded, so the error reply is sent at
+the end of DATA as RFC 5321 requires.
+
+Smuggling guarantee (CVE-2023-51764 and friends): the only end of data is
+``<CRLF>.<CRLF>`` — a line that is exactly ``.`` CR LF, following a line that ended in
+CR LF (or the 354 reply).  ``\\n.\\n``, ``\\r.\\n``, ``\\n.\\r\\n``, ``\\r\\n.\\n`` are message
+content.  A bare LF ends a content *line* (Postfix's smtpd_forbid_bare_newline=normalize),
+so the stored message has only LF line ends and a downstream SMTP hop re-encodes it with
+CRLF and dot-stuffing; a bare CR stays inside its line.
+
+Errors: ``LineTooLong`` is returned (not raised) for an over-long command line, which has
+been consumed up to its LF; ``ConnectionLost`` when the client closes mid-line or mid-
+DATA; ``TimeoutError`` from the deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+
+from .. import reply as R
+from ..reply import Reply
+
+CHUNK = 64 * 1024
+_RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE)
+_MESSAGE_ID = re.compile(rb"^message-id[ \t]*:[ \t]*(.*?)[ \t]*\r?\n?$", re.IGNORECASE | re.DOTALL)
+
+
+class ConnectionLost(Exception):
+    """The client closed the connection before a complete line or the end of DATA."""
+
+
+class LineTooLong:
+    """Sentinel result of ``LineReader.readline`` for a line over the limit (consumed)."""
+
+    def __repr__(self) -> str:
+        return "LINE_TOO_LONG"
+
+
+LINE_TOO_LONG = LineTooLong()
+
+
+class LineReader:
+    """Bounded, deadline-bound line reader over an ``asyncio.StreamReader``."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+        self._buf = bytearray()
+
+    def has_line(self) -> bool:
+        """A complete line is already buffered (pipelined commands: do not flush yet)."""
+        return b"\n" in self._buf
+
+    def take(self) -> bytes:
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
+    def push_back(self, data: bytes) -> None:
+        self._buf[0:0] = data
+
+    async def fill(self) -> None:
+        """Read one more chunk into the buffer; ConnectionLost on EOF."""
+        chunk = await self._reader.read(CHUNK)
+        if not chunk:
+            raise ConnectionLost()
+        self._buf += chunk
+
+    async def readline(self, max_len: int, timeout: float) -> bytes | LineTooLong:
+        """One line including its LF, or LINE_TOO_LONG; the whole line within ``timeout``."""
+        async with asyncio.timeout(timeout):
+            skipping = False
+            while True:
+                nl = self._buf.find(b"\n")
+                if nl >= 0:
+                    line = bytes(self._buf[:nl + 1])
+                    del self._buf[:nl + 1]
+                    if skipping or len(line) > max_len:
+                        return LINE_TOO_LONG
+                    return line
+                if len(self._buf) > max_len:
+                    skipping = True       # keep reading to the LF, buffering nothing
+                    self._buf.clear()
+                await self.fill()
+
+
+class DataReceiver:
+    """Incremental DATA decoder; ``feed`` chunks until it returns the end offset.
+
+    ``sink`` receives message bytes (LF line ends, unstuffed) while no limit has been hit.
+    After the end, ``error`` is None or the Reply to send; ``size`` counts octets as
+    transmitted after unstuffing (CRLF = 2, RFC 1870's measure).
+    """
+
+    def __init__(self, sink: Callable[[bytes], None], *, max_size: int, max_text_line: int,
+                 max_received: int) -> None:
+        self._sink = sink
+        self._max_size = max_size
+        self._max_line = max_text_line
+        self._max_received = max_received
+        self._partial = b""
+        self._skipping = False       # inside an over-long line, discarding to its LF
+        self._skip_last = b""        # last byte seen while skipping (was it CR?)
+        self._prev_crlf = True       # the previous line ended in CRLF (354 counts as one)
+        self._in_headers = True
+        self.size = 0
+        self.received_count = 0
+        self.message_id: str | None = None
+        self.bare_lf = 0
+        self.error: Reply | None = None
+        self.done = False
+
+    def _fail(self, reply: Reply) -> None:
+        if self.error is None:
+            self.error = reply
+
+    def feed(self, data: bytes) -> int | None:
+        """Consume ``data``; return the offset just past ``.CRLF`` when DATA ended."""
+        if self.done:
+            raise RuntimeError("DATA already ended")
+        base = len(self._partial)
+        buf = self._partial + data if self._partial else data
+        self._partial = b""
+        pos = 0
+        if self._skipping:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                self._skip_last = buf[-1:] or self._skip_last
+                return None
+            before = buf[nl - 1:nl] if nl > 0 else self._skip_last
+            self._prev_crlf = before == b"\r"
+            self._skipping = False
+            pos = nl + 1
+        out: list[bytes] = []
+        end = self._lines(buf, pos, out)
+        if out and self.error is None:
+            self._sink(b"".join(out))
+        if end is not None:
+            self.done = True
+            return end - base
+        return None
+
+    def _lines(self, buf: bytes, pos: int, out: list[bytes]) -> int | None:
+        n = len(buf)
+        while pos < n:
+            # Fast path for the body: a run of complete lines with no line starting with
+            # "." and none too long needs no per-line work (C-speed scans only).
+            if not self._in_headers:
+                last = buf.rfind(b"\n", pos)
+                if last < 0:
+                    break
+                region = buf[pos:last + 1]
+                if (region[:1] != b"." and b"\n." not in region
+                        and not _has_long_line(region, self._max_line)):
+                    self._account(len(region))
+                    if self.error is None:
+                        crlf = region.count(b"\r\n")
+                        self.bare_lf += region.count(b"\n") - crlf
+                        out.append(region.replace(b"\r\n", b"\n") if crlf else region)
+                    self._prev_crlf = region.endswith(b"\r\n")
+                    pos = last + 1
+                    continue
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                break
+            line = buf[pos:nl + 1]
+            pos = nl + 1
+            if line == b".\r\n" and self._prev_crlf:
+                return pos
+            self._line(line, out)
+        rest = buf[pos:]
+        if len(rest) >= self._max_line:     # no LF yet and already too long
+            self._fail(R.TEXT_LINE_TOO_LONG)
+            self._skipping, self._skip_last = True, rest[-1:]
+        else:
+            self._partial = rest
+        return None
+
+    def _line(self, line: bytes, out: list[bytes]) -> None:
+        self._prev_crlf = line.endswith(b"\r\n")
+        if len(line) > self._max_line:
+            self._fail(R.TEXT_LINE_TOO_LONG)
+        if line[:1] == b".":
+            line = line[1:]              # RFC 5321 4.5.2 transparency
+        self._account(len(line))
+        if self._prev_crlf:
+            line = line[:-2] + b"\n"
+        else:
+            self.bare_lf += 1
+        if self._in_headers:
+            if line == b"\n":
+                self._in_headers = False
+            elif _RECEIVED.match(line):
+                self.received_count += 1
+                if self.received_count > self._max_received:
+                    self._fail(R.LOOP)
+            elif self.message_id is None:
+                m = _MESSAGE_ID.match(line)
+                if m:
+                    self.message_id = m.group(1).decode("utf-8", "replace")
+        if self.error is None:
+            out.append(line)
+
+    def _account(self, n: int) -> None:
+        self.size += n
+        if self.size > self._max_size:
+            self._fail(R.MESSAGE_TOO_BIG)
+
+
+def _has_long_line(region: bytes, max_line: int) -> bool:
+    """Whether some line of ``region`` (complete lines) is longer than ``max_line``."""
+    if len(region) <= max_line:
+        return False
+    # split + map(len) runs in C; a regex like [^\n]{1000} rescans every start position.
+    return max(map(len, region.split(b"\n"))) + 1 > max_line
+
+
+async def feed_until_end(lines: LineReader, rx: DataReceiver, *, line_timeout: float,
+                         total_timeout: float) -> None:
+    """Drive ``rx`` from ``lines`` until the end of DATA; leftovers go back to ``lines``.
+
+    Raises TimeoutError when no complete line arrived for ``line_timeout`` seconds (slow
+    drip) or the whole DATA took longer than ``total_timeout``; ConnectionLost on EOF.
+    """
+    start = last_progress = time.monotonic()
+    size = rx.size
+    while True:
+        data = lines.take()
+        if data:
+            end = rx.feed(data)
+            if end is not None:
+                lines.push_back(data[end:])
+                return
+        now = time.monotonic()
+        if rx.size != size:              # size grows only with complete lines
+            size, last_progress = rx.size, now
+        wait = min(last_progress + line_timeout, start + total_timeout) - now
+        if wait <= 0:
+            raise TimeoutError("DATA: no progress, or too long")
+        await asyncio.wait_for(lines.fill(), wait)

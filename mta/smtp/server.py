@@ -1,0 +1,109 @@
+"""mta.smtp.server — the SMTP listener: accepts connections and runs one Session each.
+
+``SmtpServer(hostname=, policy=, spool=, limits=, on_queued=)``; ``await start(host,
+port)`` listens (port 0 picks a free port, the actual address is returned); ``await
+stop()`` stops accepting, tells idle sessions ``421 4.3.2`` and lets sessions inside DATA
+finish their transaction.
+
+Guarantees: at most ``limits.max_connections`` sessions run at once — one more gets
+``421 4.3.2`` and is closed; a session's unexpected exception is logged and closes only
+that connection.  Policy decisions are made by the ``SessionPolicy`` passed in (the
+protocol layer knows no maps); the default reply texts come from mta.reply.
+
+``SessionPolicy`` is called synchronously on the event loop: a policy that does slow I/O
+(DNS) must bound its own time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from ..queue.spool import Spool
+from ..reply import TOO_MANY_CONNECTIONS
+from ..verdict import Verdict
+from .limits import ServerLimits
+from .session import Session
+
+log = logging.getLogger("mta.smtp")
+
+
+class SessionPolicy(Protocol):
+    """Decisions at each SMTP stage; implemented by mta.policy (and SimplePolicy)."""
+
+    def check_connect(self, client_ip: str) -> Verdict: ...
+
+    def check_helo(self, client_ip: str, helo: str) -> Verdict: ...
+
+    def check_mail(self, client_ip: str, helo: str, sender: str,
+                   params: Mapping[str, str]) -> Verdict: ...
+
+    def check_rcpt(self, client_ip: str, helo: str, sender: str, recipient: str) -> Verdict: ...
+
+
+class SmtpServer:
+    """One SMTP listener sharing a spool, a policy and limits across its sessions."""
+
+    def __init__(self, *, hostname: str, policy: SessionPolicy, spool: Spool,
+                 limits: ServerLimits, on_queued: Callable[[str], None] | None = None) -> None:
+        self.hostname = hostname
+        self.policy = policy
+        self.spool = spool
+        self.limits = limits
+        self.on_queued = on_queued
+        self._server: asyncio.Server | None = None
+        self._sessions: dict[asyncio.Task[None], Session] = {}
+        self.closing = False
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self._sessions)
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self._server = await asyncio.start_server(self._accept, host, port, backlog=128)
+        addr = self._server.sockets[0].getsockname()
+        log.info("listening on %s:%d", addr[0], addr[1])
+        return addr[0], addr[1]
+
+    async def stop(self) -> None:
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        for session in list(self._sessions.values()):
+            session.request_stop()
+        tasks = list(self._sessions)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("unknown", 0)
+        if self.closing or len(self._sessions) >= self.limits.max_connections:
+            log.warning("too many connections, refusing [%s]", peer[0])
+            try:
+                writer.write(TOO_MANY_CONNECTIONS.lines())
+                await asyncio.wait_for(writer.drain(), 5)
+            except (OSError, asyncio.TimeoutError):
+                pass
+            finally:
+                writer.close()
+            return
+        session = Session(self, reader, writer, str(peer[0]))
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions[task] = session
+        try:
+            await session.run()
+        except Exception:
+            log.exception("session with [%s] failed", peer[0])
+        finally:
+            del self._sessions[task]
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (OSError, asyncio.CancelledError):
+                pass
