@@ -1,0 +1,295 @@
+"""The local delivery agent: one mail, one recipient, procmail's whole run.
+
+What it does, in procmail's order: prepare the mail (From_ line per -f/-o), build the
+environment procmail presets (HOME, SHELL, LOGNAME from the user's passwd entry, ORGMAIL,
+DEFAULT, SHELLMETAS ...; only TZ survives from the caller unless -p), apply command-line
+assignments, choose the rc files (the given ones, or in delivery mode the system rc then
+~/.procmailrc), refuse rc files that others could have written, run the evaluator, then
+fall back to $DEFAULT and $ORGMAIL, log the abstract, run TRAP and settle the exit code.
+
+Guarantees:
+  * The exit status is a sysexits code: 0 delivered, 73 (75 with -t) when nothing could
+    be written, EXITCODE when the rc sets it.  An unexpected exception is the caller's to
+    map to 75 (deliver.cli does), so mail is retried, never lost.
+  * Nothing here changes identity: the caller has already dropped to the recipient
+    (deliver.identity) before any user file is opened.
+
+Deliberate differences from procmail (README, "Differences"): DELIVERED=yes does not
+fork and pretend success; HOST mismatch with no further rc file still delivers to
+$DEFAULT instead of silently dropping the mail; the system rc never runs as root.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from rules.ast import RcFile
+from rules.evaluator import End, Evaluator
+from rules.message import Message
+
+from .effects import RealEffects, format_abstract
+from .exitcodes import ExitCode
+from .fromline import prepare_message
+
+PROCMAIL_VERSION = "3.23pre"
+SHELLMETAS = "&|<>~;?*["
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """The recipient, from passwd or postroom's users file."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+    shell: str = "/bin/sh"
+
+
+@dataclass(slots=True)
+class Invocation:
+    """procmail's command line, parsed (deliver.cli)."""
+
+    sender: str | None = None          # -f / -r
+    override_from: bool = False        # -o
+    berkeley: bool = False             # -Y
+    tempfail: bool = False             # -t
+    preserve_env: bool = False         # -p
+    mailfilter: bool = False           # -m
+    delivery_mode: bool = False        # -d
+    recipients: list[str] = field(default_factory=list)
+    positional: list[str] = field(default_factory=list)   # -a, or -m's extra arguments
+    assignments: list[tuple[str, str]] = field(default_factory=list)
+    rcfiles: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """Site-wide settings (postroom.toml [deliver], or procmail's compiled-in values)."""
+
+    system_rc: str | None = "/etc/procmailrc"
+    spool_dir: str = "/var/mail"
+    user_rc: str = ".procmailrc"
+    sendmail: str = "/usr/sbin/sendmail"
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: ExitCode | int
+    delivered: bool
+    lastfolder: str = ""
+    trace: list = field(default_factory=list)
+
+
+def initial_environment(user: User, inv: Invocation, site: Site,
+                        caller_env: dict[str, str]) -> dict[str, str]:
+    """The variables procmail presets (procmailrc(5) "Environment variable defaults")."""
+    env: dict[str, str] = dict(caller_env) if inv.preserve_env else {}
+    if not inv.preserve_env and "TZ" in caller_env:
+        env["TZ"] = caller_env["TZ"]
+    for name in ("IFS", "ENV"):
+        env.pop(name, None)
+    orgmail = os.path.join(site.spool_dir, user.name)
+    env.update({
+        "HOME": user.home,
+        "LOGNAME": user.name,
+        "SHELL": user.shell or "/bin/sh",
+        "PATH": f"{user.home}/bin:/usr/local/bin:/usr/bin:/bin",
+        "SHELLMETAS": SHELLMETAS,
+        "SHELLFLAGS": "-c",
+        "ORGMAIL": orgmail,
+        "MAILDIR": user.home,
+        "DEFAULT": orgmail,
+        "MSGPREFIX": "msg.",
+        "SENDMAIL": site.sendmail,
+        "SENDMAILFLAGS": "-oi",
+        "HOST": socket.gethostname(),
+        "LOCKEXT": ".lock",
+        "LINEBUF": "2048",
+        "PROCMAIL_VERSION": PROCMAIL_VERSION,
+    })
+    if inv.rcfiles and not inv.preserve_env:
+        env["COMSAT"] = "no"
+    if inv.mailfilter:
+        env.pop("ORGMAIL", None)
+        env["DEFAULT"] = ""
+    return env
+
+
+def rcfile_is_safe(path: str, user: User, *, default_rc: bool) -> bool:
+    """procmail's check for absolute and HOME-relative rc files: owned by the user or
+    root, not world-writable (nor group-writable for ~/.procmailrc), in a directory that
+    is not world-writable unless sticky."""
+    try:
+        st = os.stat(path)
+        dst = os.stat(os.path.dirname(os.path.abspath(path)) or "/")
+    except OSError:
+        return True   # unreadable: reported as "Couldn't read" by the loader
+    if path == os.devnull:
+        return True
+    if st.st_uid not in (user.uid, 0) or st.st_mode & stat.S_IWOTH:
+        return False
+    if default_rc and st.st_mode & stat.S_IWGRP and st.st_gid != user.gid:
+        return False
+    if dst.st_mode & stat.S_IWOTH and not dst.st_mode & stat.S_ISVTX:
+        return False
+    return True
+
+
+class Agent:
+    """Runs one delivery.  ``load_rc`` turns a path into an RcFile (the cached loader in
+    production, rules.parser directly in tests)."""
+
+    def __init__(self, user: User, site: Site, *, load_rc: Callable[[str], RcFile],
+                 effects: RealEffects | None = None, stderr_fd: int = 2) -> None:
+        self.user = user
+        self.site = site
+        self.load_rc = load_rc
+        self.effects = effects or RealEffects(stderr_fd=stderr_fd, uid=user.uid, rc_loader=load_rc)
+
+    # ------------------------------------------------------------------ rc files
+
+    def _rc_candidates(self, inv: Invocation) -> list[tuple[str, str]]:
+        """(path, kind) in order; kind is 'given', 'cwd' (./x), 'system' or 'default'."""
+        if inv.rcfiles:
+            out = []
+            for rc in inv.rcfiles:
+                if rc.startswith("/"):
+                    out.append((rc, "given"))
+                elif inv.mailfilter or rc.startswith("./"):
+                    out.append((rc, "cwd"))
+                else:
+                    out.append((os.path.join(self.user.home, rc), "given"))
+            return out
+        out = []
+        if inv.delivery_mode and self.site.system_rc:
+            out.append((self.site.system_rc, "system"))
+        out.append((os.path.join(self.user.home, self.site.user_rc), "default"))
+        return out
+
+    def _open_rc(self, path: str, kind: str) -> RcFile | None:
+        if kind in ("given", "default") and not rcfile_is_safe(path, self.user, default_rc=kind == "default"):
+            self.effects.log(f'procmail: Suspicious rcfile "{path}"\n')
+            return None
+        try:
+            return self.load_rc(path)
+        except OSError:
+            if kind != "default" and kind != "system":
+                self.effects.log(f'procmail: Couldn\'t read "{path}"\n')
+            return None
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self, inv: Invocation, raw: bytes, caller_env: dict[str, str]) -> Outcome:
+        eff = self.effects
+        data = prepare_message(raw, sender=inv.sender if inv.sender not in (None, "-") else None,
+                               refresh_date=inv.sender == "-")
+        variables = initial_environment(self.user, inv, self.site, caller_env)
+        message = Message(data)
+        ev = Evaluator(eff, variables, message, positional=inv.positional,
+                       on_clone_end=self._finish_clone)
+        eff.set_umask(0o077)
+        candidates = self._rc_candidates(inv)
+        first_cwd = bool(candidates) and candidates[0][1] == "cwd"
+        if inv.mailfilter or first_cwd:
+            variables["MAILDIR"] = "."
+        else:
+            if not eff.chdir(self.user.home):
+                variables["MAILDIR"] = "."
+        variables["PWD"] = os.getcwd()
+        for name, value in inv.assignments:
+            if name == "INCLUDERC":
+                continue                  # procmail: command-line INCLUDERC has no effect
+            ev.set_variable(name, value)
+        end = End.FELL_OFF
+        for path, kind in candidates:
+            rc = self._open_rc(path, kind)
+            if rc is None:
+                continue
+            result = ev.run_rcfile(rc)
+            end = result.end
+            if end is End.DELIVERED:
+                break
+            if end is End.HOST:
+                continue
+            if kind == "system":
+                continue                  # then the user's own rc file
+            break
+        delivered = end is End.DELIVERED
+        if not delivered:
+            delivered = self._fallback(ev)
+        outcome = self._finish(ev, inv, delivered)
+        outcome.trace = ev.trace
+        return outcome
+
+    def _fallback(self, ev: Evaluator) -> bool:
+        """Falling off the end: $DEFAULT (locked), then $ORGMAIL (item 44)."""
+        variables = ev.vars
+        default = variables.get("DEFAULT", "")
+        if default:
+            lockext = variables.get("LOCKEXT", "")
+            with self.effects.lock(default + lockext) if lockext else _null():
+                res = self.effects.save([default], ev.message.data, raw=False)
+            if res.ok:
+                variables["LASTFOLDER"] = res.lastfolder
+                return True
+        orgmail = variables.get("ORGMAIL", "")
+        if orgmail and orgmail != default:
+            res = self.effects.save([orgmail], ev.message.data, raw=False)
+            if res.ok:
+                variables["LASTFOLDER"] = res.lastfolder
+                return True
+        return False
+
+    def _finish_clone(self, clone: Evaluator, end: End) -> None:
+        """A ``c`` block's clone that fell off the end delivers to $DEFAULT as the real
+        forked procmail would."""
+        if end is End.FELL_OFF:
+            self._fallback(clone)
+
+    def _finish(self, ev: Evaluator, inv: Invocation, delivered: bool) -> Outcome:
+        eff = self.effects
+        variables = ev.vars
+        if delivered:
+            status: int = ExitCode.OK
+            if eff.abstract_enabled(final=True):
+                eff.log(format_abstract(ev.message.data, variables.get("LASTFOLDER", ""), eff.last_size))
+        else:
+            status = ExitCode.TEMPFAIL if inv.tempfail else ExitCode.CANTCREAT
+        status = self._trap_and_exitcode(ev, status)
+        eff.close()
+        return Outcome(status, delivered, variables.get("LASTFOLDER", ""))
+
+    def _trap_and_exitcode(self, ev: Evaluator, status: int) -> int:
+        variables = ev.vars
+        exitcode = variables.get("EXITCODE")
+        trap = variables.get("TRAP")
+        if exitcode is None:
+            variables["EXITCODE"] = str(int(status))
+        if trap:
+            argv = (variables.get("SHELL", "/bin/sh"), variables.get("SHELLFLAGS", "-c"), trap)
+            trap_status = self.effects.run_trap(argv, ev.message.data)
+            if exitcode is not None and exitcode.strip() == "":
+                return trap_status
+        if exitcode is not None and exitcode.strip():
+            try:
+                value = int(exitcode.strip())
+            except ValueError:
+                return status
+            if value >= 0:
+                return value
+        return status
+
+
+class _null:
+    """A lock that is not taken (LOCKEXT empty)."""
+
+    def __enter__(self) -> bool:
+        return True
+
+    def __exit__(self, *exc: object) -> None:
+        return None

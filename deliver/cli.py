@@ -1,0 +1,244 @@
+"""``postroom deliver``: procmail's command line, as a drop-in for procmail.
+
+    postroom deliver [-ptoY] [-f fromwhom] [parameter=value | rcfile] ...
+    postroom deliver [-toY] [-f fromwhom] [-a argument] ... -d recipient ...
+    postroom deliver [-ptY] -m [parameter=value] ... rcfile [argument] ...
+    postroom deliver --explain [same arguments]     dry run: what each recipe would do
+
+The mail is read from stdin.  This ``main`` is the only place in deliver/ that catches
+and exits: typed errors become their sysexits code, and anything unexpected exits 75
+(EX_TEMPFAIL) so the MTA retries instead of losing the mail.
+
+It imports only what a delivery needs (no pyparsing when the rc cache is warm, no email
+package): `python -X importtime -m mta.cli deliver` is how to keep it that way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Sequence
+
+from .agent import Invocation
+from .exitcodes import ExitCode
+
+USAGE = """\
+Usage: postroom deliver [-vptoYm] [-f fromwhom] [-a argument] [parameter=value | rcfile] ...
+   Or: postroom deliver [-toY] [-f fromwhom] [-a argument] ... -d recipient ...
+   Or: postroom deliver --explain [arguments as above]
+"""
+
+log = logging.getLogger("postroom.deliver")
+
+
+class UsageError(Exception):
+    pass
+
+
+def _is_assignment(arg: str) -> bool:
+    name, eq, _ = arg.partition("=")
+    return bool(eq) and bool(name) and (name[0].isalpha() or name[0] == "_") \
+        and all(c.isalnum() or c == "_" for c in name)
+
+
+def parse_args(argv: Sequence[str]) -> tuple[Invocation, bool]:
+    """procmail's option syntax: clustered flags, -f/-a with attached or next argument,
+    options end at the first non-option; -d takes every remaining argument."""
+    inv = Invocation()
+    explain = False
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--explain":
+            explain = True
+            i += 1
+            continue
+        if arg == "--":
+            i += 1
+            break
+        if not arg.startswith("-") or arg == "-":
+            break
+        j = 1
+        while j < len(arg):
+            ch = arg[j]
+            if ch in "fra":
+                value = arg[j + 1:]
+                if not value:
+                    i += 1
+                    if i >= len(args):
+                        raise UsageError(f"option -{ch} needs an argument")
+                    value = args[i]
+                if ch == "a":
+                    inv.positional.append(value)
+                else:
+                    inv.sender = value
+                break
+            if ch == "p":
+                inv.preserve_env = True
+            elif ch == "t":
+                inv.tempfail = True
+            elif ch == "o":
+                inv.override_from = True
+            elif ch == "Y":
+                inv.berkeley = True
+            elif ch == "m":
+                inv.mailfilter = True
+            elif ch == "d":
+                value = arg[j + 1:]
+                inv.delivery_mode = True
+                rest = ([value] if value else []) + args[i + 1:]
+                if not rest:
+                    raise UsageError("option -d needs a recipient")
+                inv.recipients = rest
+                return inv, explain
+            elif ch == "v":
+                raise _Version()
+            elif ch in "h?":
+                raise UsageError("")
+            else:
+                raise UsageError(f"unknown option -{ch}")
+            j += 1
+        i += 1
+    rest = args[i:]
+    if inv.mailfilter:
+        while rest and _is_assignment(rest[0]):
+            name, _, value = rest.pop(0).partition("=")
+            inv.assignments.append((name, value))
+        if not rest:
+            raise UsageError("-m needs an rcfile")
+        inv.rcfiles = [rest[0]]
+        inv.positional.extend(rest[1:])
+        return inv, explain
+    for arg in rest:
+        if _is_assignment(arg):
+            name, _, value = arg.partition("=")
+            inv.assignments.append((name, value))
+        else:
+            inv.rcfiles.append(arg)
+    return inv, explain
+
+
+class _Version(Exception):
+    pass
+
+
+def _load_rc(path: str):
+    from rules.cache import load_rc
+    return load_rc(path)
+
+
+def _read_stdin() -> bytes:
+    chunks = []
+    fd = sys.stdin.fileno() if sys.stdin is not None else 0
+    while True:
+        block = os.read(fd, 1 << 20)
+        if not block:
+            break
+        chunks.append(block)
+    return b"".join(chunks)
+
+
+def _site():
+    from .settings import load_site
+    return load_site(os.environ)
+
+
+def run(argv: Sequence[str]) -> int:
+    from .agent import Agent
+    from .identity import (IdentityError, current_user, drop_privileges, lookup_user,
+                           prepare_spool_mailbox)
+    try:
+        inv, explain = parse_args(argv)
+    except _Version:
+        from .agent import PROCMAIL_VERSION
+        sys.stdout.write(f"postroom deliver (procmail {PROCMAIL_VERSION} compatible)\n")
+        return ExitCode.OK
+    except UsageError as err:
+        if str(err):
+            sys.stderr.write(f"postroom deliver: {err}\n")
+        sys.stderr.write(USAGE)
+        return ExitCode.USAGE
+    site = _site()
+    caller_env = dict(os.environ)
+    raw = _read_stdin()
+    if inv.delivery_mode:
+        status = ExitCode.OK
+        for name in inv.recipients:
+            try:
+                user = lookup_user(name)
+            except IdentityError as err:
+                sys.stderr.write(f"procmail: {err}\n")
+                status = max(status, err.code)
+                continue
+            code = _deliver_forked(inv, raw, user, site, caller_env, explain)
+            if code != ExitCode.OK:
+                status = code if status == ExitCode.OK else status
+        return status
+    if os.geteuid() == 0 and not explain:
+        sys.stderr.write("postroom deliver: refusing to run recipes as root; use -d USER\n")
+        return ExitCode.NOPERM
+    user = current_user()
+    return _deliver(inv, raw, user, site, caller_env, explain)
+
+
+def _deliver_forked(inv: Invocation, raw: bytes, user, site, caller_env, explain: bool) -> int:
+    """-d: one child per recipient, so that dropping privileges for one recipient does
+    not affect the next (procmail forks the same way)."""
+    from .identity import IdentityError, drop_privileges, prepare_spool_mailbox
+    if os.geteuid() != 0:
+        try:
+            drop_privileges(user)
+        except IdentityError as err:
+            sys.stderr.write(f"procmail: {err}\n")
+            return err.code
+        return _deliver(inv, raw, user, site, caller_env, explain)
+    if len(inv.recipients) == 1:
+        try:
+            if not explain:
+                prepare_spool_mailbox(user, site.spool_dir)
+            drop_privileges(user)
+        except IdentityError as err:
+            sys.stderr.write(f"procmail: {err}\n")
+            return err.code
+        return _deliver(inv, raw, user, site, caller_env, explain)
+    pid = os.fork()
+    if pid == 0:
+        code = ExitCode.TEMPFAIL
+        try:
+            if not explain:
+                prepare_spool_mailbox(user, site.spool_dir)
+            drop_privileges(user)
+            code = _deliver(inv, raw, user, site, caller_env, explain)
+        except IdentityError as err:
+            sys.stderr.write(f"procmail: {err}\n")
+            code = err.code
+        except BaseException:  # noqa: BLE001 - the child must exit, never return
+            log.exception("delivery to %s failed", user.name)
+        finally:
+            os._exit(int(code))
+    _, wstatus = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(wstatus) if os.WIFEXITED(wstatus) else ExitCode.TEMPFAIL
+
+
+def _deliver(inv: Invocation, raw: bytes, user, site, caller_env, explain: bool) -> int:
+    from .agent import Agent
+    if explain:
+        from .explain import explain_delivery
+        return explain_delivery(inv, raw, user, site, caller_env, _load_rc, sys.stdout)
+    agent = Agent(user, site, load_rc=_load_rc)
+    outcome = agent.run(inv, raw, caller_env)
+    return int(outcome.status)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; the one place that maps every failure to an exit status."""
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        return ExitCode.TEMPFAIL
+    except Exception:  # noqa: BLE001 - anything unexpected must leave the mail queued
+        log.exception("postroom deliver: unexpected error; exiting 75 so the mail is retried")
+        sys.stderr.write("postroom deliver: internal error, mail deferred (75)\n")
+        return ExitCode.TEMPFAIL

@@ -1,0 +1,337 @@
+"""The real ``rules.effects.Effects``: what a recipe's actions do to the world.
+
+What it does: keeps the log (LOGFILE or stderr), the umask, the held locks, and carries
+out saves (deliver.folders), programs and forwards (deliver.programs), INCLUDERC loading
+with procmail's ownership checks, and the delivery abstract, writing procmail's own log
+lines (``Error while writing to``, ``Program failure (n) of``, ``Lock failure on``...) so
+that existing log readers (mailstat, users' scripts) keep working.
+
+Guarantees: no method raises for an ordinary failure; every failure is logged once and
+reported in the result.  A folder that is already locked by the recipe's ``:0:`` is not
+dotlocked a second time (that would deadlock on our own lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import stat
+from typing import Iterator, Mapping, Sequence
+
+from rules.ast import RcFile
+from rules.effects import Command, ProgramResult, SaveResult
+
+from . import programs
+from .errors import DeliveryError, LockError
+from .folders import deliver_to_folders
+from .locking import DotLock, LockPolicy
+from .mboxformat import program_bytes
+
+DEFAULT_TIMEOUT = 960
+MAX_SUBJECT_SHOW = 78
+MAX_FOLDER_SHOW = 60
+TAB = 8
+ABSTRACT_COLUMN = 72
+
+
+def _int(value: str | None, default: int) -> int:
+    try:
+        return int((value or "").strip())
+    except ValueError:
+        return default
+
+
+class RealEffects:
+    """Effects for a real delivery, run as the recipient (never as root: see agent)."""
+
+    def __init__(self, *, stderr_fd: int = 2, uid: int | None = None,
+                 rc_loader=None) -> None:
+        self.vars: Mapping[str, str] = {}
+        self._stderr_fd = stderr_fd
+        self._log_fd = stderr_fd
+        self._log_opened = False
+        self._umask = 0o077
+        self._held: dict[str, DotLock] = {}
+        self._global: tuple[str, DotLock] | None = None
+        self._uid = os.geteuid() if uid is None else uid
+        self._rc_loader = rc_loader
+        self.last_size = 0
+        os.umask(self._umask)
+
+    # ------------------------------------------------------------------ environment
+
+    def environment(self, variables: Mapping[str, str]) -> None:
+        self.vars = variables
+
+    def _env(self) -> dict[bytes, bytes]:
+        return {k.encode("latin-1", "replace"): v.encode("latin-1", "replace")
+                for k, v in self.vars.items() if k and "=" not in k}
+
+    def chdir(self, path: str) -> bool:
+        try:
+            os.chdir(path)
+        except OSError:
+            self.log(f'procmail: Couldn\'t chdir to "{path}"\n')
+            return False
+        if isinstance(self.vars, dict):
+            self.vars["PWD"] = os.getcwd()
+        return True
+
+    def set_umask(self, mask: int) -> None:
+        self._umask = mask
+        os.umask(mask)
+
+    @property
+    def umask(self) -> int:
+        return self._umask
+
+    def set_logfile(self, path: str | None) -> None:
+        if self._log_opened:
+            os.close(self._log_fd)
+            self._log_opened = False
+        self._log_fd = self._stderr_fd
+        if not path:
+            return
+        try:
+            self._log_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            self._log_opened = True
+        except OSError:
+            self._log_fd = self._stderr_fd
+            self.log(f'procmail: Couldn\'t open logfile "{path}"\n')
+
+    @property
+    def log_opened(self) -> bool:
+        return self._log_opened
+
+    def log(self, text: str) -> None:
+        data = text.encode("latin-1", "replace")
+        try:
+            while data:
+                n = os.write(self._log_fd, data)
+                data = data[n:]
+        except OSError:
+            pass   # a full log disk must not stop a delivery
+
+    def hostname(self) -> str:
+        return socket.gethostname()
+
+    def close(self) -> None:
+        self.global_lock(None)
+        for lock in list(self._held.values()):
+            lock.release()
+        self._held.clear()
+        if self._log_opened:
+            os.close(self._log_fd)
+            self._log_opened = False
+            self._log_fd = self._stderr_fd
+
+    # ------------------------------------------------------------------ rc files
+
+    def load_rcfile(self, path: str) -> RcFile | None:
+        """INCLUDERC/SWITCHRC: opened without following a final symlink; refused when
+        owned by someone other than the user or root, or writable by others."""
+        try:
+            st = os.lstat(path)
+        except OSError:
+            self.log(f'procmail: Couldn\'t read "{path}"\n')
+            return None
+        if stat.S_ISLNK(st.st_mode) or not (stat.S_ISREG(st.st_mode) or path == os.devnull):
+            self.log(f'procmail: Couldn\'t read "{path}"\n')
+            return None
+        if st.st_uid not in (self._uid, 0) or st.st_mode & stat.S_IWOTH:
+            self.log(f'procmail: Suspicious rcfile "{path}"\n')
+            return None
+        try:
+            if self._rc_loader is not None:
+                return self._rc_loader(path)
+            from rules.cache import load_rc
+            return load_rc(path)
+        except OSError:
+            self.log(f'procmail: Couldn\'t read "{path}"\n')
+            return None
+
+    # ------------------------------------------------------------------ locks
+
+    def _policy(self) -> LockPolicy:
+        v = self.vars
+        return LockPolicy(lockext=v.get("LOCKEXT", ".lock"),
+                          locktimeout=_int(v.get("LOCKTIMEOUT"), 1024),
+                          locksleep=_int(v.get("LOCKSLEEP"), 8),
+                          suspend=_int(v.get("SUSPEND"), 16))
+
+    @contextlib.contextmanager
+    def lock(self, path: str) -> Iterator[bool]:
+        key = os.path.abspath(path)
+        if key in self._held:
+            yield True
+            return
+        lock = DotLock(path, self._policy())
+        try:
+            lock.acquire()
+        except LockError:
+            self.log(f'procmail: Lock failure on "{path}"\n')
+            yield False
+            return
+        self._held[key] = lock
+        try:
+            yield True
+        finally:
+            self._held.pop(key, None)
+            lock.release()
+
+    def global_lock(self, path: str | None) -> None:
+        if self._global is not None:
+            self._global[1].release()
+            self._global = None
+        if not path:
+            return
+        lock = DotLock(path, self._policy())
+        try:
+            lock.acquire()
+        except LockError:
+            self.log(f'procmail: Lock failure on "{path}"\n')
+            return
+        self._global = (path, lock)
+
+    def _is_locked(self, path: str) -> bool:
+        key = os.path.abspath(path)
+        if key in self._held:
+            return True
+        return self._global is not None and os.path.abspath(self._global[0]) == key
+
+    # ------------------------------------------------------------------ actions
+
+    def save(self, folders: Sequence[str], data: bytes, *, raw: bool) -> SaveResult:
+        lockext = self.vars.get("LOCKEXT", ".lock")
+        already = bool(folders) and self._is_locked(folders[0] + lockext)
+        try:
+            result = deliver_to_folders(
+                list(folders), data, raw=raw, umask=self._umask, policy=self._policy(),
+                msgprefix=self.vars.get("MSGPREFIX", "msg."), lock_mbox=not already,
+                log=self.log)
+        except DeliveryError as err:
+            self.log(f'procmail: Error while writing to "{err.path or folders[0]}"\n')
+            return SaveResult(False)
+        self.last_size = result.size
+        return SaveResult(True, " ".join(result.names), result.size)
+
+    def _timeout(self) -> float | None:
+        t = _int(self.vars.get("TIMEOUT"), DEFAULT_TIMEOUT)
+        return float(t) if t > 0 else None
+
+    def _run(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
+             ignore_write_error: bool, capture: bool) -> ProgramResult:
+        shell = len(command.argv) == 3 and command.argv[1] == self.vars.get("SHELLFLAGS", "-c") \
+            and command.argv[0] == self.vars.get("SHELL", "/bin/sh")
+        name = command.text if shell else command.argv[0]
+        res = programs.run(command.argv, data, env=self._env(), stderr_fd=self._log_fd,
+                           capture=capture, timeout=self._timeout())
+        if res.status is None:
+            self.log(f'procmail: Failed forking "{name}"\n')
+            return ProgramResult(False)
+        if res.timed_out:
+            self.log(f'procmail: Timeout, terminating "{name}"\n')
+            return ProgramResult(False, res.status, res.output)
+        if res.overflow:
+            self.log(f'procmail: Exceeded output limit of "{name}"\n')
+            return ProgramResult(False, res.status, b"")
+        if res.write_error and not ignore_write_error:
+            self.log(f'procmail: Error while writing to "{name}"\n')
+            return ProgramResult(False, res.status, res.output)
+        if wait and res.status != 0:
+            if not quiet:
+                self.log(f'procmail: Program failure ({res.status}) of "{name}"\n')
+            return ProgramResult(False, res.status, res.output)
+        self.last_size = len(data)
+        return ProgramResult(True, res.status, res.output)
+
+    def pipe(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
+             ignore_write_error: bool, capture: bool, raw: bool) -> ProgramResult:
+        feed = data if raw else program_bytes(data)
+        return self._run(command, feed, wait=wait, quiet=quiet,
+                         ignore_write_error=ignore_write_error, capture=capture)
+
+    def forward(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
+                ignore_write_error: bool, raw: bool) -> ProgramResult:
+        feed = data if raw else program_bytes(data)
+        return self._run(command, feed, wait=wait, quiet=quiet,
+                         ignore_write_error=ignore_write_error, capture=False)
+
+    def test_program(self, command: Command, data: bytes) -> int:
+        res = programs.run(command.argv, data, env=self._env(), stderr_fd=self._log_fd,
+                           capture=False, timeout=self._timeout())
+        if res.status is None:
+            return 1
+        return res.status
+
+    def run_trap(self, argv: Sequence[str], data: bytes) -> int:
+        """TRAP: the mail on stdin, its stdout and stderr appended to the log."""
+        res = programs.run(argv, data, env=self._env(), stderr_fd=self._log_fd,
+                           capture=True, timeout=self._timeout())
+        if res.output:
+            self.log(res.output.decode("latin-1"))
+        return 1 if res.status is None else res.status
+
+    def backquote(self, command: Command, data: bytes) -> str:
+        res = programs.run(command.argv, data, env=self._env(), stderr_fd=self._log_fd,
+                           capture=True, timeout=self._timeout())
+        return res.output.rstrip(b"\n").decode("latin-1")
+
+    # ------------------------------------------------------------------ abstract
+
+    def abstract_enabled(self, final: bool) -> bool:
+        """LOGABSTRACT: unset logs the final delivery when a LOGFILE is open; `all`
+        every delivering recipe; `no` nothing (procmail's lgabstract)."""
+        value = (self.vars.get("LOGABSTRACT") or "").strip().lower()
+        if value == "all":
+            return True
+        if value in ("no", "off", "n", "0", "false"):
+            return False
+        if not final:
+            return False
+        if value:
+            return True
+        return self._log_opened
+
+    def abstract(self, message: bytes, folder: str, size: int) -> None:
+        if self.abstract_enabled(final=False):
+            self.log(format_abstract(message, folder, size))
+
+
+def format_abstract(message: bytes, folder: str, size: int) -> str:
+    """procmail's logabstract(): From_ line, Subject (78 chars, tabs as blanks), then
+    the folder padded with tabs to column 72 and the size right-aligned in 7."""
+    out: list[str] = []
+    header_end = message.find(b"\n\n")
+    header = message if header_end < 0 else message[: header_end + 1]
+    start = 0
+    if header.startswith(b"From "):
+        nl = header.find(b"\n")
+        line = header if nl < 0 else header[:nl]
+        out.append(line.decode("latin-1") + "\n")
+        start = len(header) if nl < 0 else nl + 1
+    subject = _subject_line(header, start)
+    if subject is not None:
+        out.append(" " + subject[:MAX_SUBJECT_SHOW].replace("\t", " ") + "\n")
+    name = folder[:MAX_FOLDER_SHOW].replace("\t", " ")
+    line = "  Folder: " + name
+    i = len(line) - len(line) % TAB
+    tabs = 1
+    i += TAB
+    while i < ABSTRACT_COLUMN:
+        tabs += 1
+        i += TAB
+    out.append(line + "\t" * tabs + f"{size:>7}\n")
+    return "".join(out)
+
+
+def _subject_line(header: bytes, start: int) -> str | None:
+    pos = start
+    while pos < len(header):
+        nl = header.find(b"\n", pos)
+        end = len(header) if nl < 0 else nl
+        if header[pos:pos + 8].lower() == b"subject:":
+            return header[pos:end].decode("latin-1")
+        pos = end + 1
+    return None

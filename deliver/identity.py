@@ -1,0 +1,87 @@
+"""Becoming the recipient: user lookup, spool mailbox preparation, dropping root.
+
+Why: user recipes and the programs they start must never run as root (procmail and
+Postfix local(8) both switch to the recipient first).  When started as root, the agent
+prepares the recipient's spool mailbox *as root* (create it owned by the user, mode
+0600, never following a symlink), then drops groups, gid and uid irrevocably, and only
+then opens any rc file.
+
+Errors: ``IdentityError`` (unknown user -> EX_NOUSER 67, a spool file that is a symlink
+or owned by someone else -> EX_NOPERM 77), mapped in deliver.cli.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+
+from .agent import User
+from .exitcodes import ExitCode
+
+
+class IdentityError(Exception):
+    def __init__(self, message: str, code: ExitCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def lookup_user(name: str) -> User:
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        raise IdentityError(f'Unknown user "{name}"', ExitCode.NOUSER) from None
+    return User(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_shell or "/bin/sh")
+
+
+def current_user() -> User:
+    uid = os.getuid()
+    try:
+        pw = pwd.getpwuid(uid)
+    except KeyError:
+        return User(str(uid), uid, os.getgid(), "/", "/bin/sh")
+    return User(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_shell or "/bin/sh")
+
+
+def prepare_spool_mailbox(user: User, spool_dir: str) -> None:
+    """As root: make sure /var/mail/USER exists as a regular file owned by the user.
+    A symlink or a file owned by another user is the classic LDA attack: refuse."""
+    path = os.path.join(spool_dir, user.name)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            return prepare_spool_mailbox(user, spool_dir)
+        except OSError:
+            return   # unwritable spool: the delivery itself reports it
+        try:
+            os.fchown(fd, user.uid, user.gid)
+        finally:
+            os.close(fd)
+        return
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+        raise IdentityError(f'Refusing spool mailbox "{path}": not a regular file', ExitCode.NOPERM)
+    if st.st_uid != user.uid:
+        raise IdentityError(f'Refusing spool mailbox "{path}": owned by uid {st.st_uid}', ExitCode.NOPERM)
+
+
+def drop_privileges(user: User) -> None:
+    """Irrevocably become the user (supplementary groups first, uid last)."""
+    if os.geteuid() != 0:
+        if os.geteuid() != user.uid:
+            raise IdentityError(f'Insufficient privileges to deliver to "{user.name}"', ExitCode.NOPERM)
+        return
+    os.initgroups(user.name, user.gid) if _has_passwd(user) else os.setgroups([user.gid])
+    os.setgid(user.gid)
+    os.setuid(user.uid)
+    if os.geteuid() == 0 or os.getuid() == 0:
+        raise IdentityError("could not drop root privileges", ExitCode.NOPERM)
+
+
+def _has_passwd(user: User) -> bool:
+    try:
+        return pwd.getpwnam(user.name).pw_uid == user.uid
+    except KeyError:
+        return False

@@ -1,0 +1,100 @@
+"""The boundary between the recipe language and the world: the ``Effects`` protocol.
+
+rules/ decides *what* a recipe does (which folders, which program line, which bytes of
+the mail, which lock file name); an ``Effects`` implementation decides *how*: deliver/
+supplies the real one (files, locks, subprocesses, privileges), ``--explain`` a
+recording one that changes nothing.  Both run the same evaluator, so a dry run shows
+exactly what a delivery would do (Dovecot Pigeonhole's sieve-test shape).
+
+Contract for implementations:
+  * Methods never raise for an ordinary failure (unwritable folder, failing program):
+    they return a result with ``ok=False`` and log procmail's error line themselves.
+  * Strings are latin-1-decoded bytes (see rules.message); mail is bytes.
+  * ``log`` writes procmail-style lines to the current LOGFILE (or stderr).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Mapping, Protocol, Sequence
+
+from .ast import RcFile
+
+
+@dataclass(frozen=True, slots=True)
+class SaveResult:
+    ok: bool
+    lastfolder: str = ""   # what LASTFOLDER becomes (all folder names, space-separated)
+    size: int = 0          # bytes written, for the log abstract
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramResult:
+    ok: bool                     # started, fed, and (when waited for) exited 0
+    exit_status: int | None = None   # None when not waited for; negative = killed by signal
+    output: bytes = b""          # captured stdout (filters, captures, backquotes)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A program to start: ``argv`` is exact (already expanded or ``$SHELL -c line``).
+    ``text`` is the action as procmail logs it (abstract "Folder:" field)."""
+
+    argv: tuple[str, ...]
+    text: str
+
+
+class Effects(Protocol):
+    # -- environment --------------------------------------------------------
+    def environment(self, variables: Mapping[str, str]) -> None:
+        """Called before any program runs: the variables to export (procmail exports all)."""
+
+    def chdir(self, path: str) -> bool:
+        """MAILDIR assignment; False (after logging ``Couldn't chdir``) leaves it unchanged."""
+
+    def set_umask(self, mask: int) -> None: ...
+
+    def set_logfile(self, path: str | None) -> None:
+        """LOGFILE assignment; None or empty means stderr."""
+
+    def log(self, text: str) -> None:
+        """Write text to the log as is (LOG= and procmail's own messages)."""
+
+    def hostname(self) -> str: ...
+
+    def load_rcfile(self, path: str) -> RcFile | None:
+        """INCLUDERC/SWITCHRC: read, check ownership and mode, parse (cached).  None when
+        it cannot or must not be read (the implementation logs why)."""
+
+    # -- locking ------------------------------------------------------------
+    def lock(self, path: str) -> AbstractContextManager[bool]:
+        """A procmail-compatible lock file; yields False when locking failed (procmail
+        logs ``Lock failure`` and goes on unlocked)."""
+
+    def global_lock(self, path: str | None) -> None:
+        """LOCKFILE assignment: release the previous global lock, take the new one."""
+
+    # -- actions ------------------------------------------------------------
+    def save(self, folders: Sequence[str], data: bytes, *, raw: bool) -> SaveResult:
+        """Write to one or more folders; ``data`` is what the recipe feeds (h/b).
+        Recipe locks are taken by the evaluator through ``lock`` around this call."""
+
+    def pipe(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
+             ignore_write_error: bool, capture: bool, raw: bool) -> ProgramResult:
+        """Run a program with data on stdin.  capture=True returns its stdout (filters,
+        VAR=| captures); otherwise stdout is discarded and stderr goes to the log."""
+
+    def forward(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
+                ignore_write_error: bool, raw: bool) -> ProgramResult:
+        """``! addresses``: run $SENDMAIL with the mail (without its From_ line)."""
+
+    def abstract(self, message: bytes, folder: str, size: int) -> None:
+        """Log the delivery abstract (From_ line, Subject, Folder, size) when LOGABSTRACT
+        asks for it; the implementation reads LOGABSTRACT and LOGFILE itself."""
+
+    def test_program(self, command: Command, data: bytes) -> int:
+        """``* ? program``: its exit status (negative for a signal)."""
+
+    def backquote(self, command: Command, data: bytes) -> str:
+        """Command substitution: stdout with every trailing newline removed."""

@@ -1,0 +1,805 @@
+"""Run a parsed rc file against one mail, as procmail 3.22 does.
+
+What it does: walks the AST with an explicit stack of frames (rc file, INCLUDERC file,
+``{ }`` block), keeps procmail's chaining state (lastcond / prevcond / lastsucc, saved per
+block), evaluates conditions (regexes on RE2, ``$`` re-parsing, ``?`` programs, sizes,
+``VAR ??``, weighted scoring per procmailsc(5)) and hands every action to ``Effects``.
+
+Why a frame stack rather than recursion: ``c`` on a block makes procmail fork a clone
+that runs the block and, if it does not deliver there, *the rest of the rc file too*
+(PROCMAIL-BEHAVIOUR 43).  With explicit frames the clone is a copy of the stack, run to
+its end without forking the (possibly in-process, long-running) caller.
+
+Guarantees: the evaluator never writes a file or starts a process itself; it returns a
+``RunResult`` (how processing ended, plus a per-recipe trace) instead of exiting.
+Errors in the rc (bad regex, bad substitution) are logged the way procmail logs them and
+processing continues; only a bug escapes as an exception (the caller maps that to 75).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from . import expand
+from .areas import search_area
+from .ast import (Assignment, Block, Condition, ExpandTest, Flag, Folder, Forward, Item,
+                  Pipe, ProgramTest, RcFile, Recipe, RegexTest, SizeTest, Skipped, Span,
+                  VarTest, Weight)
+from .condparse import parse_condition
+from .effects import Command, Effects
+from .errors import ExpansionError, RcSyntaxError, RegexError
+from .message import Message
+from .regex import compile_regex
+from .trace import ConditionTrace, RecipeTrace
+
+MAX32 = 2147483647.0
+MIN32 = -2147483647.0
+MAX_INCLUDE_DEPTH = 32   # procmail is limited only by memory; a loop must not be
+MIN_LINEBUF = 128
+
+
+class End(enum.Enum):
+    """How processing of an rc file ended."""
+
+    FELL_OFF = "fell-off"      # reached the end: the caller delivers to $DEFAULT
+    DELIVERED = "delivered"    # a delivering recipe succeeded
+    HOST = "host"              # HOST did not match: try the next rc file, else exit 0
+
+
+@dataclass(slots=True)
+class _Frame:
+    items: tuple[Item, ...]
+    kind: str                  # "rc" | "include" | "block"
+    path: str = ""
+    index: int = 0
+    saved: tuple[bool, bool] | None = None   # (prevcond, lastcond) restored at "}"
+
+
+class _Stop(Exception):
+    def __init__(self, end: End) -> None:
+        self.end = end
+
+
+@dataclass(slots=True)
+class RunResult:
+    end: End
+    trace: list[RecipeTrace] = field(default_factory=list)
+
+
+class Evaluator:
+    """One mail's trip through the rc files.  ``variables`` is the live environment
+    (procmail exports all of it to programs); the evaluator mutates it."""
+
+    def __init__(self, effects: Effects, variables: dict[str, str], message: Message, *,
+                 positional: Sequence[str] = (), pid: int | None = None,
+                 on_clone_end: Callable[["Evaluator", End], None] | None = None) -> None:
+        self.effects = effects
+        self.vars = variables
+        self.message = message
+        self.positional = list(positional)
+        self.pid = os.getpid() if pid is None else pid
+        self.on_clone_end = on_clone_end
+        self.lastcond = False
+        self.prevcond = False
+        self.lastsucc = False
+        self.lastscore = 0
+        self.frames: list[_Frame] = []
+        self.trace: list[RecipeTrace] = []
+        self._areas: dict[tuple[bool, bool], bytes] = {}
+        effects.environment(self.vars)
+
+    # ------------------------------------------------------------------ driving
+
+    def run_rcfile(self, rc: RcFile) -> RunResult:
+        """Run one rc file from the top.  Chaining state starts afresh, as procmail
+        resets lastcond/prevcond/lastsucc for every rc file it opens."""
+        self.lastcond = self.prevcond = self.lastsucc = False
+        self.frames = [_Frame(rc.items, "rc", rc.path)]
+        self._log_diagnostics(rc)
+        end = self._loop()
+        return RunResult(end, self.trace)
+
+    def _loop(self) -> End:
+        try:
+            while self.frames:
+                frame = self.frames[-1]
+                if frame.index >= len(frame.items):
+                    self.frames.pop()
+                    if frame.kind == "block" and frame.saved is not None:
+                        self.prevcond, self.lastcond = frame.saved
+                    elif frame.kind == "rc":
+                        return End.FELL_OFF
+                    continue
+                item = frame.items[frame.index]
+                frame.index += 1
+                match item:
+                    case Assignment():
+                        self._assign(item)
+                    case Recipe():
+                        self._recipe(item)
+                    case Skipped():
+                        self.effects.log(f'procmail: Skipped "{item.text}"\n')
+            return End.FELL_OFF
+        except _Stop as stop:
+            if stop.end is End.HOST:
+                self.frames.clear()
+            return stop.end
+
+    def _log_diagnostics(self, rc: RcFile) -> None:
+        for diag in rc.diagnostics:
+            if diag.severity == "error":
+                self.effects.log(f"procmail: {diag.message}\n")
+
+    @property
+    def current_file(self) -> str:
+        for frame in reversed(self.frames):
+            if frame.kind != "block":
+                return frame.path
+        return ""
+
+    # ------------------------------------------------------------------ variables
+
+    def lookup(self, name: str) -> str | None:
+        if name.isdigit():
+            n = int(name)
+            if n == 0:
+                return self.current_file
+            return self.positional[n - 1] if n <= len(self.positional) else None
+        special = _SPECIAL_LOOKUPS.get(name)
+        if special is not None:
+            return special(self)
+        return self.vars.get(name)
+
+    def backquote(self, text: str) -> str:
+        return self.effects.backquote(self._command(text, expand_words=False), self.message.data)
+
+    def _linebuf(self) -> int:
+        try:
+            return max(MIN_LINEBUF, int(self.vars.get("LINEBUF", "2048")))
+        except ValueError:
+            return 2048
+
+    def _overflow(self, value: str) -> bool:
+        if len(value) <= self._linebuf():
+            return False
+        self.effects.log("procmail: Exceeded LINEBUF\n")
+        self.vars["PROCMAIL_OVERFLOW"] = "yes"
+        return True
+
+    def _expand_value(self, raw: str) -> str | None:
+        try:
+            value = expand.expand_value(raw, self.lookup, self.backquote)
+        except ExpansionError as err:
+            self.effects.log(f"procmail: {err}\n")
+            return None
+        return "" if self._overflow(value) else value
+
+    def _expand_words(self, raw: str) -> list[str] | None:
+        try:
+            words = expand.expand_words(raw, self.lookup, self.backquote, self.positional)
+        except ExpansionError as err:
+            self.effects.log(f"procmail: {err}\n")
+            return None
+        if self._overflow(" ".join(words)):
+            return None
+        return words
+
+    def _assign(self, item: Assignment) -> None:
+        name = item.name
+        if item.value is None:
+            value = None
+        else:
+            value = self._expand_value(item.value)
+            if value is None:
+                return
+        self.set_variable(name, value)
+
+    def set_variable(self, name: str, value: str | None) -> None:
+        """Assign (None unsets) and run the special variable's handler, if any."""
+        handler = _SPECIAL_ASSIGNMENTS.get(name)
+        old = self.vars.get(name)
+        if value is None:
+            self.vars.pop(name, None)
+        else:
+            self.vars[name] = value
+        if handler is not None:
+            handler(self, value, old)
+
+    # ------------------------------------------------------------------ recipes
+
+    def _recipe(self, recipe: Recipe) -> None:
+        flags = recipe.flags
+        tr = RecipeTrace(recipe.span, "".join(sorted(f.value for f in flags)), chained=True)
+        self.trace.append(tr)
+        ok = True
+        if Flag.ON_ERROR in flags:
+            ok = ok and self.prevcond and not self.lastsucc
+        if Flag.ELSE in flags:
+            ok = ok and not self.prevcond
+        if Flag.CHAIN_SUCCEEDED in flags:
+            ok = ok and self.lastcond and self.lastsucc
+        if Flag.CHAIN_MATCHED in flags:
+            ok = ok and self.lastcond
+        tr.chained = ok
+        matched = self._conditions(recipe, ok, tr)
+        tr.matched = matched
+        if Flag.CHAIN_MATCHED not in flags and Flag.CHAIN_SUCCEEDED not in flags:
+            self.lastcond = matched
+        if not self.prevcond or Flag.ELSE not in flags:
+            self.prevcond = matched
+        if not matched:
+            return
+        action = recipe.action
+        if isinstance(action, Block):
+            self._enter_block(recipe, action, tr)
+            return
+        succeeded, delivering = self._act(recipe, action, tr)
+        tr.succeeded = succeeded
+        self.lastsucc = succeeded
+        if succeeded and delivering and Flag.COPY not in flags:
+            tr.delivered = True
+            raise _Stop(End.DELIVERED)
+
+    def _enter_block(self, recipe: Recipe, block: Block, tr: RecipeTrace) -> None:
+        tr.action = "enter block"
+        self.lastsucc = True
+        frame = _Frame(block.items, "block", saved=(self.prevcond, self.lastcond))
+        if Flag.COPY in recipe.flags:
+            tr.action = "run block in a clone (c)"
+            self._clone_into(frame)
+            return
+        self.frames.append(frame)
+
+    def _clone_into(self, frame: _Frame) -> None:
+        """procmail forks here: the clone runs the block and, unless it delivers, the
+        rest of the rc file; the parent skips the block.  We run the clone first, on
+        copied state, and restore the process-wide state (cwd, umask) afterwards."""
+        clone = Evaluator.__new__(Evaluator)
+        clone.effects = self.effects
+        clone.vars = dict(self.vars)
+        clone.message = self.message
+        clone.positional = list(self.positional)
+        clone.pid = self.pid
+        clone.on_clone_end = self.on_clone_end
+        clone.lastcond, clone.prevcond, clone.lastsucc = self.lastcond, self.prevcond, self.lastsucc
+        clone.lastscore = self.lastscore
+        clone.frames = [_Frame(f.items, f.kind, f.path, f.index, f.saved) for f in self.frames]
+        clone.frames.append(frame)
+        clone.trace = self.trace
+        clone._areas = dict(self._areas)
+        saved_cwd = os.getcwd()
+        self.effects.environment(clone.vars)
+        try:
+            end = clone._loop()
+            if self.on_clone_end is not None:
+                self.on_clone_end(clone, end)
+        finally:
+            self.effects.environment(self.vars)
+            self.effects.chdir(saved_cwd)
+            umask = self.vars.get("UMASK")
+            if umask is not None:
+                _umask(self, umask, None)
+
+    # ------------------------------------------------------------------ conditions
+
+    def area(self, header: bool, body: bool) -> bytes:
+        key = (header, body)
+        text = self._areas.get(key)
+        if text is None:
+            text = self._areas[key] = search_area(self.message, header=header, body=body)
+        return text
+
+    def _default_area(self, flags: frozenset[Flag]) -> tuple[bool, bool]:
+        h, b = Flag.HEADER in flags, Flag.BODY in flags
+        if not h and not b:
+            h = True
+        return h, b
+
+    def _conditions(self, recipe: Recipe, ok: bool, tr: RecipeTrace) -> bool:
+        state = _Score()
+        for cond in recipe.conditions:
+            if not ok:
+                tr.conditions.append(ConditionTrace(cond.span, _cond_text(cond), None))
+                continue
+            ok = self._condition(cond, recipe.flags, state, tr)
+        score = state.score
+        self.lastscore = int(score) if not (int(score) == 0 and score > 0) else 1
+        if state.scored:
+            tr.score = score
+            if ok and score <= 0:
+                ok = False
+        return ok
+
+    def _condition(self, cond: Condition, flags: frozenset[Flag], state: "_Score",
+                   tr: RecipeTrace, negate: bool = False, weight: Weight | None = None) -> bool:
+        negate ^= cond.negate
+        if cond.weight is not None:
+            weight = cond.weight
+        test = cond.test
+        ct = ConditionTrace(cond.span, _cond_text(cond), None)
+        if isinstance(test, ExpandTest):
+            try:
+                text = expand.expand_quoted(test.text, self.lookup, self.backquote)
+            except ExpansionError as err:
+                self.effects.log(f"procmail: {err}\n")
+                tr.conditions.append(ct)
+                ct.matched = False
+                return False
+            if self._overflow(text):
+                ct.matched = False
+                tr.conditions.append(ct)
+                return False
+            try:
+                inner = parse_condition(text, cond.span)
+            except RcSyntaxError as err:
+                self.effects.log(f"procmail: {err.message}\n")
+                ct.matched = False
+                tr.conditions.append(ct)
+                return False
+            return self._condition(inner, flags, state, tr, negate, weight)
+        tr.conditions.append(ct)
+        if weight is not None:
+            if state.score >= MAX32:
+                ct.matched, ct.score = True, state.score
+                return True        # procmail skips weighted conditions at +infinity
+            state.scored = True
+        h, b = self._default_area(flags)
+        area: bytes | None = None
+        size: int = len(self.message.data)
+        if isinstance(test, (VarTest, SizeTest)) and getattr(test, "area", None) is not None \
+                or isinstance(test, VarTest):
+            name = test.name if isinstance(test, VarTest) else test.area  # type: ignore[union-attr]
+            area = self._named_area(name or "")
+            size = len(area)
+        if isinstance(test, (RegexTest, VarTest)):
+            text = area if area is not None else self.area(h, b)
+            result = self._regex(test.pattern, text, flags, negate, weight, state, ct, cond.span)
+        elif isinstance(test, ProgramTest):
+            text = area if area is not None else self.area(h, b)
+            result = self._program_test(test.command, text, negate, weight, state)
+        elif isinstance(test, SizeTest):
+            result = self._size_test(test, size, negate, weight, state)
+        else:  # pragma: no cover - exhaustive over Test
+            raise TypeError(test)
+        if state.score > MAX32:
+            state.score = MAX32
+        if state.score <= MIN32:
+            state.score = MIN32
+            result = False
+        ct.matched = result
+        if weight is not None:
+            ct.score = state.score
+        return result
+
+    def _named_area(self, name: str) -> bytes:
+        if name == "H":
+            return self.area(True, False)
+        if name == "B":
+            return self.area(False, True)
+        if name in ("HB", "BH"):
+            return self.area(True, True)
+        return (self.lookup(name) or "").encode("latin-1", "replace")
+
+    def _regex(self, pattern: str, text: bytes, flags: frozenset[Flag], negate: bool,
+               weight: Weight | None, state: "_Score", ct: ConditionTrace, span: Span) -> bool:
+        try:
+            rx = compile_regex(pattern, case_sensitive=Flag.CASE in flags)
+        except RegexError:
+            # procmail: "Invalid regexp" and the condition counts as matched (item 7).
+            self.effects.log(f'procmail: Invalid regexp "{pattern}"\n')
+            return True
+        if weight is None:
+            m = rx.search(text)
+            if m is not None and m.match is not None:
+                self.vars["MATCH"] = m.match.decode("latin-1")
+                ct.matched_text = self.vars["MATCH"]
+            return (m is not None) != negate
+        w, x = weight.weight, weight.exponent
+        if negate:
+            if w and rx.search(text) is None:
+                state.score += w
+            return True
+        state.score += _weighted_matches(rx, text, w, x, state.score)
+        return True
+
+    def _program_test(self, command: str, text: bytes, negate: bool,
+                      weight: Weight | None, state: "_Score") -> bool:
+        cmd = self._command(command)
+        if cmd is None:
+            return False
+        status = self.effects.test_program(cmd, text)
+        if weight is None:
+            return (status == 0) != negate
+        w, x = weight.weight, weight.exponent
+        if status >= 0:
+            if negate:
+                j = status
+                while j > 0:
+                    j -= 1
+                    state.score += w
+                    if not (MIN32 < state.score < MAX32):
+                        break
+                    w *= x
+            else:
+                state.score += x if status else w
+        return True
+
+    def _size_test(self, test: SizeTest, size: int, negate: bool, weight: Weight | None,
+                   state: "_Score") -> bool:
+        pivot = test.limit
+        if weight is None:
+            hit = size < pivot if test.op == "<" else size > pivot
+            return hit != negate
+        w, x = weight.weight, weight.exponent
+        if (test.op == "<") != negate:
+            if size:
+                f = pivot / size
+            else:
+                state.score = MAX32 if pivot > 0 else MIN32
+                return True
+        elif pivot:
+            f = size / pivot
+        else:
+            state.score = MAX32
+            return True
+        try:
+            state.score += w * (f ** x)
+        except (OverflowError, ZeroDivisionError):
+            state.score = MAX32 if w > 0 else MIN32
+        return True
+
+    # ------------------------------------------------------------------ actions
+
+    def _feed(self, flags: frozenset[Flag]) -> bytes:
+        """What h/b select: both by default (procmail's startchar/tobesent)."""
+        h, b = Flag.FEED_HEADER in flags, Flag.FEED_BODY in flags
+        if h and not b:
+            return self.message.header
+        if b and not h:
+            return self.message.body
+        return self.message.data
+
+    def _command(self, text: str, expand_words: bool = True) -> Command | None:
+        """A program line: through $SHELL when it has SHELLMETAS (procmail leaves the
+        expansion to the shell), else split and expanded by us (item 18)."""
+        metas = self.vars.get("SHELLMETAS", "&|<>~;?*[")
+        stripped = text.strip(" \t")
+        if expand.has_shell_metas(stripped, metas) or not expand_words:
+            shell = self.vars.get("SHELL", "/bin/sh")
+            shellflags = self.vars.get("SHELLFLAGS", "-c")
+            return Command((shell, shellflags, stripped), text)
+        words = self._expand_words(stripped)
+        if not words:
+            return None
+        return Command(tuple(words), text)
+
+    def _lockname(self, recipe: Recipe, target: str) -> str | None:
+        if recipe.lock is None:
+            return None
+        lockext = self.vars.get("LOCKEXT", "")
+        if recipe.lock.name is not None:
+            value = self._expand_value(recipe.lock.name)
+            return value or None
+        return target + lockext
+
+    def _act(self, recipe: Recipe, action: Folder | Pipe | Forward, tr: RecipeTrace) -> tuple[bool, bool]:
+        """Run the action; returns (succeeded, is a delivering action)."""
+        flags = recipe.flags
+        raw = Flag.RAW in flags
+        data = self._feed(flags)
+        if isinstance(action, Folder):
+            names = self._expand_words(action.text)
+            if not names:
+                return False, True
+            tr.action = "save to " + " ".join(names)
+            lockname = self._lockname(recipe, names[0])
+            with self._locked(lockname):
+                self.vars["LASTFOLDER"] = " ".join(names)
+                result = self.effects.save(names, data, raw=raw)
+            if result.ok:
+                self.vars["LASTFOLDER"] = result.lastfolder
+                if Flag.COPY in flags:
+                    self.effects.abstract(self.message.data, result.lastfolder, result.size)
+            return result.ok, True
+        if isinstance(action, Forward):
+            return self._forward(recipe, action, data, tr), True
+        return self._pipe(recipe, action, data, tr)
+
+    def _locked(self, lockname: str | None):
+        if lockname is None:
+            return _NoLock()
+        if lockname == self.vars.get("LOCKFILE"):
+            self.effects.log(f'procmail: Deadlock attempted on "{lockname}"\n')
+            return _NoLock()
+        return self.effects.lock(lockname)
+
+    def _wait_flags(self, flags: frozenset[Flag]) -> tuple[bool, bool]:
+        wait = Flag.WAIT in flags or Flag.WAIT_QUIET in flags
+        return wait, Flag.WAIT_QUIET in flags and Flag.WAIT not in flags
+
+    def _forward(self, recipe: Recipe, action: Forward, data: bytes, tr: RecipeTrace) -> bool:
+        words = self._expand_words(action.text)
+        if words is None:
+            return False
+        sendmail = self.vars.get("SENDMAIL", "/usr/sbin/sendmail")
+        sendmailflags = self.vars.get("SENDMAILFLAGS", "").split()
+        argv = (sendmail, *sendmailflags, *words)
+        if data is self.message.data or data.startswith(b"From "):
+            data = _skip_from_line(data)
+        wait, quiet = self._wait_flags(recipe.flags)
+        cmd = Command(argv, " ".join(argv))
+        tr.action = "forward: " + " ".join(argv)
+        with self._locked(self._implicit_program_lock(recipe, cmd.text)):
+            self.vars["LASTFOLDER"] = cmd.text
+            result = self.effects.forward(cmd, data, wait=wait, quiet=quiet,
+                                          ignore_write_error=Flag.IGNORE_WRITE in recipe.flags,
+                                          raw=Flag.RAW in recipe.flags)
+        if result.ok and Flag.COPY in recipe.flags:
+            self.effects.abstract(self.message.data, cmd.text, len(data))
+        return result.ok
+
+    def _implicit_program_lock(self, recipe: Recipe, text: str) -> str | None:
+        """``:0:`` on a program locks the file after ``>>`` plus LOCKEXT (item 38)."""
+        if recipe.lock is None:
+            return None
+        if recipe.lock.name is not None:
+            return self._expand_value(recipe.lock.name) or None
+        pos = text.find(">>")
+        lockext = self.vars.get("LOCKEXT", "")
+        if pos < 0:
+            self.effects.log(f'procmail: Couldn\'t determine implicit lockfile from "{text}"\n')
+            return lockext or None
+        rest = text[pos + 2:].lstrip(" \t")
+        end = 0
+        while end < len(rest) and rest[end] not in " \t\n;|&<>()":
+            end += 1
+        target = rest[:end]
+        try:
+            target = expand.expand_value(target, self.lookup, self.backquote)
+        except ExpansionError:
+            pass
+        return target + lockext
+
+    def _pipe(self, recipe: Recipe, action: Pipe, data: bytes, tr: RecipeTrace) -> tuple[bool, bool]:
+        flags = recipe.flags
+        cmd = self._command(action.command)
+        if cmd is None:
+            return False, action.capture is None and Flag.FILTER not in flags
+        wait, quiet = self._wait_flags(flags)
+        raw = Flag.RAW in flags
+        ign = Flag.IGNORE_WRITE in flags
+        lock = self._implicit_program_lock(recipe, action.command)
+        if action.capture is not None:
+            tr.action = f"capture into {action.capture}: {cmd.text.strip()}"
+            with self._locked(lock):
+                result = self.effects.pipe(cmd, data, wait=wait, quiet=quiet,
+                                           ignore_write_error=ign, capture=True, raw=raw)
+            if result.ok:
+                out = result.output
+                if out.endswith(b"\n"):
+                    out = out[:-1]
+                self.set_variable(action.capture, out.decode("latin-1"))
+            elif wait:
+                self.set_variable(action.capture, "")
+            return result.ok, False
+        if Flag.FILTER in flags:
+            tr.action = f"filter through: {cmd.text.strip()}"
+            with self._locked(lock):
+                result = self.effects.pipe(cmd, data, wait=wait, quiet=quiet,
+                                           ignore_write_error=ign, capture=True, raw=raw)
+            if result.ok or not wait:
+                self._replace(flags, result.output)
+            elif not quiet:
+                self.effects.log("procmail: Rescue of unfiltered data succeeded\n")
+            return result.ok, False
+        tr.action = f"pipe to: {cmd.text.strip()}"
+        with self._locked(lock):
+            self.vars["LASTFOLDER"] = cmd.text
+            result = self.effects.pipe(cmd, data, wait=wait, quiet=quiet,
+                                       ignore_write_error=ign, capture=False, raw=raw)
+        if result.ok and Flag.COPY in flags:
+            self.effects.abstract(self.message.data, cmd.text, len(data))
+        return result.ok, True
+
+    def _replace(self, flags: frozenset[Flag], output: bytes) -> None:
+        """A filter's output replaces what it was fed (item 36)."""
+        h, b = Flag.FEED_HEADER in flags, Flag.FEED_BODY in flags
+        if h and not b:
+            new = output + self.message.body
+        elif b and not h:
+            new = self.message.header + output
+        else:
+            new = output
+        self.message = Message(new)
+        self._areas.clear()
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+@dataclass(slots=True)
+class _Score:
+    score: float = 0.0
+    scored: bool = False
+
+
+class _NoLock:
+    def __enter__(self) -> bool:
+        return True
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _weighted_matches(rx, text: bytes, w: float, x: float, score: float) -> float:
+    """procmailsc(5): each successive match adds w, w*x, w*x^2 ...; an empty match
+    ends the series (converging for 0<x<1, +/-infinity for x>=1); a series whose terms
+    fall below 1 and keep shrinking is cut off, as procmail does."""
+    added = 0.0
+    weight = w
+    oweight = weight * weight
+    pos = 0
+    while weight != 0 and MIN32 < score + added < MAX32 and pos <= len(text):
+        span = rx.search_span(text, pos)
+        if span is None:
+            break
+        start, end = span
+        added += weight
+        weight *= x
+        if end <= pos:   # an empty match: the rest of the series at once
+            if 0 < x < 1:
+                added += weight / (1 - x)
+            elif x >= 1 and weight != 0:
+                added += MIN32 if weight < 0 else MAX32
+            break
+        nweight = weight * weight
+        if nweight < oweight and oweight < 1:
+            break
+        oweight = nweight
+        pos = end
+    return added
+
+
+def _skip_from_line(data: bytes) -> bytes:
+    """Forwards leave off the From_ line and its ``>From`` continuations (procmail's
+    skipFrom_): it confuses some mailers."""
+    if not data.startswith(b"From "):
+        return data
+    pos = 0
+    while True:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            return b""
+        pos = nl + 1
+        if not data.startswith(b">", pos):
+            return data[pos:]
+
+
+def _cond_text(cond: Condition) -> str:
+    test = cond.test
+    prefix = ("! " if cond.negate else "")
+    if cond.weight is not None:
+        prefix = f"{cond.weight.weight:g}^{cond.weight.exponent:g} " + prefix
+    match test:
+        case RegexTest(pattern=p):
+            return prefix + p
+        case VarTest(name=n, pattern=p):
+            return f"{prefix}{n} ?? {p}"
+        case ProgramTest(command=c):
+            return f"{prefix}? {c}"
+        case SizeTest(op=op, limit=n, area=a):
+            return f"{prefix}{a + ' ?? ' if a else ''}{op} {n}"
+        case ExpandTest(text=t):
+            return f"{prefix}$ {t}"
+    return prefix
+
+
+# ---------------------------------------------------------------------- special variables
+# A table of handlers, not an if/elif chain (CONVENTIONS.md): each gets the evaluator,
+# the new value (None when unset) and the old one.
+
+
+def _maildir(ev: Evaluator, value: str | None, old: str | None) -> None:
+    if value is None:
+        return
+    if not ev.effects.chdir(value):
+        if old is None:
+            ev.vars.pop("MAILDIR", None)
+        else:
+            ev.vars["MAILDIR"] = old
+
+
+def _logfile(ev: Evaluator, value: str | None, old: str | None) -> None:
+    ev.effects.set_logfile(value or None)
+
+
+def _log(ev: Evaluator, value: str | None, old: str | None) -> None:
+    if value:
+        ev.effects.log(value)
+
+
+def _umask(ev: Evaluator, value: str | None, old: str | None) -> None:
+    text = (value or "").strip()
+    digits = ""
+    for ch in text:
+        if ch in "01234567":
+            digits += ch
+        else:
+            break
+    ev.effects.set_umask(int(digits, 8) & 0o777 if digits else 0)
+
+
+def _includerc(ev: Evaluator, value: str | None, old: str | None) -> None:
+    if not value:
+        return
+    depth = sum(1 for f in ev.frames if f.kind in ("rc", "include"))
+    if depth >= MAX_INCLUDE_DEPTH:
+        ev.effects.log(f'procmail: Too deeply nested INCLUDERC "{value}"\n')
+        return
+    rc = ev.effects.load_rcfile(value)
+    if rc is None:
+        return
+    ev._log_diagnostics(rc)
+    ev.frames.append(_Frame(rc.items, "include", rc.path))
+
+
+def _switchrc(ev: Evaluator, value: str | None, old: str | None) -> None:
+    # Drop the current file's frames (its blocks too); a bare SWITCHRC just ends it.
+    rc = ev.effects.load_rcfile(value) if value else None
+    if value and rc is None:
+        return                     # "Couldn't read": processing continues here
+    while ev.frames and ev.frames[-1].kind == "block":
+        ev.frames.pop()
+    if not ev.frames:
+        return
+    top = ev.frames[-1]
+    if rc is None:
+        top.index = len(top.items)
+        return
+    ev._log_diagnostics(rc)
+    ev.lastcond = ev.prevcond = ev.lastsucc = False
+    ev.frames[-1] = _Frame(rc.items, top.kind, rc.path)
+
+
+def _host(ev: Evaluator, value: str | None, old: str | None) -> None:
+    if value is not None and value != ev.effects.hostname():
+        raise _Stop(End.HOST)
+
+
+def _lockfile(ev: Evaluator, value: str | None, old: str | None) -> None:
+    ev.effects.global_lock(value or None)
+
+
+def _shift(ev: Evaluator, value: str | None, old: str | None) -> None:
+    try:
+        n = int(value or "0")
+    except ValueError:
+        n = 0
+    if n > 0:
+        del ev.positional[:n]
+    ev.vars.pop("SHIFT", None)
+
+
+_SPECIAL_ASSIGNMENTS: dict[str, Callable[[Evaluator, str | None, str | None], None]] = {
+    "MAILDIR": _maildir,
+    "LOGFILE": _logfile,
+    "LOG": _log,
+    "UMASK": _umask,
+    "INCLUDERC": _includerc,
+    "SWITCHRC": _switchrc,
+    "HOST": _host,
+    "LOCKFILE": _lockfile,
+    "SHIFT": _shift,
+}
+
+_SPECIAL_LOOKUPS: dict[str, Callable[[Evaluator], str | None]] = {
+    "#": lambda ev: str(len(ev.positional)),
+    "$": lambda ev: str(ev.pid),
+    "_": lambda ev: ev.current_file,
+    "-": lambda ev: ev.vars.get("LASTFOLDER"),
+    "=": lambda ev: str(ev.lastscore),
+    "@": lambda ev: " ".join(ev.positional),
+}
