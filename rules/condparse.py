@@ -11,7 +11,8 @@ leading and trailing blanks, then its first character selects the test, repeated
   ``$``          ExpandTest: expanded and re-parsed at run time, so this module is also
                  called by the evaluator after expansion (it must not import pyparsing)
   ``?``          ProgramTest
-  ``<`` ``>``    SizeTest (``VAR ?? < n`` gives SizeTest(area=VAR), item 11)
+  ``<`` ``>``    SizeTest (``VAR ?? < n`` gives SizeTest(area=VAR), item 11); words after
+                 the number are ignored, as procmail does (it logs them as Skipped)
   ``\\``         quotes the next character and is dropped (item 6)
   anything else  RegexTest
 
@@ -33,13 +34,15 @@ from .ast import (Condition, ExpandTest, ProgramTest, RegexTest, SizeTest, Span,
                   Test, VarTest, Weight)
 from .errors import RcSyntaxError
 
-__all__ = ["parse_condition", "squeeze", "is_name_start", "is_name_char"]
+__all__ = ["parse_condition", "squeeze", "is_name_start", "is_name_char",
+           "size_leftover"]
 
 _BLANKS = " \t"
 # procmail's stod(): optional blanks and sign, digits, optional '.' or ',' fraction;
 # no exponent.  At least one digit must be present somewhere.
 _STOD = re.compile(r"[ \t]*([+-]?)([0-9]*)(?:[.,]([0-9]*))?")
-_SIZE = re.compile(r"[ \t]*([+-]?[0-9]+)[ \t]*\Z")
+_SIZE = re.compile(r"[ \t]*([+-]?[0-9]+)")
+_SIZE_LEFTOVER = re.compile(r"[<>][ \t]*[+-]?[0-9]+[ \t]*(.*)\Z", re.S)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LIMIT = 2147483647.0
 
@@ -161,6 +164,13 @@ def parse_condition(text: str, span: Span) -> Condition:
         test = _regex(rest, area)
         break
     return Condition(test=test, negate=negate, weight=weight, span=span)
+
+
+def size_leftover(text: str) -> str:
+    """What procmail skips after the number of a size test (``* > 10 bytes`` logs
+    ``Skipped "bytes"``); empty when there is nothing."""
+    m = _SIZE_LEFTOVER.search(text.strip(_BLANKS))
+    return m.group(1).strip(_BLANKS) if m else ""
 
 
 def _regex(pattern: str, area: str | None) -> Test:

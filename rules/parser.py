@@ -34,8 +34,9 @@ import re
 import pyparsing as pp
 
 from .ast import (Assignment, Block, Condition, Diagnostic, Flag, FLAG_LETTERS, Folder,
-                  Forward, Item, LockSpec, Pipe, RcFile, Recipe, Skipped, Span)
-from .condparse import is_name_char, is_name_start, parse_condition
+                  Forward, Item, LockSpec, Pipe, RcFile, Recipe, SizeTest, Skipped,
+                  Span)
+from .condparse import is_name_char, is_name_start, parse_condition, size_leftover
 from .errors import RcSyntaxError
 
 __all__ = ["parse_rc"]
@@ -364,7 +365,11 @@ class _Parser:
         bad = False
         for text, cpos in conds:
             try:
-                conditions.append(parse_condition(text, s.span(cpos)))
+                cond = parse_condition(text, s.span(cpos))
+                conditions.append(cond)
+                if isinstance(cond.test, SizeTest) and (left := size_leftover(text)):
+                    self.warn(cpos, f'Skipped "{left}": expected nothing after the '
+                                    "number of bytes")
             except RcSyntaxError as e:
                 self.error(cpos, f"{e.message}; the recipe at {s.span(colon)} is ignored")
                 bad = True

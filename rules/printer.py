@@ -22,6 +22,7 @@ from .ast import (Assignment, Block, Condition, ExpandTest, Flag, Folder, Forwar
                   Pipe, ProgramTest, RcFile, Recipe, RegexTest, SizeTest, Skipped, Span,
                   VarTest)
 from .condparse import is_name_char, is_name_start, parse_condition
+from .errors import RcSyntaxError
 
 __all__ = ["format_rc", "dump_ast", "format_number", "FLAG_ORDER"]
 
@@ -57,7 +58,11 @@ def _multiline(text: str) -> str:
 def _regex_text(pattern: str, area: str | None) -> str:
     """The pattern, with a leading backslash if it would otherwise be read as
     something else (behaviour 6)."""
-    plain = parse_condition(pattern, _NOSPAN) if pattern == pattern.strip(" \t") else None
+    try:
+        plain = parse_condition(pattern, _NOSPAN) if pattern == pattern.strip(" \t") \
+            else None
+    except RcSyntaxError:
+        plain = None
     expect = RegexTest(pattern)
     if plain is not None and plain.test == expect and not plain.negate \
             and plain.weight is None:
