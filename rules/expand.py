@@ -44,10 +44,11 @@ Errors
     "NAME"``: ``${`` not followed by a name and one of ``} :- :+ - +``, ``${12}`` (more than
     one digit), and an unterminated ``${NAME...``.  procmail drops the offending character
     and reads on, producing a mangled value; postroom refuses the whole expansion instead
-    (README, differences).  An unterminated ``${N-w`` word (no closing ``}``), which procmail
-    accepts silently while corrupting its parser state, raises it too.  An unterminated
-    quote is accepted like procmail does (it logs ``Unexpected EOL``; logged here at
-    INFO).
+    (README, differences).  An *unused* ``${N-w`` word that is never closed raises it too:
+    procmail accepts it silently but leaves its reader skipping, so a later ``${...}``
+    in the same run jumps back into stale buffer text.  A *used* unclosed word simply
+    runs to the end of the text, as in procmail.  An unterminated quote is accepted like
+    procmail does (it logs ``Unexpected EOL``; logged here at INFO).
 """
 
 from __future__ import annotations

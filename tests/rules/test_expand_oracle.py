@@ -160,6 +160,9 @@ CASES: list[Case] = [
     # No log line at all, and procmail's reader is left skipping: a later ${U-w} in the
     # same procmail run jumps back into stale buffer text (seen: "./dumpargs" -> "./dumpaa").
     Case(V, "${X:-abc", ExpansionError, procmail="abc", alone=True),
+    # An unclosed ${N-w} word that is used just runs to the end of the line.
+    Case(V, "${U:-a", "a"),
+    Case(V, "${U-x${T}", "xt"),
     # --- program argv (expand_words), after "./dumpargs cNN" ---------------------------
     Case(W, "$X", ("a", "b")),
     Case(W, '"$X"', ("a  b",)),
