@@ -104,7 +104,7 @@ _SYSEXITS: dict[str, tuple[int, str, str]] = {
 
 _ERROR_SPEC = re.compile(
     r"""\s*(?:
-        (?P<enh>[245]\.\d{1,3}\.\d{1,3})(?:[:\s]\s*(?P<code1>[245]\d\d)(?=\s|$))?
+        (?P<enh>[245]\.\d{1,3}\.\d{1,3})(?::(?P<code1>[245]\d\d)|\s+(?P<code1b>[245]\d\d))?(?=\s|$)
       | (?P<code2>[245]\d\d)(?=\s|$)
       | (?P<name>[A-Za-z]+)(?=\s|$)
     )\s*(?P<text>.*)""",
@@ -125,7 +125,7 @@ def parse_error_spec(spec: str) -> Reply | str:
             return f"unknown error name {name!r} (expected e.g. nouser, nohost, unavailable, tempfail)"
         code, enhanced, default = _SYSEXITS[name.lower()]
     elif enhanced := m.group("enh"):
-        code = int(m.group("code1") or {"5": 550, "4": 450, "2": 250}[enhanced[0]])
+        code = int(m.group("code1") or m.group("code1b") or {"5": 550, "4": 450, "2": 250}[enhanced[0]])
         default = "User unknown" if enhanced == "5.1.1" else "Rejected"
     else:
         code = int(m.group("code2"))
