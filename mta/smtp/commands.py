@@ -38,6 +38,11 @@ _ESMTP_VALUE = re.compile(r"^[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+$")
 _GENERAL_LITERAL = re.compile(r"^[A-Za-z0-9\-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+$")
 
 
+def printable(text: str, limit: int = 80) -> str:
+    """``text`` safe to echo in a reply: control characters become '?', cut to ``limit``."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
+
+
 def split_command(line: str) -> tuple[str, str]:
     """``"mail FROM:<a@b>"`` -> ``("MAIL", "FROM:<a@b>")``."""
     verb, _, arg = line.strip(" ").partition(" ")
@@ -106,7 +111,7 @@ def parse_params(text: str) -> dict[str, str]:
     for item in text.split():
         key, eq, value = item.partition("=")
         if not _ESMTP_KEYWORD.match(key) or (eq and not _ESMTP_VALUE.match(value)):
-            raise CommandSyntaxError(R.SYNTAX_ARGS.with_text(f"Bad parameter syntax: {item[:40]}"))
+            raise CommandSyntaxError(R.SYNTAX_ARGS.with_text(f"Bad parameter syntax: {printable(item, 40)}"))
         params[key.upper()] = value
     return params
 
@@ -139,5 +144,5 @@ def parse_path(arg: str, keyword: str, *, null_ok: bool, postmaster_ok: bool = F
     if postmaster_ok and path.lower() == "postmaster":
         return path, params
     if not is_mailbox(path):
-        raise CommandSyntaxError(bad.with_text(f"Bad address syntax: <{path[:80]}>"))
+        raise CommandSyntaxError(bad.with_text(f"Bad address syntax: <{printable(path)}>"))
     return path, params

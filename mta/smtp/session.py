@@ -144,6 +144,9 @@ class Session:
 
     async def _read_command(self) -> bytes | None:
         self._idle = True
+        if self._stop_requested:        # asked during the flush before this wait
+            self._idle = False
+            return None
         try:
             line = await self.lines.readline(self.limits.max_line, self.limits.idle_timeout)
         except asyncio.TimeoutError:
