@@ -190,7 +190,6 @@ class Config:
 
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
-SAMPLE_MAPS = ("local-host-names", "virtusertable", "aliases", "users")
 
 
 def install_samples(config: Config, samples_dir: Path = SAMPLES_DIR) -> list[Path]:
@@ -206,6 +205,8 @@ def install_samples(config: Config, samples_dir: Path = SAMPLES_DIR) -> list[Pat
         "virtusertable": maps.virtusertable,
         "aliases": maps.aliases,
         "users": maps.users,
+        # the :include: list named by the sample aliases, next to the aliases file
+        "sales.list": maps.aliases.parent / "sales.list" if maps.aliases else None,
     }
     for name, dest in targets.items():
         if dest is None or dest.exists():

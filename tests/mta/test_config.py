@@ -130,9 +130,14 @@ def test_embedded_default_lives_under_base_dir(tmp_path: Path) -> None:
         assert p is not None and p.is_relative_to(var)
     assert c.deliver.run_as_root_drop is False
     written = install_samples(c)
-    assert len(written) == 4 and install_samples(c) == []  # never overwrites
+    assert len(written) == 5 and install_samples(c) == []  # never overwrites
     maps = Maps.from_config(c)
     assert maps.diagnostics() == []
+    from mta.routing import LocalMailbox, RemoteDest, Router
+
+    res = Router(c, maps).resolve("sales")  # the sample list, through its :include: file
+    assert res.destinations == (LocalMailbox("demo"), RemoteDest("partner@elsewhere.example"))
+    assert res.envelope_sender_override == f"owner-sales@{c.server.hostname}"
     demo = maps.users.lookup("demo")
     assert demo is not None and demo.home == var / "home" / "demo"
 
