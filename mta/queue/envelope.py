@@ -119,7 +119,7 @@ class Envelope:
         if data.pop("version", None) != FORMAT_VERSION:
             raise CorruptEnvelope("unknown envelope format version")
         try:
-            rcpts = data.pop("recipients")
+            rcpts = data.pop("recipients", None)
             if not isinstance(rcpts, list) or not rcpts:
                 raise CorruptEnvelope("envelope has no recipients")
             recipients = [_recipient(r) for r in rcpts]
