@@ -137,7 +137,7 @@ class Session:
         verdict = self.policy.check_connect(self.client_ip)
         if not isinstance(verdict, Accept):
             log.info("connect from [%s] refused: %s", self.client_ip, verdict.reply)
-            self.reply(verdict.reply if isinstance(verdict, TempFail) else verdict.reply)
+            self.reply(verdict.reply)
             return False
         self._out.append(f"220 {self.server.hostname} ESMTP postroom\r\n".encode())
         return True
