@@ -28,7 +28,7 @@ by tests/rules/test_expand_oracle.py:
     ``a b``; inside double quotes the inner quotes stay literal), ``$1``..``$9`` (one digit
     only: ``$12`` is ``$1`` then ``2``; ``$0`` is procmail's argv0), ``$\\NAME`` (regex-quoted,
     never split), ``$#``, ``$$``, ``$?``, ``$=`` (never split), ``$_``, ``$-`` (split when
-    unquoted; ``$_X`` is ``$_`` then ``X``), ``"$@"``.  Unquoted ``$@`` gives ``@``;
+    unquoted; ``$_X`` is ``$_`` then ``X``, but ``${_}`` and ``$\\_`` are empty), ``"$@"``.  Unquoted ``$@`` gives ``@``;
     a ``$`` before any other character, or at the end, stays literal.  Backquotes run
     through the ``backquote`` callback with the command text after procmail's backslash
     processing; inside double quotes a ``"`` ends an unterminated backquote.
@@ -264,7 +264,11 @@ class _Reader:
     def _get(self, name: str) -> str | None:
         if self.skip is not None:
             return None  # procmail does not look anything up in an unused ${N-w} word
-        if name and name[0] in _DIGITS:
+        if not name or name == "_":
+            # ${_} and $\_ read an environment variable "_", never set by procmail; only
+            # the bare $_ means the rcfile (the name "_" of the Lookup interface).
+            return None
+        if name[0] in _DIGITS:
             name = name[0]  # procmail looks at the first digit only ($\12 is $\1)
         return self.lookup(name)
 
