@@ -1,0 +1,47 @@
+"""deliver.errors — the typed failures of mailbox writing and locking.
+
+Every error carries ``temporary``: True means "try again later" (sysexits EX_TEMPFAIL, 75:
+a full disk, a file size limit, an I/O error, a lock that could not be had), False means the
+delivery can never succeed as asked (a symlinked spool mailbox, a folder that is not a
+directory).  The command layer maps these to procmail's exit codes in one place; nothing
+here exits or logs on the caller's behalf.
+"""
+
+from __future__ import annotations
+
+import errno
+
+# errnos after which the same delivery may well succeed later (Postfix local(8) defers on
+# these; procmail logs "No space left to finish writing" / "Quota exceeded while writing").
+TEMPORARY_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EAGAIN, errno.EINTR,
+     errno.ESTALE, errno.ENOLCK, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ETIMEDOUT}
+)
+
+
+class DeliveryError(Exception):
+    """Base of every deliver/ error; ``temporary`` says whether a retry may succeed."""
+
+    temporary: bool
+
+    def __init__(self, message: str, *, temporary: bool = False, path: str | None = None) -> None:
+        super().__init__(message)
+        self.temporary = temporary
+        self.path = path
+
+
+class MailboxError(DeliveryError):
+    """A folder could not be written (whole); nothing partial was left behind."""
+
+    @classmethod
+    def from_oserror(cls, what: str, path: str, exc: OSError) -> "MailboxError":
+        """Wrap ``exc``; temporary when its errno is one a later retry can cure."""
+        return cls(f'{what} "{path}": {exc.strerror or exc}', temporary=exc.errno in TEMPORARY_ERRNOS,
+                   path=path)
+
+
+class LockError(DeliveryError):
+    """A lock file (or kernel lock) could not be obtained; temporary unless said otherwise."""
+
+    def __init__(self, message: str, *, temporary: bool = True, path: str | None = None) -> None:
+        super().__init__(message, temporary=temporary, path=path)

@@ -1,0 +1,158 @@
+"""deliver.mboxformat — the bytes procmail writes for one message, per destination kind.
+
+``mbox_bytes(message, raw=False)`` is what procmail appends to a plain file (PROCMAIL-BEHAVIOUR
+27-29, procmail's readmail()/getchunk()/dump()):
+
+* every line that begins exactly with ``From `` gets one ``>`` — in the header (not the first
+  line) and in the body; ``>From``, `` From``, ``From:`` and ``FROM `` are left alone; the
+  search stops at the first NUL byte (procmail uses strstr), separately in header and body;
+* a ``Content-Length:`` header field is rewritten in place to the real body length,
+  right-aligned in the field's original width (``Content-Length: 5`` may become
+  ``Content-Length:39``; a value that does not fit leaves the field as 9s), and the body
+  part it covers is not escaped;
+* a message that does not end with an empty line gets one ``\\n`` — a message without any
+  final newline gets exactly one, so the next From_ line follows without a blank line.
+
+With ``raw=True`` (the ``r`` flag) neither escaping nor the final newline is applied.  The
+Content-Length rewrite is *not* an mbox matter in procmail: it edits the one buffer that
+every destination is written from, even with ``r``.  So ``rewrite_content_length`` is applied
+by every function here (it is idempotent) and by deliver.fromline.prepare_message.
+
+``program_bytes`` is the same without escaping: pipes, forwards, MH and directory folders.
+``maildir_bytes`` drops the From_ line and its ``>`` continuation lines and adds nothing.
+
+CRLF input is not special (``\\r\\n\\r\\n`` does not end the header); 8-bit bytes pass
+unchanged.  Pure functions, no errors.
+"""
+
+from __future__ import annotations
+
+import re
+
+_FROM_NL = b"\nFrom "
+_CONTENT_LENGTH = re.compile(rb"(?:^|(?<=\n))content-length:", re.IGNORECASE)
+_NUM_SIZE = 27   # procmail's charNUM(num, long): at most 26 digits are written in the field
+
+
+def _realstart(data: bytes) -> int:
+    """One past the first byte that is not a newline (procmail's realstart)."""
+    i = 0
+    while i < len(data):
+        c = data[i]
+        i += 1
+        if c != 0x0A:
+            break
+    return i
+
+
+def header_end(data: bytes) -> int:
+    """Offset just past the empty line that ends the header (len(data) if none).
+
+    Like rules.message.Message.header_end but as procmail's readmail() finds it: the search
+    starts after leading empty lines and a NUL byte before the empty line makes the whole
+    mail header.
+    """
+    pos = _realstart(data)
+    nul = data.find(b"\0", pos)
+    stop = len(data) if nul < 0 else nul       # procmail scans with strchr(): NUL ends it
+    while True:
+        nl = data.find(b"\n", pos, stop)
+        if nl < 0 or nl + 1 >= stop:
+            return len(data)
+        if data[nl + 1] == 0x0A:
+            return nl + 2
+        pos = nl + 1
+
+
+def _content_length(data: bytes, body: int) -> tuple[bytes, int | None]:
+    """(data with Content-Length rewritten, bytes of body it covers) or (data, None)."""
+    m = _CONTENT_LENGTH.search(data, 0, body)
+    if m is None:
+        return data, None
+    start = m.end()
+    end = start
+    while end < len(data) and data[end] not in (0x0A, 0x00):
+        end += 1
+    width = end - start
+    places = min(width, _NUM_SIZE - 1)
+    cntlen = len(data) - body
+    if len(data) > 1 and data[-2] == 0x0A:     # procmail's "no phantom '\n'?" quirk
+        cntlen -= 1
+    cntlen = max(cntlen, 0)
+    digits = str(cntlen)
+    if len(digits) <= places:
+        field, covered = digits.rjust(places).encode("ascii"), cntlen
+    else:
+        field, covered = b"9" * places, int("9" * places) if places else 0
+    field += b" " * (width - places)
+    return data[:start] + field + data[end:], covered
+
+
+def rewrite_content_length(data: bytes) -> bytes:
+    """The message with its Content-Length value set to the real body length (28)."""
+    return _content_length(data, header_end(data))[0]
+
+
+def _escape_points(data: bytes, start: int, stop: int) -> list[int]:
+    """Offsets of the newlines in ``\\nFrom `` lying wholly in [start, stop) before any NUL."""
+    nul = data.find(b"\0", start, stop)
+    if nul >= 0:
+        stop = nul
+    points = []
+    pos = data.find(_FROM_NL, start, stop)
+    while pos >= 0:
+        points.append(pos)
+        pos = data.find(_FROM_NL, pos + 1, stop)
+    return points
+
+
+def _with_final_newline(data: bytes) -> bytes:
+    """Rule 29: end with an empty line; no final newline at all gets exactly one."""
+    return data if data.endswith(b"\n\n") else data + b"\n"
+
+
+def mbox_bytes(message: bytes, *, raw: bool) -> bytes:
+    """What procmail appends to an mbox for ``message`` (escaping, Content-Length, newline)."""
+    body = header_end(message)
+    data, covered = _content_length(message, body)
+    if raw:
+        return data
+    restbody = body + covered if covered is not None else max(body - 1, 0)
+    points = _escape_points(data, _realstart(data), body) + _escape_points(data, restbody, len(data))
+    if points:
+        parts = []
+        prev = 0
+        for p in points:
+            parts.append(data[prev : p + 1])
+            parts.append(b">")
+            prev = p + 1
+        parts.append(data[prev:])
+        escaped = b"".join(parts)
+    else:
+        escaped = data
+    # procmail looks at the *unescaped* last two bytes; escaping never changes them.
+    return _with_final_newline(escaped)
+
+
+def program_bytes(message: bytes) -> bytes:
+    """What a pipe, forward, MH or directory folder receives: rule 29, no escaping."""
+    return _with_final_newline(rewrite_content_length(message))
+
+
+def skip_from_line(message: bytes) -> bytes:
+    """The message without its From_ line and the ``>`` lines right after it (skipFrom_)."""
+    if not message.startswith(b"From "):
+        return message
+    pos = 0
+    while True:
+        nl = message.find(b"\n", pos)
+        if nl < 0:
+            return b""
+        pos = nl + 1
+        if pos >= len(message) or message[pos] != 0x3E:   # '>'
+            return message[pos:]
+
+
+def maildir_bytes(message: bytes) -> bytes:
+    """What a Maildir file holds: no From_ line, nothing added (30)."""
+    return skip_from_line(rewrite_content_length(message))
