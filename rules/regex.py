@@ -1,0 +1,563 @@
+"""procmail's egrep dialect, translated to RE2 so that no rule can take more than linear time.
+
+What it does: ``compile_regex(pattern, case_sensitive=...)`` parses a condition's regex the
+way procmail's own engine (regexp.c) reads it, expands the built-in macros
+(rules.macros), and compiles an RE2 program (google-re2, Latin-1 mode, on bytes) for the
+match/no-match question.  The returned ``CompiledRegex`` answers ``search`` (match, plus
+the ``MATCH`` text when the pattern has ``\\/``) and ``count`` (successive matches for
+weighted scoring, procmailsc(5)).
+
+The dialect (PROCMAIL-BEHAVIOUR 1-8, checked against the real procmail):
+  * case-insensitive unless ``case_sensitive``; folding is ASCII only and done here
+    (letters become both cases), never by RE2;
+  * ``^`` and ``$`` each match exactly one newline; the search area is seen with a
+    virtual newline before and after it, so ``^`` at the start and ``$`` at the end work;
+  * ``^^`` consumes the leading virtual newline; when it is the last thing of the regex
+    it also matches (zero-width) at the very end of the area;
+  * ``.`` and negated classes never match a newline; ``{`` is literal; ``\\x`` is a
+    literal x; ``\\<`` / ``\\>`` consume one non-word character or newline;
+  * ``a**`` is ``a*`` then a literal ``*`` (an operator after an operator, or at the
+    start of a group, is a literal); ``[`` without ``]`` runs to the end of the regex;
+    a reversed range ``[z-a]`` means just its end character;
+  * ``\\/`` splits the regex: ``MATCH`` gets the text matched by the right part, taken
+    leftmost-longest, with the left part as short as possible (item 8).
+Only unbalanced parentheses make a regex invalid (procmail: "Invalid regexp").
+
+Guarantees: compilation and translation are linear in the pattern (after macro
+expansion); every search is linear in the text.  A plain search is one RE2 pass over
+the area.  ``\\/`` and ``count`` additionally run a small Thompson-NFA simulation
+(procmail's own algorithm, in Python) over the stretch of text that RE2 located, which
+is O(text x pattern).
+
+Errors: ``rules.errors.RegexError`` for an invalid pattern (unbalanced parentheses) or
+one RE2 refuses (e.g. a program over RE2's memory budget).  procmail instead logs
+"Invalid regexp" and treats the condition as matched; postroom reports it (README,
+differences).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import RegexError
+from .macros import expand_macros
+
+# ---------------------------------------------------------------------------- AST
+# Tuples keep parsing cheap:
+#   ("set", frozenset[int])  consumes one byte in the set
+#   ("anc",)                 ``^^`` before resolution of its position
+#   ("bot",)                 consumes the leading virtual newline only
+#   ("eot",)                 ``^^`` last in the regex: end of area, or leading newline
+#   ("bom",)                 ``\/``
+#   ("cat", tuple), ("alt", tuple), ("star", n), ("plus", n), ("opt", n)
+
+_NL = 10
+_ALL = frozenset(range(256))
+_WORD = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+_NONWORD_NL = _ALL - _WORD  # \< and \>: [^a-zA-Z0-9_] plus newline
+_DOT = _ALL - {_NL}
+_NEWLINE = frozenset({_NL})
+_UPPER = range(ord("A"), ord("Z") + 1)
+_LOWER = range(ord("a"), ord("z") + 1)
+
+
+def _other_case(c: int) -> int | None:
+    if c in _UPPER:
+        return c + 32
+    if c in _LOWER:
+        return c - 32
+    return None
+
+
+class _Parser:
+    """A recursive-descent reader mirroring regexp.c's por/pnorm/psimp."""
+
+    __slots__ = ("p", "n", "i", "fold", "has_bom")
+
+    def __init__(self, pattern: bytes, fold: bool) -> None:
+        self.p = pattern
+        self.n = len(pattern)
+        self.i = 0
+        self.fold = fold
+        self.has_bom = False
+
+    def endgroup(self) -> bool:
+        return self.i >= self.n or self.p[self.i] in (0x7C, 0x29)  # | )
+
+    def por(self) -> tuple[Any, bool]:
+        """Alternatives up to ')' (True) or the end of the pattern (False)."""
+        alts = []
+        while True:
+            alts.append(self.pnorm())
+            if self.i < self.n and self.p[self.i] == 0x7C:
+                self.i += 1
+                continue
+            break
+        closed = self.i < self.n  # stopped at ')'
+        if closed:
+            self.i += 1
+        node = alts[0] if len(alts) == 1 else ("alt", tuple(alts))
+        return node, closed
+
+    def pnorm(self) -> Any:
+        items = []
+        while not self.endgroup():
+            atom = self.psimp()
+            if self.i < self.n:
+                op = self.p[self.i]
+                if op == 0x2A:
+                    atom = ("star", atom)
+                    self.i += 1
+                elif op == 0x2B:
+                    atom = ("plus", atom)
+                    self.i += 1
+                elif op == 0x3F:
+                    atom = ("opt", atom)
+                    self.i += 1
+            items.append(atom)
+        return items[0] if len(items) == 1 else ("cat", tuple(items))
+
+    def mark(self, s: set[int], c: int) -> None:
+        """bseti(): put c (and its other case when folding) in the class."""
+        s.add(c)
+        if self.fold:
+            o = _other_case(c)
+            if o is not None:
+                s.add(o)
+
+    def psimp(self) -> Any:
+        p, i = self.p, self.i
+        c = p[i]
+        if c == 0x28:  # (
+            self.i = i + 1
+            node, closed = self.por()
+            if not closed:
+                raise _Invalid("unmatched '('")
+            return node
+        if c == 0x5B:  # [
+            return self.klass()
+        if c == 0x2E:  # .
+            self.i = i + 1
+            return ("set", _DOT)
+        if c == 0x5E and i + 1 < self.n and p[i + 1] == 0x5E:  # ^^
+            self.i = i + 2
+            return ("anc",)
+        if c == 0x5E or c == 0x24:  # ^ $
+            self.i = i + 1
+            return ("set", _NEWLINE)
+        if c == 0x5C:  # backslash
+            if i + 1 >= self.n:  # nothing to quote: a literal backslash
+                self.i = i + 1
+                return self.literal(c)
+            q = p[i + 1]
+            self.i = i + 2
+            if q == 0x2F:
+                self.has_bom = True
+                return ("bom",)
+            if q == 0x3C or q == 0x3E:
+                return ("set", _NONWORD_NL)
+            return self.literal(q)
+        self.i = i + 1
+        return self.literal(c)
+
+    def literal(self, c: int) -> Any:
+        if self.fold:
+            o = _other_case(c)
+            if o is not None:
+                return ("set", frozenset((c, o)))
+        return ("set", frozenset((c,)))
+
+    def klass(self) -> Any:
+        p, n = self.p, self.n
+        i = self.i + 1
+        negate = i < n and p[i] == 0x5E
+        s: set[int] = set()
+        if negate:
+            i += 1
+        last = -1
+        if i < n and p[i] in (0x5D, 0x2D):  # ] or - first: literal
+            s.add(p[i])
+            last = p[i]
+            i += 1
+        while i < n:
+            c = p[i]
+            if c == 0x5D:
+                i += 1
+                break
+            if c == 0x2D and i + 1 < n and p[i + 1] != 0x5D:
+                end = p[i + 1]
+                for r in range(last + 1, end):
+                    self.mark(s, r)
+                c = end
+                i += 1
+            self.mark(s, c)
+            last = c
+            i += 1
+        self.i = i
+        result = (_ALL - s) - _NEWLINE if negate else frozenset(s)
+        return ("set", result)
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _resolve(node: Any, at_end: bool) -> Any:
+    """Decide each ``^^``: end anchor only when nothing follows it (regexp.c: e==opcfin)."""
+    kind = node[0]
+    if kind == "anc":
+        return ("eot",) if at_end else ("bot",)
+    if kind == "cat":
+        items = node[1]
+        last = len(items) - 1
+        return ("cat", tuple(_resolve(x, at_end and k == last) for k, x in enumerate(items)))
+    if kind == "alt":
+        return ("alt", tuple(_resolve(x, at_end) for x in node[1]))
+    if kind == "opt":
+        return ("opt", _resolve(node[1], at_end))
+    if kind in ("star", "plus"):
+        return (kind, _resolve(node[1], False))
+    return node
+
+
+# ------------------------------------------------------------------- RE2 syntax
+
+
+def _set_re(s: frozenset[int]) -> str:
+    if not s:
+        return "[^\\x00-\\xff]"
+    if len(s) == 256:
+        return "(?s:.)"
+    if len(s) == 1:
+        (c,) = s
+        ch = chr(c)
+        return ch if ch.isascii() and ch.isalnum() else f"\\x{c:02x}"
+    parts = []
+    items = sorted(s)
+    start = prev = items[0]
+    for c in items[1:] + [999]:
+        if c == prev + 1:
+            prev = c
+            continue
+        parts.append(f"\\x{start:02x}" if start == prev else f"\\x{start:02x}-\\x{prev:02x}")
+        start = prev = c
+    return "[" + "".join(parts) + "]"
+
+
+def _to_re2(node: Any) -> str:
+    kind = node[0]
+    if kind == "set":
+        return _set_re(node[1])
+    if kind == "cat":
+        return "".join(_to_re2(x) for x in node[1])
+    if kind == "alt":
+        return "(?:" + "|".join(_to_re2(x) for x in node[1]) + ")"
+    if kind == "star":
+        return "(?:" + _to_re2(node[1]) + ")*"
+    if kind == "plus":
+        return "(?:" + _to_re2(node[1]) + ")+"
+    if kind == "opt":
+        return "(?:" + _to_re2(node[1]) + ")?"
+    if kind == "bot":
+        return "\\A\\x0a"
+    if kind == "eot":
+        return "(?:\\A\\x0a|\\x0a\\z)"
+    return ""  # bom: the split itself is found by the NFA
+
+
+# -------------------------------------------------------------- Thompson NFA
+# Instructions (lists, indexed by pc):
+#   (0, set, next)   consume a byte in set        (1, a, b)  split: a first
+#   (2, next)        jump                         (3, next)  \/ split point
+#   (4, next)        consume B[0] only (^^)       (5,)       ^^ at the end
+#   (6,)             match
+
+_CHR, _SPLIT, _JMP, _BOM, _BOT, _EOT, _FIN = range(7)
+
+
+def _compile_nfa(node: Any) -> tuple[list[tuple[Any, ...]], int]:
+    prog: list[tuple[Any, ...]] = [(_FIN,)]
+
+    def emit(ins: tuple[Any, ...]) -> int:
+        prog.append(ins)
+        return len(prog) - 1
+
+    def comp(nd: Any, nxt: int) -> int:
+        kind = nd[0]
+        if kind == "set":
+            return emit((_CHR, nd[1], nxt))
+        if kind == "cat":
+            for x in reversed(nd[1]):
+                nxt = comp(x, nxt)
+            return nxt
+        if kind == "alt":
+            entries = [comp(x, nxt) for x in nd[1]]
+            pc = entries[-1]
+            for e in reversed(entries[:-1]):
+                pc = emit((_SPLIT, e, pc))
+            return pc
+        if kind == "star":
+            loop = emit((_SPLIT, -1, nxt))
+            body = comp(nd[1], loop)
+            prog[loop] = (_SPLIT, body, nxt)
+            return loop
+        if kind == "plus":
+            loop = emit((_SPLIT, nxt, -1))  # regexp.c: try the exit first, then loop
+            body = comp(nd[1], loop)
+            prog[loop] = (_SPLIT, nxt, body)
+            return body
+        if kind == "opt":
+            body = comp(nd[1], nxt)
+            return emit((_SPLIT, body, nxt))
+        if kind == "bom":
+            return emit((_BOM, nxt))
+        if kind == "bot":
+            return emit((_BOT, nxt))
+        if kind == "eot":
+            return emit((_EOT,))
+        raise AssertionError(kind)
+
+    entry = comp(node, 0)
+    return prog, entry
+
+
+def _run_nfa(prog: list[tuple[Any, ...]], entry: int, buf: bytes, pos0: int,
+             ) -> tuple[int, int | None, int | None] | None:
+    """procmail's bregexec() over ``buf`` (virtual newlines included), from ``pos0``.
+
+    Threads are seeded at every position up to len(buf)-2 (no thread starts at the
+    trailing virtual newline) until a ``\\/`` match is found.  Returns ``(end, bom,
+    eom)``: ``end`` is where the first match ended (a plain match returns at once, as
+    procmail does); with ``\\/``, ``bom``/``eom`` delimit MATCH: the earliest split
+    point among the surviving threads and the last end they reached.
+    """
+    n = len(buf)
+    inf = n + 1
+    seed_limit = n - 2
+    bom: int | None = None
+    eom: int | None = None
+    clist: dict[int, int] = {}
+    pos = pos0
+    while pos <= n:
+        c = buf[pos] if pos < n else _NL
+        nlist: dict[int, int] = {}
+        threads: list[tuple[int, int]] = []
+        if eom is None and pos <= seed_limit:
+            threads.append((entry, inf))
+        threads.extend(clist.items())
+        for pc0, start in threads:
+            if bom is not None and start > bom:
+                continue  # cleantail(): a later split lost to the match found
+            stack = [pc0]
+            seen: set[int] = set()
+            while stack:
+                pc = stack.pop()
+                if pc in seen:
+                    continue
+                seen.add(pc)
+                ins = prog[pc]
+                op = ins[0]
+                if op == _CHR:
+                    if pos < n and c in ins[1]:
+                        nxt = ins[2]
+                        old = nlist.get(nxt)
+                        if old is None or start < old:
+                            nlist[nxt] = start
+                elif op == _SPLIT:
+                    stack.append(ins[2])
+                    stack.append(ins[1])
+                elif op == _JMP:
+                    stack.append(ins[1])
+                elif op == _BOM:
+                    if eom is None:
+                        start = pos
+                    stack.append(ins[1])
+                elif op == _BOT:
+                    if pos == 0:
+                        old = nlist.get(ins[1])
+                        if old is None or start < old:
+                            nlist[ins[1]] = start
+                elif op == _EOT:
+                    if pos == 0:
+                        old = nlist.get(0)
+                        if old is None or start < old:
+                            nlist[0] = start
+                    elif pos == n - 1:
+                        if start >= inf:
+                            return pos, None, None
+                        bom = start if bom is None else min(bom, start)
+                        eom = pos
+                else:  # _FIN
+                    if start >= inf:
+                        return pos, None, None
+                    bom = start if bom is None else min(bom, start)
+                    eom = pos
+        if bom is not None:
+            clist = {k: v for k, v in nlist.items() if v <= bom}
+        else:
+            clist = nlist
+        if not clist and (eom is not None or pos >= seed_limit):
+            break
+        pos += 1
+    if eom is None:
+        return None
+    assert bom is not None
+    return eom, bom, eom
+
+
+# ------------------------------------------------------------------- interface
+
+
+@dataclass(frozen=True, slots=True)
+class RegexMatch:
+    """A successful search.  ``match`` is the text for MATCH when the pattern contains
+    ``\\/`` (may be b""), else None (MATCH is left alone)."""
+
+    match: bytes | None
+
+
+_re2mod: Any = None
+
+
+def _re2() -> Any:
+    """Import google-re2 on first use: keeps ``import rules.regex`` cheap."""
+    global _re2mod
+    if _re2mod is None:
+        from re2 import _re2 as mod  # noqa: PLC0415  (lazy on purpose)
+        _re2mod = mod
+    return _re2mod
+
+
+class CompiledRegex:
+    """An immutable compiled condition regex."""
+
+    __slots__ = ("pattern", "case_sensitive", "_node", "_re", "_anchor", "_has_bom",
+                 "_empty", "_nfa")
+
+    def __init__(self, pattern: str, node: Any, re2obj: Any, has_bom: bool,
+                 case_sensitive: bool) -> None:
+        self.pattern = pattern
+        self.case_sensitive = case_sensitive
+        self._node = node
+        self._re = re2obj
+        self._anchor = _re2().RE2.Anchor.UNANCHORED if re2obj is not None else None
+        self._has_bom = has_bom
+        self._empty = node is None
+        self._nfa: tuple[list[tuple[Any, ...]], int] | None = None
+
+    def __repr__(self) -> str:
+        return f"CompiledRegex({self.pattern!r}, case_sensitive={self.case_sensitive})"
+
+    def _program(self) -> tuple[list[tuple[Any, ...]], int]:
+        if self._nfa is None:
+            self._nfa = _compile_nfa(self._node)
+        return self._nfa
+
+    def _first(self, buf: bytes, pos: int) -> int | None:
+        """Start of the leftmost match in ``buf`` at or after ``pos`` (RE2)."""
+        spans = self._re.Match(self._anchor, buf, pos, len(buf))
+        start = spans[0][0]
+        return None if start < 0 else start
+
+    def search(self, text: bytes) -> RegexMatch | None:
+        """Search the area ``text``; None when there is no match."""
+        if self._empty:  # procmail does not even search for an empty regex
+            return RegexMatch(None)
+        buf = b"\n" + text + b"\n"
+        a0 = self._first(buf, 0)
+        if a0 is None:
+            return None
+        if not self._has_bom:
+            return RegexMatch(None)
+        prog, entry = self._program()
+        res = _run_nfa(prog, entry, buf, a0)
+        if res is None:  # RE2 and the NFA disagree only if this module is wrong
+            return None
+        _end, bom, eom = res
+        if bom is None or eom is None:
+            return RegexMatch(None)
+        lo = max(bom - 1, 0)
+        hi = min(eom - 1, len(text))
+        return RegexMatch(text[lo:hi] if hi > lo else b"")
+
+    def count(self, text: bytes, limit: int) -> int | None:
+        """Number of successive matches as procmail counts them for weighted scoring
+        (procmailsc(5)), stopping at ``limit``; None when an empty match would make the
+        count unbounded (procmail jumps to +infinity, behaviour 14).
+
+        Each search restarts where the previous match ended (earliest end, as
+        procmail's engine returns it), with a newline just before that point still
+        visible to ``^``.
+        """
+        if limit <= 0:
+            return 0
+        if self._empty:
+            return None
+        buf = b"\n" + text + b"\n"
+        n = len(text)
+        prog, entry = self._program()
+        found = 0
+        pos = 0  # in text coordinates
+        while found < limit and pos <= n:
+            if pos == 0 or text[pos - 1] == _NL:
+                b, start = buf, pos
+                shift = 0
+            elif pos == n:  # regexp.c with len 0: two virtual newlines, seeded on the first
+                b, start = b"x\n\n", 1
+                shift = n - 1
+            else:
+                b, start = buf, pos + 1
+                shift = 0
+            a0 = self._first(b, start)
+            if a0 is None:
+                break
+            res = _run_nfa(prog, entry, b, max(a0, start))
+            if res is None:
+                break
+            found += 1
+            end = res[0] - 1 + shift  # text coordinate of "one past the match"
+            if end <= pos:
+                return None
+            pos = end
+        return found
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_regex(pattern: str, *, case_sensitive: bool = False,
+                  quoted_start: bool = False) -> CompiledRegex:
+    """Compile a condition regex.  Raise rules.errors.RegexError for an invalid pattern.
+
+    ``pattern`` is latin-1 text as the rc parser produced it.  ``quoted_start``: the
+    condition began with a backslash (dropped by the parser), which keeps a macro at
+    position 0 from being expanded.  Results are cached.
+    """
+    expanded, force_nocase = expand_macros(pattern, quoted_start=quoted_start)
+    fold = force_nocase or not case_sensitive
+    try:
+        raw = expanded.encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise RegexError(pattern, "not latin-1 text") from exc
+    if not raw:
+        return CompiledRegex(pattern, None, None, False, case_sensitive)
+    parser = _Parser(raw, fold)
+    try:
+        node, closed = parser.por()
+    except _Invalid as exc:
+        raise RegexError(pattern, str(exc)) from None
+    except RecursionError:
+        raise RegexError(pattern, "nested too deeply") from None
+    if closed:
+        raise RegexError(pattern, "unmatched ')'")
+    node = _resolve(node, True)
+    mod = _re2()
+    opts = mod.RE2.Options()
+    opts.encoding = mod.RE2.Options.Encoding.LATIN1
+    opts.log_errors = False
+    opts.case_sensitive = True
+    opts.never_capture = True
+    obj = mod.RE2(_to_re2(node).encode("latin-1"), opts)
+    if not obj.ok():
+        raise RegexError(pattern, f"RE2: {obj.error()}")
+    return CompiledRegex(pattern, node, obj, parser.has_bom, case_sensitive)
