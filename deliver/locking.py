@@ -1,0 +1,300 @@
+"""deliver.locking — procmail-compatible dot-locks (flufl.lock underneath) and fcntl locks.
+
+``DotLock(path, policy)`` takes the lock file ``path`` (``box.lock`` for ``box``) so that
+procmail, mutt, Postfix local(8) and postroom all exclude one another on the same mailbox:
+
+* the lock is made with flufl.lock's NFS-safe protocol: a unique claim file
+  ``<path>|<host>|<pid>|<random>`` is hard-linked to ``path`` (procmail's own lockit() also
+  links a unique file to the lock name, so the two exclude each other by link(2) EEXIST);
+* the lock file looks like procmail's (PROCMAIL-BEHAVIOUR 39): content ``0``, mode 0400,
+  its mtime the time it was made.  flufl.lock would write its claim name into it (procmail
+  only breaks lock files of at most 16 bytes) and set its mtime into the future (procmail
+  would wait LOCKTIMEOUT past that); both are overridden here;
+* procmail's stale-lock policy replaces flufl.lock's (which refuses to break any lock it
+  did not write): a regular file of at most 16 bytes whose mtime is more than LOCKTIMEOUT
+  seconds older than the file system's clock (read back from our own claim file, as
+  procmail does, so client/server clock skew on NFS does not matter) is removed, logged as
+  ``Forcing lock on``, and SUSPEND seconds are slept.  LOCKTIMEOUT=0 never breaks a lock.
+  The claim file of a broken flufl-style lock is removed with it;
+* while the lock is held by someone else we poll with a back-off from 50 ms up to
+  LOCKSLEEP (procmail always sleeps LOCKSLEEP); ``policy.timeout`` bounds the total wait;
+* a missing directory is retried ``policy.retries`` times, LOCKSLEEP apart, as procmail
+  does ("about a minute"); other creation errors fail at once;
+* leaving the ``with`` block always removes the lock and the claim file, even on error.
+
+``fcntl_locked(fd)`` holds a POSIX record lock on the whole open file (fcntl F_SETLKW, as
+procmail's fdlock() and mutt do) for the duration of a ``with`` block.
+
+``implicit_lockfile`` names the lock of a ``:0:`` recipe (PROCMAIL-BEHAVIOUR 38).
+
+Errors: ``LockError`` — temporary=True for a timeout, a missing directory after the
+retries, ENOSPC/EIO and the like; temporary=False (``errno`` set) when the directory is not
+writable (EACCES/EPERM/EROFS: procmail logs ``Lock failure on`` and carries on unlocked;
+the caller decides).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from types import TracebackType
+
+import flufl.lock
+
+from .errors import TEMPORARY_ERRNOS, LockError
+
+log = logging.getLogger(__name__)
+
+MAX_LOCKSIZE = 16          # procmail's config.h: larger files are never taken for locks
+LOCK_MODE = 0o400          # procmail's lock files: read-only, content "0"
+_FIRST_POLL = 0.05
+
+# Lock files this process holds (absolute paths): a mailbox append inside a ``:0:`` recipe
+# must not wait for the lock its own recipe took (procmail: "Deadlock attempted on").
+_held: set[str] = set()
+
+
+def is_held(path: str) -> bool:
+    """True when this process holds the lock file ``path`` through a DotLock."""
+    return os.path.abspath(path) in _held
+
+
+@dataclass(frozen=True)
+class LockPolicy:
+    """procmail's locking variables (LOCKEXT, LOCKTIMEOUT, LOCKSLEEP, SUSPEND) and limits."""
+
+    lockext: str = ".lock"
+    locktimeout: int = 1024       # seconds; a lock older than this is broken; 0 = never
+    locksleep: float = 8          # seconds between attempts (upper bound of our back-off)
+    suspend: float = 16           # seconds slept after breaking a stale lock
+    retries: int = 7              # attempts in a missing directory (procmail: about a minute)
+    timeout: float | None = None  # total wait for a held lock; None waits as procmail does
+
+
+class _ProcmailStyleLock(flufl.lock.Lock):
+    """flufl.lock's link protocol, with procmail's lock-file shape and stale-lock policy."""
+
+    def __init__(self, lockfile: str, policy: LockPolicy) -> None:
+        super().__init__(lockfile, lifetime=timedelta(days=365))
+        self._policy = policy
+        self._wait = _FIRST_POLL
+        self.forced: list[str] = []        # "Forcing lock on" events, for the caller's log
+
+    # -- the lock file's shape --------------------------------------------------------
+    def _write(self) -> None:
+        """A fresh claim file: content "0", mode 0400 (reopening a 0400 file would fail)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._claimfile)
+        fd = os.open(self._claimfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, LOCK_MODE)
+        try:
+            os.write(fd, b"0")
+            os.fchmod(fd, LOCK_MODE)       # whatever the umask
+        finally:
+            os.close(fd)
+
+    def _touch(self, filename: str | None = None) -> None:
+        """Stamp with *now*, never the future: procmail ages locks by their mtime."""
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(filename or self._claimfile, None)
+
+    @property
+    def _linkcount(self) -> int:
+        """A lock made by procmail or mutt (1 link) is "someone else's lock", not an error."""
+        try:
+            n = os.stat(self._lockfile).st_nlink
+        except FileNotFoundError:
+            return -1
+        return 2 if n == 1 else n
+
+    def _is_locked_no_refresh(self) -> bool:
+        """Ours if the lock file is our claim file (same inode); contents are always "0"."""
+        try:
+            a, b = os.stat(self._lockfile), os.stat(self._claimfile)
+        except FileNotFoundError:
+            return False
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+    # -- waiting and breaking ---------------------------------------------------------
+    @property
+    def _releasetime(self) -> int:
+        return -1                          # flufl's own lifetime-based breaking is off
+
+    def _fs_now(self) -> float:
+        """The file system's clock, read from our freshly touched claim file."""
+        try:
+            self._touch()
+            return os.stat(self._claimfile).st_mtime
+        except OSError:
+            return time.time()
+
+    def _sleep(self) -> None:
+        """Called by flufl between attempts: break a stale lock (procmail's rule) or wait."""
+        if self._break_if_stale():
+            time.sleep(self._policy.suspend)
+            self._wait = _FIRST_POLL
+            return
+        time.sleep(self._wait)
+        self._wait = min(self._wait * 2, max(self._policy.locksleep, _FIRST_POLL))
+
+    def _break_if_stale(self) -> bool:
+        timeout = self._policy.locktimeout
+        if not timeout:
+            return False
+        try:
+            st = os.lstat(self._lockfile)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode) or st.st_size > MAX_LOCKSIZE:
+            return False
+        if not timeout < self._fs_now() - st.st_mtime:
+            return False
+        try:                               # still the same file? (stat..unlink is a race)
+            again = os.lstat(self._lockfile)
+            if (again.st_ino, again.st_mtime) != (st.st_ino, st.st_mtime):
+                return False
+            claims = self._foreign_claims(st)
+            os.unlink(self._lockfile)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.warning('Forced unlock denied on "%s": %s', self._lockfile, exc.strerror)
+            return False
+        log.warning('Forcing lock on "%s"', self._lockfile)
+        self.forced.append(self._lockfile)
+        for claim in claims:
+            with contextlib.suppress(OSError):
+                os.unlink(claim)
+        return True
+
+    def _foreign_claims(self, st: os.stat_result) -> list[str]:
+        """Claim files of a flufl-style lock (same inode as the lock), to remove with it."""
+        if st.st_nlink < 2:
+            return []
+        directory = os.path.dirname(self._lockfile) or "."
+        prefix = os.path.basename(self._lockfile) + self._separator
+        found = []
+        with contextlib.suppress(OSError), os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.startswith(prefix) and entry.path != self._claimfile:
+                    with contextlib.suppress(OSError):
+                        if entry.inode() == st.st_ino:
+                            found.append(entry.path)
+        return found
+
+
+class DotLock:
+    """A procmail-compatible lock file at ``path``, held for a ``with`` block.
+
+    Raises LockError on failure (see the module docstring); never leaves ``path`` or a
+    claim file behind once the block is left.
+    """
+
+    def __init__(self, path: str, policy: LockPolicy = LockPolicy()) -> None:
+        self.path = path
+        self.policy = policy
+        self._lock: _ProcmailStyleLock | None = None
+
+    @property
+    def forced(self) -> list[str]:
+        """Lock files broken as stale while acquiring (for ``Forcing lock on`` log lines)."""
+        return self._lock.forced if self._lock else []
+
+    def acquire(self) -> None:
+        lock = _ProcmailStyleLock(self.path, self.policy)
+        timeout = None if self.policy.timeout is None else timedelta(seconds=self.policy.timeout)
+        tries = 0
+        while True:
+            try:
+                lock.lock(timeout=timeout)
+                break
+            except flufl.lock.TimeOutError:
+                raise LockError(f'Lock timeout on "{self.path}"', path=self.path) from None
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(lock.claimfile)
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR) and tries < self.policy.retries:
+                    tries += 1               # procmail retries a missing directory
+                    time.sleep(self.policy.locksleep)
+                    continue
+                err = LockError(f'Lock failure on "{self.path}": {exc.strerror}', path=self.path,
+                                temporary=exc.errno in TEMPORARY_ERRNOS or exc.errno in (errno.ENOENT, errno.ENOTDIR))
+                err.errno = exc.errno       # type: ignore[attr-defined]
+                raise err from exc
+        self._lock = lock
+        _held.add(os.path.abspath(self.path))
+
+    def release(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is None:
+            return
+        _held.discard(os.path.abspath(self.path))
+        try:
+            lock.unlock()
+        except flufl.lock.NotLockedError:
+            # Someone judged our lock stale and broke it: the fcntl lock still covered the
+            # write, but say so (procmail is silent here).
+            log.warning('Lock "%s" was removed by someone else while held', self.path)
+            with contextlib.suppress(OSError):
+                os.unlink(lock.claimfile)
+
+    def __enter__(self) -> "DotLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def fcntl_locked(fd: int, *, timeout: float | None = None) -> Iterator[None]:
+    """Hold an exclusive fcntl lock on the whole file ``fd`` (procmail's fdlock()).
+
+    ``timeout`` None blocks (F_SETLKW); otherwise polls and raises LockError(temporary).
+    """
+    try:
+        if timeout is None:
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+        else:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(_FIRST_POLL)
+    except OSError as exc:
+        raise LockError(f"Kernel-lock failed: {exc.strerror}") from exc
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+
+
+def implicit_lockfile(action: str, *, program: bool, lockext: str = ".lock") -> str | None:
+    """The lock file of a ``:0:`` recipe without a name (PROCMAIL-BEHAVIOUR 38).
+
+    A folder action locks ``<first folder>$LOCKEXT`` (``box.lock``, ``dir/.lock`` for a
+    maildir, ``dir/..lock`` for MH).  A program locks the word after its first ``>>`` plus
+    LOCKEXT; None when there is no ``>>`` (procmail logs ``Couldn't determine implicit
+    lockfile`` and locks plain ``$LOCKEXT``).  ``action`` is already variable-expanded.
+    """
+    if program:
+        at = action.find(">>")
+        if at < 0:
+            return None
+        words = action[at + 2 :].split()
+        return words[0] + lockext if words else None
+    words = action.split()
+    return (words[0] if words else "") + lockext
