@@ -1,0 +1,685 @@
+"""difftool - run procmail and `postroom deliver` on one case folder and compare what they did.
+
+SYNOPSIS
+    case = load_case(Path("tests/deliver/cases/mbox-basic"))
+    a = run_case(case, procmail_command())
+    b = run_case(case, postroom_command())
+    problems = compare(a, b)          # [] when both sides behaved the same
+
+CASE FOLDER (tests/deliver/cases/<name>/)
+    rc          the rcfile; copied to $HOME/rc before the first run (optional: a case may
+                bring its rcfiles in home/ instead).
+    msg         the message on stdin; or msg.1, msg.2, ... delivered in numeric order, one
+                program run each, all in the same home.
+    args        optional, one line, shell-split (shlex): the command-line arguments.
+                Default: `-f sender@example.org ./rc`.  `@HOME@` is replaced by $HOME.
+                The harness inserts `SENDMAIL=$HOME/.sendmail` right after the options
+                (procmail takes SENDMAIL from its own defaults, not from the environment,
+                and the real one must never be reached), unless args already assign
+                SENDMAIL.
+    env         optional; NAME=value lines added to the environment.
+    home/       optional; a tree copied into $HOME first (existing mailboxes, include
+                files, scripts; the executable bit is kept).
+    spool/      optional; a tree copied into the mail spool (/var/mail) first.  Without it
+                the spool holds the user's empty mailbox (mode 0600, old times).
+    dirs        optional; lines `home/<path>` or `spool/<path>`: empty directories to make
+                (git keeps no empty directories), before `modes` is applied.
+    modes       optional; lines `<octal> <path>` applied after copying, path starting with
+                `home/` or `spool/` (or exactly `home` / `spool` for the directories).
+    README      one line saying what the case checks.
+
+ISOLATION
+    procmail takes HOME, the default rcfile and ORGMAIL from the passwd entry, not from
+    the environment, so each run gets a private mount namespace (unshare(1)) in which a
+    fresh temp directory is bind-mounted on the test user's home and another on /var/mail;
+    the program then runs as that user (setpriv(1)), cwd = $HOME, with a fixed minimal
+    environment.  Both sides therefore see the same paths.  The harness needs root for
+    this; it raises HarnessError otherwise.  After the program exits the harness waits for
+    every process left in its session (programs run without `w`, forwards) to end.
+
+    $HOME/.sendmail is a capture script: each call makes $HOME/.sent/<n>/ holding `argv`
+    (one argument a line) and `stdin`; it exits with $CAPTURE_EXIT (default 0), which an
+    rcfile can set since procmail exports its variables.
+
+COMPARISON
+    Every file, directory and symlink under the home and the spool after the last run
+    (kind, mode bits, bytes or link target), and per run the exit status and stderr.
+    Normalised, by small functions tested on their own: ctime-format dates that fall in
+    the runs' time window (From_ lines, LOGFILE abstracts, VERBOSE lines), Maildir unique
+    names (`time.pid_n.host`, numbered in delivery order), directory-folder names
+    (MSGPREFIX + procmail's base-64 inode number) and the tab padding after such a name in
+    a LOGABSTRACT `Folder:` line, the `[pid]` of `procmail: [pid]` log
+    lines and the program's own pid, and the temp paths.
+
+ERRORS
+    HarnessError when the case folder is malformed or the isolation cannot be set up;
+    a program that does not finish within RUN_TIMEOUT seconds is killed and recorded as
+    exit status -9 (so the comparison fails, never hangs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import pwd
+import re
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+CASES_DIR = Path(__file__).parent / "cases"
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = REPO / ".venv" / "bin"
+PROCMAIL = "/usr/bin/procmail"
+SPOOL = "/var/mail"
+DEFAULT_ARGS = "-f sender@example.org ./rc"
+RUN_TIMEOUT = 10.0
+#: how long stragglers (programs procmail did not wait for) may take after the main exit
+STRAGGLER_TIMEOUT = 10.0
+#: (atime, mtime) given to files copied from a case: 2001-01-01 and 2001-01-02 UTC
+OLD_TIMES = (978307200, 978393600)
+TEST_USER = os.environ.get("POSTROOM_TEST_USER", "prtest")
+
+
+class HarnessError(Exception):
+    """The case folder or the environment does not allow a meaningful run."""
+
+
+# ---------------------------------------------------------------------------------------
+# Case folders
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One case folder, read into memory."""
+
+    name: str
+    path: Path
+    messages: tuple[bytes, ...]
+    args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    modes: tuple[tuple[str, int], ...]
+    dirs: tuple[str, ...] = ()
+
+
+def case_names() -> list[str]:
+    """All case folder names, sorted."""
+    return sorted(p.name for p in CASES_DIR.iterdir() if p.is_dir())
+
+
+def _msg_key(p: Path) -> int:
+    return 0 if p.name == "msg" else int(p.name.split(".", 1)[1])
+
+
+def load_case(path: Path) -> Case:
+    """Read a case folder; raises HarnessError when it has no message or bad files."""
+    msgs = [p for p in path.iterdir() if p.name == "msg" or re.fullmatch(r"msg\.\d+", p.name)]
+    if not msgs:
+        raise HarnessError(f"{path}: no msg or msg.N file")
+    msgs.sort(key=_msg_key)
+    args_file = path / "args"
+    args_text = args_file.read_text().strip() if args_file.exists() else DEFAULT_ARGS
+    env: list[tuple[str, str]] = []
+    if (path / "env").exists():
+        for line in (path / "env").read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                if "=" not in line:
+                    raise HarnessError(f"{path}/env: not NAME=value: {line!r}")
+                k, v = line.split("=", 1)
+                env.append((k, v))
+    modes: list[tuple[str, int]] = []
+    if (path / "modes").exists():
+        for line in (path / "modes").read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                mode, rel = line.split(None, 1)
+                if not (rel in ("home", "spool") or rel.startswith(("home/", "spool/"))) \
+                        or ".." in rel.split("/"):
+                    raise HarnessError(f"{path}/modes: path must start with home/ or spool/")
+                modes.append((rel, int(mode, 8)))
+    dirs: list[str] = []
+    if (path / "dirs").exists():
+        for line in (path / "dirs").read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                rel = line.strip()
+                if not rel.startswith(("home/", "spool/")) or ".." in rel.split("/"):
+                    raise HarnessError(f"{path}/dirs: path must start with home/ or spool/")
+                dirs.append(rel)
+    return Case(
+        dirs=tuple(dirs),
+        name=path.name,
+        path=path,
+        messages=tuple(p.read_bytes() for p in msgs),
+        args=tuple(shlex.split(args_text)),
+        env=tuple(env),
+        modes=tuple(modes),
+    )
+
+
+# procmail's options that take a value (procmail(1)): -f from, -a arg; -d ends the options.
+_VALUE_OPTIONS = frozenset("fa")
+
+
+def insert_sendmail(args: Sequence[str], sendmail: str) -> list[str]:
+    """Put `SENDMAIL=<sendmail>` right after procmail's options.
+
+    procmail(1): options come first, then `parameter=value` and rcfile arguments (with -m,
+    assignments may precede the rcfile), so the boundary is the first argument that is not
+    an option or an option's value.  Unchanged when args already assign SENDMAIL or use
+    -d (after -d only recipients may follow).
+    """
+    if any(a.startswith("SENDMAIL=") for a in args):
+        return list(args)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            i += 1
+            break
+        if not a.startswith("-") or a == "-":
+            break
+        letters = a[1:]
+        if "d" in letters:
+            return list(args)
+        i += 1
+        for j, ch in enumerate(letters):
+            if ch in _VALUE_OPTIONS:
+                if j == len(letters) - 1:
+                    i += 1  # the value is the next argument
+                break
+    return [*args[:i], f"SENDMAIL={sendmail}", *args[i:]]
+
+
+# ---------------------------------------------------------------------------------------
+# Commands
+
+
+def procmail_command() -> list[str]:
+    """The oracle."""
+    return [PROCMAIL]
+
+
+def postroom_command() -> list[str]:
+    """The command under test; POSTROOM_DIFF_AGAINST=procmail swaps in procmail itself."""
+    if os.environ.get("POSTROOM_DIFF_AGAINST", "") == "procmail":
+        return procmail_command()
+    return [str(VENV_BIN / "postroom"), "deliver"]
+
+
+# ---------------------------------------------------------------------------------------
+# Running one side
+
+_CAPTURE = """#!/bin/sh
+# sendmail stand-in written by tests/deliver/difftool.py: one folder per call.
+umask 077
+d={home}/.sent
+mkdir -p "$d" 2>/dev/null
+n=1
+while ! mkdir "$d/$n" 2>/dev/null; do n=$((n+1)); done
+for a in "$@"; do printf '%s\\n' "$a"; done > "$d/$n/argv"
+cat > "$d/$n/stdin"
+exit ${{CAPTURE_EXIT:-0}}
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One thing found under the home or spool after the runs."""
+
+    kind: str  # "file", "dir", "link", "other"
+    mode: int
+    data: bytes  # file bytes or link target; b"" for directories
+    ino: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One program run (one message)."""
+
+    status: int
+    stderr: bytes
+    pid: int
+    started: float
+    ended: float
+    new_paths: tuple[str, ...]  # paths that appeared during this run, in listing order
+
+
+@dataclasses.dataclass(frozen=True)
+class SideResult:
+    """Everything one side did, raw (not yet normalised)."""
+
+    command: tuple[str, ...]
+    runs: tuple[Run, ...]
+    tree: Mapping[str, Entry]
+    workdir: str
+
+
+def _user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(TEST_USER)
+    except KeyError as e:
+        raise HarnessError(f"test user {TEST_USER!r} does not exist (make test-deps)") from e
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    for p in sorted(src.rglob("*")):
+        target = dst / p.relative_to(src)
+        if p.is_dir():
+            target.mkdir(exist_ok=True)
+        else:
+            shutil.copyfile(p, target)
+            os.chmod(target, 0o755 if os.access(p, os.X_OK) else 0o644)
+            # atime before mtime: procmail sleeps a second before writing to a mailbox
+            # whose atime is not older than its mtime (so mail readers see new mail).
+            os.utime(target, OLD_TIMES)
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    os.lchown(root, uid, gid)
+    for p in root.rglob("*"):
+        os.lchown(p, uid, gid)
+
+
+def _read_noatime(p: Path) -> bytes:
+    """Read without touching atime (open(2) O_NOATIME, allowed to the owner or root), so
+    that looking at a mailbox between runs does not change how procmail treats it."""
+    fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOATIME", 0))
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def list_paths(roots: Mapping[str, Path]) -> list[str]:
+    """The keys snapshot() would return, without reading anything."""
+    out = []
+    for label, root in roots.items():
+        out.append(label)
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            base = Path(dirpath)
+            for name in sorted(filenames) + dirnames:
+                out.append(f"{label}/{(base / name).relative_to(root).as_posix()}")
+    return out
+
+
+def snapshot(roots: Mapping[str, Path]) -> dict[str, Entry]:
+    """Every entry under each root, keyed `<label>/<relative path>`; the roots themselves
+    are included (their mode can change, e.g. a chmod by a program)."""
+    out: dict[str, Entry] = {}
+    for label, root in roots.items():
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            base = Path(dirpath)
+            for name in [""] + sorted(filenames) + dirnames:
+                if name == "" and base != root:
+                    continue
+                p = base / name if name else base
+                rel = p.relative_to(root).as_posix()
+                key = label if rel == "." else f"{label}/{rel}"
+                st = os.lstat(p)
+                mode = stat.S_IMODE(st.st_mode)
+                if stat.S_ISLNK(st.st_mode):
+                    out[key] = Entry("link", mode, os.readlink(p).encode(), st.st_ino)
+                elif stat.S_ISDIR(st.st_mode):
+                    out[key] = Entry("dir", mode, b"", st.st_ino)
+                elif stat.S_ISREG(st.st_mode):
+                    out[key] = Entry("file", mode, _read_noatime(p), st.st_ino)
+                else:
+                    out[key] = Entry("other", mode, b"", st.st_ino)
+    return out
+
+
+def _session_members(sid: int) -> list[int]:
+    """Live pids whose session id is `sid` (proc(5): state is field 3, session field 6
+    of /proc/<pid>/stat)."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                s = f.read()
+        except OSError:
+            continue
+        fields = s[s.rfind(b")") + 2 :].split()
+        # a zombie has finished its work; orphans are reaped by pid 1 whenever it likes
+        if len(fields) > 3 and int(fields[3]) == sid and fields[0] != b"Z":
+            found.append(int(d))
+    return found
+
+
+def _wait_for_session(sid: int, timeout: float) -> None:
+    """Wait until no process of session `sid` remains; kill them after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = _session_members(sid)
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.05)
+            return
+        time.sleep(0.003)
+
+
+def run_case(
+    case: Case,
+    command: Sequence[str],
+    *,
+    message_hook: Callable[[int, bytes], bytes] | None = None,
+) -> SideResult:
+    """Run `command` on every message of `case` in a fresh isolated home.
+
+    message_hook(index, message) may alter a message before it is fed (self-checks only).
+    """
+    if os.geteuid() != 0:
+        raise HarnessError("the differential harness must run as root (it bind-mounts a "
+                           "temp home over the test user's home in a private namespace)")
+    user = _user()
+    workdir = Path(tempfile.mkdtemp(prefix="prdiff-"))
+    os.chmod(workdir, 0o755)
+    home, spool = workdir / "home", workdir / "spool"
+    home.mkdir(mode=0o755)
+    spool.mkdir()
+    os.chmod(home, 0o755)
+    # A sticky world-writable spool lets an unprivileged deliverer create its mailbox the
+    # same way setgid-mail procmail can in Debian's root:mail 2775 /var/mail.
+    os.chmod(spool, 0o1777)
+    if (case.path / "rc").exists():
+        shutil.copyfile(case.path / "rc", home / "rc")
+        os.chmod(home / "rc", 0o644)
+    for label, target in (("home", home), ("spool", spool)):
+        if (case.path / label).is_dir():
+            _copy_tree(case.path / label, target)
+    for rel in case.dirs:
+        (workdir / rel).mkdir(parents=True, exist_ok=True)
+    if not (case.path / "spool").is_dir():
+        # the user's system mailbox exists, as on a real system (procmail would otherwise
+        # create it empty at startup, and then sleep before its first write: atime=mtime)
+        box = spool / user.pw_name
+        box.touch(mode=0o600)
+        os.chown(box, user.pw_uid, user.pw_gid)
+        os.utime(box, OLD_TIMES)
+    sendmail = f"{user.pw_dir}/.sendmail"
+    (home / ".sendmail").write_text(_CAPTURE.format(home=user.pw_dir))
+    os.chmod(home / ".sendmail", 0o755)
+    _chown_tree(home, user.pw_uid, user.pw_gid)
+    for rel, mode in case.modes:
+        os.chmod(workdir / rel, mode)
+
+    env = {
+        "HOME": user.pw_dir,
+        "PATH": "/usr/bin:/bin",
+        "SHELL": "/bin/sh",
+        "LOGNAME": user.pw_name,
+        "USER": user.pw_name,
+        "TZ": "UTC",
+    }
+    env.update(dict(case.env))
+    args = [a.replace("@HOME@", user.pw_dir) for a in case.args]
+    args = insert_sendmail(args, sendmail)
+    script = (
+        'mount --bind "$1" "$3" && mount --bind "$2" "$4" && cd "$3" && shift 4 && '
+        f"exec setpriv --reuid={user.pw_uid} --regid={user.pw_gid} --clear-groups -- \"$@\""
+    )
+    argv = ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script,
+            "sh", str(home), str(spool), user.pw_dir, SPOOL, *command, *args]
+
+    roots = {"home": home, "spool": spool}
+    runs: list[Run] = []
+    seen: set[str] = set(list_paths(roots))
+    for i, msg in enumerate(case.messages):
+        if message_hook is not None:
+            msg = message_hook(i, msg)
+        started = time.time()
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env, start_new_session=True)
+        try:
+            _out, err = proc.communicate(msg, timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _out, err = proc.communicate()
+        _wait_for_session(proc.pid, STRAGGLER_TIMEOUT)
+        ended = time.time()
+        new = tuple(k for k in list_paths(roots) if k not in seen)
+        seen.update(new)
+        runs.append(Run(proc.returncode, err, proc.pid, started, ended, new))
+    tree = snapshot(roots)
+    result = SideResult(tuple(command), tuple(runs), tree, str(workdir))
+    shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# Normalisation (each a small pure function; see test_differential.py for their tests)
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
+           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+DATE_TOKEN = b"<date>"
+
+
+def ctime_utc(t: int) -> bytes:
+    """ctime(3) text of `t` in UTC without the newline: `Mon Jul  3 10:00:00 2023`."""
+    tm = time.gmtime(t)
+    return (f"{_DAYS[tm.tm_wday]} {_MONTHS[tm.tm_mon - 1]} {tm.tm_mday:2d} "
+            f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d} {tm.tm_year}").encode()
+
+
+def normalise_dates(data: bytes, start: float, end: float, slack: int = 2) -> bytes:
+    """Replace every ctime date within [start - slack, end + slack] by <date>.
+
+    Only dates of the run's own time legitimately vary; an old date carried in a message
+    (an existing From_ line kept verbatim) is compared as it is.
+    """
+    for t in range(int(start) - slack, int(end) + slack + 1):
+        s = ctime_utc(t)
+        if s in data:
+            data = data.replace(s, DATE_TOKEN)
+    return data
+
+
+MAILDIR_NAME = re.compile(r"^(\d+)\.(\d+)_(\d+)\.[^/]+$")
+
+
+def maildir_key(name: str) -> tuple[int, int, int] | None:
+    """(time, n, pid) of a Maildir unique name `time.pid_n.host`, else None.
+
+    Sorting a run's new names by this key gives delivery order (one pid per run).
+    """
+    m = MAILDIR_NAME.match(name)
+    if not m:
+        return None
+    return int(m.group(1)), int(m.group(3)), int(m.group(2))
+
+
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def inode_name(ino: int) -> str:
+    """procmail's spelling of an inode number in directory-folder file names: base 64,
+    least significant digit first, alphabet A-Z a-z 0-9 - _ (observed: msg.4MMI)."""
+    out = []
+    while True:
+        out.append(_B64[ino % 64])
+        ino //= 64
+        if not ino:
+            return "".join(out)
+
+
+def name_map(side: SideResult) -> dict[str, str]:
+    """Map each varying file name (Maildir unique names, directory-folder inode names) to
+    a placeholder numbered in the order the runs produced them."""
+    mapping: dict[str, str] = {}
+    md_n = ino_n = 0
+    for run in side.runs:
+        maildir: list[tuple[tuple[int, int, int], str]] = []
+        inode: list[tuple[bytes, int, str]] = []
+        for path in run.new_paths:
+            entry = side.tree.get(path)
+            name = path.rsplit("/", 1)[-1]
+            key = maildir_key(name)
+            if key is not None:
+                maildir.append((key, name))
+            elif entry is not None and entry.kind == "file":
+                code = inode_name(entry.ino)
+                if name.endswith(code) and len(name) > len(code):
+                    inode.append((entry.data, entry.ino, name))
+        for _key, name in sorted(maildir):
+            if name not in mapping:
+                md_n += 1
+                mapping[name] = f"<maildir-{md_n}>"
+        for _data, ino, name in sorted(inode):
+            if name not in mapping:
+                ino_n += 1
+                code = inode_name(ino)
+                mapping[name] = f"{name[: -len(code)]}<inode-{ino_n}>"
+    return mapping
+
+
+def apply_names(data: bytes, mapping: Mapping[str, str]) -> bytes:
+    """Replace the mapped names inside text (LOG lines, LASTFOLDER, abstracts)."""
+    for old in sorted(mapping, key=len, reverse=True):
+        data = data.replace(old.encode(), mapping[old].encode())
+    return data
+
+
+def rename_path(path: str, mapping: Mapping[str, str]) -> str:
+    """Apply the name mapping to each component of a path."""
+    return "/".join(mapping.get(c, c) for c in path.split("/"))
+
+
+_LOG_PID = re.compile(rb"procmail: \[\d+\]")
+
+
+def normalise_pids(data: bytes, pids: Iterable[int]) -> bytes:
+    """`procmail: [1234]` -> `procmail: [<pid>]`, and the program's own pid wherever it
+    stands as a whole number (e.g. `$$` logged)."""
+    data = _LOG_PID.sub(b"procmail: [<pid>]", data)
+    for pid in pids:
+        data = re.sub(rb"(?<![0-9])" + str(pid).encode() + rb"(?![0-9])", b"<pid>", data)
+    return data
+
+
+_ABSTRACT_FOLDER = re.compile(rb"^(  Folder: .*<(?:maildir|inode)-\d+>.*?)[\t ]+(\d+)$", re.M)
+
+
+def normalise_abstract_padding(data: bytes) -> bytes:
+    """The LOGABSTRACT `Folder:` line pads the name with tabs to column 72 (behaviour 37);
+    a varying name's length varies, so once a name is a placeholder its padding is shown
+    as ` <pad> `.  Lines without a placeholder keep their exact padding."""
+    return _ABSTRACT_FOLDER.sub(rb"\1 <pad> \2", data)
+
+
+def normalise_text(data: bytes, side: SideResult, mapping: Mapping[str, str]) -> bytes:
+    """All text normalisations, in a fixed order (names before pids: names hold pids)."""
+    data = data.replace(side.workdir.encode(), b"<workdir>")
+    data = apply_names(data, mapping)
+    data = normalise_abstract_padding(data)
+    start = min((r.started for r in side.runs), default=0.0)
+    end = max((r.ended for r in side.runs), default=0.0)
+    data = normalise_dates(data, start, end)
+    return normalise_pids(data, [r.pid for r in side.runs])
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalised:
+    """A side's result ready for comparison."""
+
+    statuses: tuple[int, ...]
+    stderrs: tuple[bytes, ...]
+    tree: Mapping[str, tuple[str, int, bytes]]
+
+
+def normalise(side: SideResult) -> Normalised:
+    mapping = name_map(side)
+    tree = {
+        rename_path(path, mapping): (e.kind, e.mode, normalise_text(e.data, side, mapping))
+        for path, e in side.tree.items()
+    }
+    return Normalised(
+        statuses=tuple(r.status for r in side.runs),
+        stderrs=tuple(normalise_text(r.stderr, side, mapping) for r in side.runs),
+        tree=tree,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Comparison
+
+
+def _lines(data: bytes) -> list[str]:
+    """Readable lines: latin-1, CR and other control bytes shown escaped."""
+    out = []
+    text = data.decode("latin-1")
+    if not text:
+        return []
+    # split on \n only: str.splitlines would also split on \x1c-\x1e, \x85, \r ...
+    for line in [x + "\n" for x in text.split("\n")[:-1]] + ([text.rsplit("\n", 1)[-1]]
+                                                         if not text.endswith("\n") else []):
+        body = line[:-1] if line.endswith("\n") else line
+        shown = "".join(c if (c == "\t" or " " <= c <= "~" or c >= "\xa0") else f"\\x{ord(c):02x}"
+                        for c in body)
+        out.append(shown + ("\n" if line.endswith("\n") else "\n\\ No newline at end\n"))
+    return out
+
+
+def text_diff(a: bytes, b: bytes, label: str, a_name: str = "procmail",
+              b_name: str = "postroom") -> str:
+    """Unified diff of two byte strings, readable on a terminal."""
+    return "".join(difflib.unified_diff(_lines(a), _lines(b), f"{a_name}:{label}",
+                                        f"{b_name}:{label}"))
+
+
+def compare(a: SideResult, b: SideResult) -> list[str]:
+    """Differences between two sides, each a readable paragraph; [] when equal."""
+    na, nb = normalise(a), normalise(b)
+    problems: list[str] = []
+    for i, (sa, sb) in enumerate(zip(na.statuses, nb.statuses), 1):
+        if sa != sb:
+            problems.append(f"run {i}: exit status procmail={sa} postroom={sb}")
+    for i, (ea, eb) in enumerate(zip(na.stderrs, nb.stderrs), 1):
+        if ea != eb:
+            problems.append(f"run {i}: stderr differs\n" + text_diff(ea, eb, f"stderr#{i}"))
+    for path in sorted(set(na.tree) | set(nb.tree)):
+        ea, eb = na.tree.get(path), nb.tree.get(path)
+        if ea is None or eb is None:
+            who = "postroom" if ea is None else "procmail"
+            kind = (eb or ea)[0]  # type: ignore[index]
+            extra = (eb or ea)[2]  # type: ignore[index]
+            problems.append(f"{path}: {kind} made only by {who}"
+                            + (f"\n{text_diff(b'', extra, path)}" if extra else ""))
+            continue
+        if ea[0] != eb[0]:
+            problems.append(f"{path}: procmail made a {ea[0]}, postroom a {eb[0]}")
+            continue
+        if ea[1] != eb[1]:
+            problems.append(f"{path}: mode procmail={ea[1]:04o} postroom={eb[1]:04o}")
+        if ea[2] != eb[2]:
+            problems.append(f"{path}: contents differ\n" + text_diff(ea[2], eb[2], path))
+    return problems
+
+
+def describe(side: SideResult) -> str:
+    """A normalised listing of one side (for failure messages and debugging)."""
+    n = normalise(side)
+    lines = [f"command: {' '.join(side.command)}"]
+    for i, (s, e) in enumerate(zip(n.statuses, n.stderrs), 1):
+        lines.append(f"run {i}: exit {s}" + (f", stderr {e!r}" if e else ""))
+    for path, (kind, mode, data) in sorted(n.tree.items()):
+        lines.append(f"  {mode:04o} {kind:5} {path} ({len(data)} bytes)")
+    return "\n".join(lines)
