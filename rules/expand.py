@@ -31,7 +31,10 @@ by tests/rules/test_expand_oracle.py:
     unquoted; ``$_X`` is ``$_`` then ``X``, but ``${_}`` and ``$\\_`` are empty), ``"$@"``.  Unquoted ``$@`` gives ``@``;
     a ``$`` before any other character, or at the end, stays literal.  Backquotes run
     through the ``backquote`` callback with the command text after procmail's backslash
-    processing; inside double quotes a ``"`` ends an unterminated backquote.
+    processing; inside double quotes a ``"`` ends an unterminated backquote (and closes the
+    double quote too, but only when the command holds a ``shellmetas`` character: one
+    more procmail quirk, which is why the expand functions take an optional
+    ``shellmetas``, default procmail's ``&|<>~;?*[``).
 
 Guarantees
     Pure functions of (raw, lookup results, backquote results); no regexes, no imports
@@ -59,6 +62,7 @@ from collections.abc import Callable, Sequence
 from .errors import ExpansionError
 
 __all__ = [
+    "DEFAULT_SHELLMETAS",
     "Backquote",
     "Lookup",
     "expand_quoted",
@@ -89,6 +93,9 @@ _DIGITS = frozenset("0123456789")
 _BLANKS = " \t\n"  # what unquoted expansions are split on (procmailrc(5) BUGS)
 # Raw text without any of these expands to itself (after blank handling).
 _PLAIN_UNSAFE = frozenset("$\"'`\\#\n}")
+
+DEFAULT_SHELLMETAS = "&|<>~;?*["
+"""procmail's default ``$SHELLMETAS`` (procmailrc(5))."""
 
 # Reader states, in procmail's order: comparisons like ``got <= _NORMAL`` matter.
 _NOTHING_YET = -1
@@ -122,17 +129,24 @@ def has_shell_metas(line: str, metas: str) -> bool:
     return any(c in line for c in metas)
 
 
-def expand_value(raw: str, lookup: Lookup, backquote: Backquote) -> str:
+def expand_value(
+    raw: str, lookup: Lookup, backquote: Backquote, *, shellmetas: str = DEFAULT_SHELLMETAS
+) -> str:
     """The value of ``NAME=raw`` (as sh assigns: quotes removed, no word splitting)."""
     if not _PLAIN_UNSAFE.intersection(raw) and " " not in raw and "\t" not in raw:
         return raw
-    reader = _Reader(raw, _VALUE, lookup, backquote)
+    reader = _Reader(raw, _VALUE, lookup, backquote, shellmetas)
     reader.run()
     return reader.text()
 
 
 def expand_words(
-    raw: str, lookup: Lookup, backquote: Backquote, positional: Sequence[str] = ()
+    raw: str,
+    lookup: Lookup,
+    backquote: Backquote,
+    positional: Sequence[str] = (),
+    *,
+    shellmetas: str = DEFAULT_SHELLMETAS,
 ) -> list[str]:
     """Action-line words (folders, program argv when no SHELLMETAS, forward addresses):
     unquoted expansions are split on blanks, quotes removed, ``"$@"`` expands to separate
@@ -146,7 +160,7 @@ def expand_words(
     if not _PLAIN_UNSAFE.intersection(raw):
         words = [w for w in raw.replace("\t", " ").split(" ") if w]
         return words if words else [""]
-    reader = _Reader(raw, _WORDS, lookup, backquote)
+    reader = _Reader(raw, _WORDS, lookup, backquote, shellmetas)
     reader.run()
     words = reader.words
     if reader.all_args is not None and positional:
@@ -156,12 +170,14 @@ def expand_words(
     return words
 
 
-def expand_quoted(raw: str, lookup: Lookup, backquote: Backquote) -> str:
+def expand_quoted(
+    raw: str, lookup: Lookup, backquote: Backquote, *, shellmetas: str = DEFAULT_SHELLMETAS
+) -> str:
     """Expansion as inside double quotes (used for ``* $ ...`` conditions before re-parsing)."""
     text = _squeeze(raw)
     if not _PLAIN_UNSAFE.intersection(text):
         return text
-    reader = _Reader('"' + text, _QUOTED, lookup, backquote)
+    reader = _Reader('"' + text, _QUOTED, lookup, backquote, shellmetas)
     reader.run()
     return reader.text()
 
@@ -202,11 +218,14 @@ class _Reader:
 
     __slots__ = (
         "src", "pos", "mode", "lookup", "backquote", "got", "words", "cur",
-        "brace", "qbrace", "skip", "all_args",
+        "brace", "qbrace", "skip", "all_args", "metas",
     )
 
-    def __init__(self, src: str, mode: int, lookup: Lookup, backquote: Backquote) -> None:
+    def __init__(
+        self, src: str, mode: int, lookup: Lookup, backquote: Backquote, metas: str
+    ) -> None:
         self.src = src
+        self.metas = metas
         self.pos = 0
         self.mode = mode
         self.lookup = lookup
@@ -423,7 +442,16 @@ class _Reader:
                     cmd.append(c2)
                 continue
             cmd.append(c)
-        output = "" if self.skip is not None else self.backquote("".join(cmd))
+        command = "".join(cmd)
+        if self.skip is not None:
+            output = ""
+        else:
+            output = self.backquote(command)
+            if ended_by_quote and not has_shell_metas(command, self.metas):
+                # procmail re-reads a command without SHELLMETAS with a nested call of its
+                # reader, which overwrites the static that remembered the '"': the double
+                # quote then stays open (goodies.c; found by differential fuzzing).
+                ended_by_quote = False
         if not in_dq:
             self._insert(output)
         else:

@@ -266,9 +266,15 @@ def test_backquote_output_splitting() -> None:
 
 
 def test_double_quote_ends_an_unterminated_backquote() -> None:
+    """... and closes the double quote only when the command has SHELLMETAS (procmail
+    re-reads other commands with a nested reader that forgets the quote)."""
     rec = Recorder(output="o")
-    assert value('"`cmd" x', rec) == "o"
-    assert rec.commands == ["cmd"]
+    assert value('"`cmd;" x', rec) == "o"
+    assert rec.commands == ["cmd;"]
+    assert value('"`cmd" x', Recorder(output="o")) == "o x"
+    assert value('"`cmd;" x', Recorder(output="o"), ) == "o"
+    assert expand_value('"`cmd;" x', VARS.get, lambda c: "o", shellmetas="") == "o x"
+    assert expand_value('"`cmd" x', VARS.get, lambda c: "o", shellmetas="") == "o x"
 
 
 def test_unused_default_neither_looks_up_nor_runs() -> None:

@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from rules.errors import ExpansionError
-from rules.expand import expand_quoted, expand_value, expand_words
+from rules.expand import expand_quoted, expand_value, expand_words, has_shell_metas
 
 PROCMAIL = "/usr/bin/procmail"
 TEST_USER = os.environ.get("POSTROOM_TEST_USER", "prtest")
@@ -72,6 +72,7 @@ class Case:
     procmail: object = None          # what procmail gives where postroom differs
     alone: bool = False              # run in a procmail of its own (it corrupts procmail's state)
     procmail_log: str = ""           # what procmail logs for it (differences only)
+    metas: str = ""                  # SHELLMETAS in force (empty: procmail never uses sh)
 
 
 V, W, F, Q = "value", "words", "forward", "quoted"
@@ -249,6 +250,12 @@ CASES: list[Case] = [
     Case(Q, "$S|$TB", " s1  s2 |a\tb"),
     Case(Q, '$X "', "a  b "),
     Case(Q, '${U:-`echo d`}', "d"),
+    # A '"' ends an unclosed backquote; it also closes the double quote only when the
+    # command has SHELLMETAS (the nested re-read of a plain command forgets the quote).
+    Case(Q, '`echo a;"  x', "a x", metas=";"),
+    Case(Q, '`echo a;"  x', "a;  x"),
+    Case(V, '"`echo a;"x', "ax", metas=";"),
+    Case(W, '"`echo a"  x"', ("a  x",)),
     Case(Q, '"x"#y z', "x#y z"),
     Case(Q, '"x" #y z', "x #y z"),
     Case(Q, 'x" #y z', "x "),
@@ -280,12 +287,16 @@ def _lookup(args: Sequence[str], pid: str) -> object:
     return lookup
 
 
-def _backquote_for(lookup: object) -> object:
-    """What procmail does with a backquote when SHELLMETAS is empty: expand and split
-    the command itself, exec it, drop all trailing newlines (behaviour 17)."""
+def _backquote_for(lookup: object, metas: str) -> object:
+    """What procmail does with a backquote: ``/bin/sh -c`` when the command has SHELLMETAS,
+    otherwise expand and split it itself and exec it; drop all trailing newlines
+    (behaviour 17)."""
 
     def backquote(cmd: str) -> str:
-        argv = expand_words(cmd, lookup, backquote)  # type: ignore[arg-type]
+        if has_shell_metas(cmd, metas):
+            argv = ["/bin/sh", "-c", cmd]
+        else:
+            argv = expand_words(cmd, lookup, backquote, shellmetas=metas)  # type: ignore[arg-type]
         out = subprocess.run(
             [a.encode("latin-1") for a in argv], input=b"From: a@b\n\nbody\n",
             capture_output=True, check=False, timeout=10,
@@ -297,16 +308,18 @@ def _backquote_for(lookup: object) -> object:
 
 def _postroom(case: Case, index: int, pid: str) -> object:
     lookup = _lookup(case.args, pid)
-    bq = _backquote_for(lookup)
+    bq = _backquote_for(lookup, case.metas)
+    metas = case.metas
     try:
         if case.kind == V:
-            return expand_value(case.raw, lookup, bq)  # type: ignore[arg-type]
+            return expand_value(case.raw, lookup, bq, shellmetas=metas)  # type: ignore[arg-type]
         if case.kind == W:
-            words = expand_words(f"./dumpargs c{index:03d} {case.raw}", lookup, bq, case.args)  # type: ignore[arg-type]
+            line = f"./dumpargs c{index:03d} {case.raw}"
+            words = expand_words(line, lookup, bq, case.args, shellmetas=metas)  # type: ignore[arg-type]
             return tuple(words[2:])
         if case.kind == F:
-            return tuple(expand_words(case.raw, lookup, bq, case.args))  # type: ignore[arg-type]
-        return expand_quoted(case.raw, lookup, bq)  # type: ignore[arg-type]
+            return tuple(expand_words(case.raw, lookup, bq, case.args, shellmetas=metas))  # type: ignore[arg-type]
+        return expand_quoted(case.raw, lookup, bq, shellmetas=metas)  # type: ignore[arg-type]
     except ExpansionError:
         return ExpansionError
 
@@ -333,6 +346,8 @@ def _rc_for(group: list[int]) -> str:
     lines = ["SHELLMETAS=", "LOGFILE=log", RC_VARS.rstrip("\n"), f'LASTFOLDER="{LASTFOLDER}"']
     for i in group:
         case = CASES[i]
+        if case.metas:
+            lines.append(f"SHELLMETAS={case.metas}")
         if case.kind == V:
             lines.append(f"V_c{i:03d}={case.raw}")
             # A bad substitution at the end of a line eats the newline (behaviour 16):
@@ -343,9 +358,11 @@ def _rc_for(group: list[int]) -> str:
         if case.kind == W:
             lines += [f'LASTFOLDER="{LASTFOLDER}"', ":0 wic", f"| ./dumpargs c{i:03d} {case.raw}"]
         elif case.kind == F:
-            lines += [f"SENDMAILFLAGS=c{i:03d}", ":0 wic", f"! {case.raw}"]
+            lines += [f'LASTFOLDER="{LASTFOLDER}"', f"SENDMAILFLAGS=c{i:03d}", ":0 wic", f"! {case.raw}"]
         elif case.kind == Q:
             lines += ["VERBOSE=on", ":0", f"* $ c{i:03d} {case.raw}", "{ }", "VERBOSE=off"]
+        if case.metas:
+            lines.append("SHELLMETAS=")
     lines += [":0 w", "| ./dumpenv", ""]
     return "\n".join(lines)
 
@@ -432,7 +449,7 @@ def _resolve(value: object, pid: str) -> object:
 
 def test_table_is_large_enough() -> None:
     assert len(CASES) >= 60
-    assert len({(c.kind, c.raw, c.args) for c in CASES}) == len(CASES), "duplicate case"
+    assert len({(c.kind, c.raw, c.args, c.metas) for c in CASES}) == len(CASES), "duplicate case"
 
 
 def test_fixed_variables_are_what_procmail_has(observed: dict[object, Observed]) -> None:
