@@ -1,0 +1,152 @@
+"""deliver.folders — deliver one message to the folders of one action line, as procmail does.
+
+``folder_kind(name)`` classifies a name by procmail's rules (PROCMAIL-BEHAVIOUR 30):
+``x/`` Maildir, ``x/.`` MH, an existing directory without a slash a plain directory folder
+(``msg.*`` files), anything else an mbox.
+
+``deliver_to_folders(names, message)`` writes the message (the buffer from
+deliver.fromline.prepare_message) to the first folder in that folder's format and, when there
+are several names (31), hard-links that one file into the others, so a Maildir reached by a
+link may hold a From_ line.  With several names every one must be (or be made into) a
+directory: a later name that is a regular file is reported ``Unable to treat as directory``
+and skipped; when the *first* is an mbox the others are all ``Skipped``.  A Maildir or MH
+name that exists as a regular file is appended to as an mbox (32).  Every mbox append is
+locked (dot-lock + fcntl: deliver.mbox) unless ``lock_mbox=False``.  When the umask leaves
+o+x allowed, every folder written gets o+x (20).
+
+Formats: mbox = mboxformat.mbox_bytes (escaping, final newline, unless ``raw``); MH and
+directory = program_bytes (``raw``: nothing added); Maildir = maildir_bytes (no From_ line).
+
+Returns a FolderResult: the names LASTFOLDER shows (``md/new/<file>``, ``mh/7``, ``dir/msg.X``,
+``box``), the bytes written and the first folder's kind.  Raises MailboxError (temporary=True
+for ENOSPC, EDQUOT, EFBIG, EIO and lock timeouts; nothing partial is left behind).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import dirfolder, maildir, mh
+from .errors import MailboxError
+from .locking import LockPolicy
+from .mbox import UPDATE_MASK, append_mbox
+from .mboxformat import maildir_bytes, mbox_bytes, rewrite_content_length, program_bytes
+
+log = logging.getLogger(__name__)
+
+MBOX, MAILDIR, MH, DIR = "mbox", "maildir", "mh", "dir"
+
+
+@dataclass(frozen=True)
+class FolderResult:
+    names: tuple[str, ...]      # what LASTFOLDER shows, space-separated by the caller
+    size: int                   # bytes written (procmail's LOGABSTRACT count)
+    kind: str                   # the first folder's kind: mbox, maildir, mh or dir
+    skipped: tuple[str, ...] = ()   # names procmail logs as "Skipped"
+
+
+def _split(name: str) -> tuple[str, str]:
+    """(kind by syntax, directory or file path) — before looking at the file system."""
+    if len(name) >= 2 and name.endswith("/."):
+        return MH, name[:-2]
+    if len(name) >= 2 and name.endswith("/"):
+        return MAILDIR, name[:-1]
+    return "", name
+
+
+def folder_kind(name: str) -> str:
+    """procmail's foldertype(): maildir, mh, dir (existing directory) or mbox."""
+    kind, path = _split(name)
+    if kind:
+        return kind
+    return DIR if os.path.isdir(path) else MBOX
+
+
+def _prepare(kind: str, path: str, umask: int, forcedir: bool) -> bool:
+    """Make ``path`` usable as a folder of ``kind``; False: "Unable to treat as directory"."""
+    if kind == MAILDIR:
+        return maildir.ensure_maildir(path, umask)
+    return maildir.ensure_dir(path, umask) if (kind == MH or forcedir) else os.path.isdir(path)
+
+
+def _mark_new_mail(path: str, umask: int) -> None:
+    """Rule 20: o+x on what we wrote to, when the umask allows it (procmail's chmod)."""
+    if umask & UPDATE_MASK:
+        return
+    with contextlib.suppress(OSError):
+        mode = os.stat(path).st_mode
+        if not mode & UPDATE_MASK:
+            os.chmod(path, stat.S_IMODE(mode) | UPDATE_MASK)
+
+
+def deliver_to_folders(
+    names: Sequence[str],
+    message: bytes,
+    *,
+    raw: bool = False,
+    umask: int = 0o077,
+    policy: LockPolicy = LockPolicy(),
+    msgprefix: str = "msg.",
+    lock_mbox: bool = True,
+    hostname: str | None = None,
+    spool_checks: bool = False,
+) -> FolderResult:
+    """Deliver ``message`` to ``names`` (one action line); see the module docstring."""
+    if not names:
+        raise MailboxError("no folder given")
+    first, others = names[0], list(names[1:])
+    kind, path = _split(first)
+    if not kind:
+        kind = DIR if os.path.isdir(path) else MBOX
+    elif not _prepare(kind, path, umask, forcedir=False):
+        log.warning('Unable to treat as directory "%s"', path)
+        kind = MBOX                        # rule 32: append to that file as an mbox
+
+    if kind == MBOX:
+        skipped = tuple(others)
+        for name in skipped:
+            log.warning('Skipped "%s"', name)
+        data = mbox_bytes(message, raw=raw)
+        size = append_mbox(path, data, policy=policy, umask=umask, lock=lock_mbox,
+                           spool_checks=spool_checks)
+        return FolderResult((path,), size, MBOX, skipped)
+
+    if kind == MAILDIR:
+        data = maildir_bytes(message)
+        stored = maildir.deliver_maildir(path, data, umask=umask, hostname=hostname)
+    else:
+        data = rewrite_content_length(message) if raw else program_bytes(message)
+        if kind == MH:
+            stored = mh.deliver_mh(path, data, umask=umask)
+        else:
+            stored = dirfolder.deliver_dir(path, data, umask=umask, msgprefix=msgprefix)
+    _mark_new_mail(path, umask)
+    shown = [stored]
+    skipped: list[str] = []
+    ino = os.stat(stored).st_ino
+    for name in others:
+        okind, opath = _split(name)
+        okind = okind or DIR
+        if not _prepare(okind, opath, umask, forcedir=True):
+            log.warning('Unable to treat as directory "%s"', opath)
+            log.warning('Skipped "%s"', opath)
+            skipped.append(opath)
+            continue
+        try:
+            if okind == MAILDIR:
+                linked = maildir.link_into_maildir(stored, opath, hostname=hostname)
+            elif okind == MH:
+                linked = mh.link_into_mh(stored, opath)
+            else:
+                linked = dirfolder.link_into_dir(stored, opath, ino, msgprefix)
+        except MailboxError as exc:
+            log.warning("%s", exc)         # procmail: "Couldn't make link to", not fatal
+            continue
+        _mark_new_mail(opath, umask)
+        shown.append(linked)
+    return FolderResult(tuple(shown), len(data), kind, tuple(skipped))

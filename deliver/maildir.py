@@ -1,0 +1,104 @@
+"""deliver.maildir — Maildir folders (a folder name ending in ``/``, PROCMAIL-BEHAVIOUR 30).
+
+``ensure_maildir`` creates the folder and its ``tmp``, ``new`` and ``cur`` (mode
+0777 & ~umask) but never missing parents.  ``deliver_maildir`` writes the message (no From_
+line, nothing added: deliver.mboxformat.maildir_bytes) to ``tmp/<unique>``, fsyncs it, then
+links it to ``new/<unique>`` and removes the tmp name, and fsyncs ``new`` — the Maildir
+protocol (https://cr.yp.to/proto/maildir.html): a reader never sees a partial file.
+
+Unique names have procmail's shape ``<time>.<pid>_<n>.<host>``, ``n`` counting the names this
+process has made; the host name has ``/`` and ``:`` written as ``\\057`` and ``\\072`` as the
+Maildir spec asks.  Creation is O_EXCL, so a clash only costs another try.
+
+Raises MailboxError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import time
+
+from .dirfolder import fsync_dir, write_new_file
+from .errors import MailboxError
+
+SUBDIRS = ("new", "cur", "tmp")       # procmail's order of creation
+_serial = itertools.count()
+
+
+def _host(hostname: str | None) -> str:
+    name = hostname or os.uname().nodename
+    return name.replace("/", "\\057").replace(":", "\\072")
+
+
+def unique_name(hostname: str | None = None) -> str:
+    """``<time>.<pid>_<n>.<host>`` — procmail's Maildir file name."""
+    return f"{int(time.time())}.{os.getpid()}_{next(_serial)}.{_host(hostname)}"
+
+
+def _mkdir(path: str, mode: int) -> bool:
+    """True when ``path`` is (now) a directory; creates it with ``mode`` if missing."""
+    try:
+        os.mkdir(path, mode)
+        os.chmod(path, mode)               # independent of the process umask
+        return True
+    except FileExistsError:
+        return os.path.isdir(path)
+    except OSError:
+        return False
+
+
+def ensure_dir(path: str, umask: int) -> bool:
+    """procmail's trymkdir(): is ``path`` a directory, creating it (not its parents)."""
+    return _mkdir(path, 0o777 & ~umask)
+
+
+def ensure_maildir(path: str, umask: int) -> bool:
+    """True when ``path`` and its new/cur/tmp are directories (created as needed)."""
+    return ensure_dir(path, umask) and all(ensure_dir(os.path.join(path, d), umask) for d in SUBDIRS)
+
+
+def _claim_tmp(path: str, data: bytes, umask: int, hostname: str | None) -> tuple[str, str]:
+    while True:
+        name = unique_name(hostname)
+        tmp = os.path.join(path, "tmp", name)
+        try:
+            write_new_file(tmp, data, 0o666 & ~umask)
+            return name, tmp
+        except MailboxError as exc:
+            if not isinstance(exc.__cause__, FileExistsError):
+                raise
+
+
+def deliver_maildir(path: str, data: bytes, *, umask: int, hostname: str | None = None) -> str:
+    """Store ``data`` (already formatted) in ``path/new``; returns the new file's path."""
+    name, tmp = _claim_tmp(path, data, umask, hostname)
+    try:
+        dest = os.path.join(path, "new", name)
+        while True:                        # link, not rename: never replace a message
+            try:
+                os.link(tmp, dest)
+                break
+            except FileExistsError:
+                dest = os.path.join(path, "new", unique_name(hostname))
+            except OSError as exc:
+                raise MailboxError.from_oserror("Couldn't create or rename temp file", tmp, exc) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    fsync_dir(os.path.join(path, "new"))
+    return dest
+
+
+def link_into_maildir(src: str, path: str, *, hostname: str | None = None) -> str:
+    """Hard-link ``src`` into ``path/new`` under a fresh unique name."""
+    while True:
+        dest = os.path.join(path, "new", unique_name(hostname))
+        try:
+            os.link(src, dest)
+            return dest
+        except OSError as exc:
+            if exc.errno != errno.EEXIST:
+                raise MailboxError.from_oserror("Couldn't make link to", dest, exc) from exc

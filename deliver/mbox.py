@@ -1,0 +1,144 @@
+"""deliver.mbox — append one message to an mbox file, whole or not at all.
+
+``append_mbox(path, data, policy=..., umask=...)`` appends the already formatted bytes
+(deliver.mboxformat.mbox_bytes) to ``path``:
+
+* locked, always (a deliberate difference from procmail, which locks only with ``:0:``):
+  first the dot-lock ``path + LOCKEXT`` (deliver.locking.DotLock, skipped when this process
+  already holds that lock through ``:0:`` or LOCKFILE, or when LOCKEXT is empty, or — with a
+  warning, as procmail's "Lock failure" — when the directory does not let us create it),
+  then an fcntl lock on the open file, so procmail, mutt and Postfix local(8) can share it;
+* created with mode 0666 & ~umask; when the umask leaves o+x allowed the file gets o+x
+  (procmail's "new mail" bit, PROCMAIL-BEHAVIOUR 20);
+* written with O_APPEND, then fsync'd; if any write or the fsync fails the file is cut back
+  to its old size (ftruncate + fsync) and MailboxError(temporary=True) is raised, so the
+  mailbox is byte-identical to what it was and the queue retries;
+* procmail's NFS-era sleep (one second when atime equals mtime after the first write) is
+  deliberately not copied;
+* ``spool_checks=True`` (a system spool such as /var/mail): a symlink, a hard-linked file,
+  something not a regular file, or a file owned by another user is refused
+  (MailboxError(temporary=False)) — the classic LDA symlink attack; the opened file is
+  re-checked against the name to close the check/open race.
+
+Returns the number of bytes written.  Raises MailboxError or (from the dot-lock, on timeout)
+LockError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import stat
+
+from .errors import LockError, MailboxError
+from .locking import DotLock, LockPolicy, fcntl_locked, is_held
+
+log = logging.getLogger(__name__)
+
+UPDATE_MASK = stat.S_IXOTH     # procmail's "new mail" bit
+
+
+def _open_append(path: str, mode: int, spool_checks: bool) -> int:
+    """Open ``path`` for appending, creating it exclusively with ``mode`` when missing."""
+    nofollow = os.O_NOFOLLOW if spool_checks else 0
+    while True:
+        try:
+            return os.open(path, os.O_WRONLY | os.O_APPEND | nofollow)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno == errno.ELOOP and spool_checks:
+                raise MailboxError(f'Refusing symlinked mailbox "{path}"', path=path) from exc
+            raise MailboxError.from_oserror("Error while writing to", path, exc) from exc
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        except FileExistsError:
+            continue                       # someone created it meanwhile: open theirs
+        except OSError as exc:
+            raise MailboxError.from_oserror("Error while writing to", path, exc) from exc
+        os.fchmod(fd, mode)                # independent of the process umask
+        return fd
+
+
+def _check_spool(path: str, fd: int) -> None:
+    """Refuse what an attacker could have put in a shared spool directory."""
+    st = os.fstat(fd)
+    try:
+        lst = os.lstat(path)
+    except OSError as exc:
+        raise MailboxError.from_oserror("Cannot stat mailbox", path, exc) from exc
+    problem = None
+    if stat.S_ISLNK(lst.st_mode):
+        problem = "is a symlink"
+    elif (lst.st_dev, lst.st_ino) != (st.st_dev, st.st_ino):
+        problem = "changed while being opened"
+    elif not stat.S_ISREG(st.st_mode):
+        problem = "is not a regular file"
+    elif st.st_uid != os.geteuid():
+        problem = f"is owned by uid {st.st_uid}"
+    elif st.st_nlink != 1:
+        problem = "has several hard links"
+    if problem:
+        raise MailboxError(f'Refusing mailbox "{path}": it {problem}', path=path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def append_mbox(path: str, data: bytes, *, policy: LockPolicy = LockPolicy(), umask: int = 0o077,
+                lock: bool = True, spool_checks: bool = False) -> int:
+    """Append ``data`` to the mbox ``path`` (see the module docstring); returns len(data)."""
+    if path == os.devnull:
+        return len(data)                   # procmail: "save the effort on /dev/null"
+    if spool_checks:
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                raise MailboxError(f'Refusing mailbox "{path}": it is a symlink', path=path)
+    with contextlib.ExitStack() as stack:
+        lockfile = path + policy.lockext
+        if lock and policy.lockext and not is_held(lockfile):
+            try:
+                stack.enter_context(DotLock(lockfile, policy))
+            except LockError as exc:
+                if exc.temporary:
+                    raise MailboxError(str(exc), temporary=True, path=path) from exc
+                log.warning("%s; relying on the kernel lock", exc)
+        fd = _open_append(path, 0o666 & ~umask, spool_checks)
+        stack.callback(os.close, fd)
+        if spool_checks:
+            _check_spool(path, fd)
+        st = os.fstat(fd)
+        if not (st.st_mode | umask) & UPDATE_MASK:
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, stat.S_IMODE(st.st_mode) | UPDATE_MASK)
+        if lock:
+            try:
+                stack.enter_context(fcntl_locked(fd, timeout=policy.timeout))
+            except LockError as exc:
+                raise MailboxError(str(exc), temporary=True, path=path) from exc
+        old_size = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        except OSError as exc:
+            _truncate_back(fd, path, old_size)
+            err = MailboxError.from_oserror("Error while writing to", path, exc)
+            err.temporary = True           # the mailbox is intact: let the queue retry
+            raise err from exc
+    return len(data)
+
+
+def _truncate_back(fd: int, path: str, old_size: int) -> None:
+    """Undo a partial append (procmail: "Truncated file to former size")."""
+    try:
+        os.ftruncate(fd, old_size)
+        os.fsync(fd)
+        log.info('Truncated "%s" to former size %d', path, old_size)
+    except OSError as exc:
+        log.error('Could not truncate "%s" back to %d bytes: %s', path, old_size, exc.strerror)

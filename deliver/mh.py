@@ -1,0 +1,62 @@
+"""deliver.mh — MH folders (a folder name ending in ``/.``, PROCMAIL-BEHAVIOUR 30).
+
+Each message is a file named by the next number above the highest all-digit name in the
+directory, holding the message with its From_ line and the final-newline rule
+(deliver.mboxformat.program_bytes).  The message is written and fsync'd under a temporary
+name first and then hard-linked to the number — link(2) fails if another deliverer took the
+number meanwhile, and we try the next one (procmail does the same with hlink()) — so the
+numbered file is always complete.
+
+Raises MailboxError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+
+from .dirfolder import fsync_dir, write_temp
+from .errors import MailboxError
+
+
+def highest_number(directory: str) -> int:
+    """The largest all-digit file name in ``directory`` (0 when none)."""
+    best = 0
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.isascii() and entry.name.isdigit():
+                    best = max(best, int(entry.name))
+    except OSError as exc:
+        raise MailboxError.from_oserror("Couldn't read", directory, exc) from exc
+    return best
+
+
+def link_into_mh(src: str, directory: str) -> str:
+    """Hard-link ``src`` as the next free number in ``directory``; returns the new path."""
+    number = highest_number(directory)
+    while True:
+        number += 1
+        dest = os.path.join(directory, str(number))
+        try:
+            os.link(src, dest)
+            return dest
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                continue
+            raise MailboxError.from_oserror("Couldn't make link to", dest, exc) from exc
+
+
+def deliver_mh(directory: str, data: bytes, *, umask: int) -> str:
+    """Store ``data`` (already formatted) as the next MH message; returns its path."""
+    tmp, _ = write_temp(directory, data, 0o666 & ~umask)
+    try:
+        dest = link_into_mh(tmp, directory)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    fsync_dir(directory)
+    return dest
