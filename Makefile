@@ -42,8 +42,10 @@ test-deps:
 test: test-deps venv
 	POSTROOM_TEST_USER=$(TEST_USER) $(VPY) -m pytest -q
 
+# The embedded default: SMTP on 127.0.0.1:2525, maps in ./etc, everything else in ./var,
+# a demo user whose ~/.procmailrc is samples/procmailrc (`postroom serve --embedded`).
 run: venv
-	$(VPY) -m mta.cli demo
+	$(VPY) -m mta.cli serve --embedded .
 
 bench: test-deps venv
 	POSTROOM_TEST_USER=$(TEST_USER) $(VPY) tests/benchmarks/run.py

@@ -4,6 +4,11 @@
     postroom explain -u USER MESSAGE   dry run of USER's recipes against MESSAGE
     postroom check RCFILE...    lint procmailrc files
     postroom demo               deliver samples/messages through samples/procmailrc
+    postroom serve [--config F | --embedded DIR]   the SMTP daemon and queue runner
+    postroom sendmail [-t] [-i] [-f sender] [rcpt ...]   queue a message (sendmail's CLI)
+    postroom mailq              list the queue
+    postroom queue flush | delete ID | hold ID | release ID
+    postroom newaliases         check the aliases file
 
 Subcommands are imported lazily: `postroom deliver` runs once per message and must not
 pay for the SMTP server, pyparsing or tomllib.
@@ -35,11 +40,41 @@ def _demo(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _serve(argv: Sequence[str]) -> int:
+    from mta.serve import main
+    return main(argv)
+
+
+def _sendmail(argv: Sequence[str]) -> int:
+    from mta.sendmail import main
+    return main(argv)
+
+
+def _mailq(argv: Sequence[str]) -> int:
+    from mta.mailq import mailq_main
+    return mailq_main(argv)
+
+
+def _queue(argv: Sequence[str]) -> int:
+    from mta.mailq import queue_main
+    return queue_main(argv)
+
+
+def _newaliases(argv: Sequence[str]) -> int:
+    from mta.newaliases import main
+    return main(list(argv))
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "deliver": _deliver,
     "explain": _explain,
     "check": _check,
     "demo": _demo,
+    "serve": _serve,
+    "sendmail": _sendmail,
+    "mailq": _mailq,
+    "queue": _queue,
+    "newaliases": _newaliases,
 }
 
 

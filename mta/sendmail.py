@@ -1,0 +1,281 @@
+"""``postroom sendmail``: sendmail's submission command line, into the durable queue.
+
+SYNOPSIS
+    postroom sendmail [--config FILE | --embedded DIR] [-t] [-i] [-oi] [-f sender]
+                      [-F fullname] [-oXXX ...] [-bm] [--] [recipient ...]
+
+DESCRIPTION
+    Reads a message on stdin and queues it exactly as the SMTP receiver does (the
+    spool's tmp/ -> fsync -> rename into incoming/ path of mta.queue), then pokes the
+    running daemon (SIGUSR1, mta.serve.poke) so it is delivered at once; without a
+    daemon the message waits in the queue for the next `postroom serve`.
+
+    -t          take recipients from To:, Cc: and Bcc: as well (Postfix: they are added
+                to the command-line ones); Bcc: is removed from the message.
+    -i, -oi     a line with a single "." does not end the message (without it, it does,
+                as in sendmail).
+    -f sender   the envelope sender (default: the invoking user at the host name);
+                "<>" or "" is the null sender.
+    -F name     the full name used if a From: header has to be added.
+    -oXXX, -bm, -v, -B, -N, -R, -U are accepted and ignored (sendmail compatibility).
+
+    Missing From:, Date: and Message-ID: headers are added (sendmail does), and a
+    Received: header records the submission.  Line ends become LF (the queue's format).
+
+EXIT STATUS
+    0 queued; 64 (EX_USAGE) bad options or no recipients; 65 (EX_DATAERR) a recipient
+    address that cannot be parsed; 75 (EX_TEMPFAIL) the queue could not be written;
+    78 a configuration error.  Errors are written to stderr.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import os
+import pwd
+import sys
+import time
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import Sequence
+
+log = logging.getLogger("mta.sendmail")
+
+USAGE = ("usage: postroom sendmail [--config FILE | --embedded DIR] [-t] [-i] [-oi] "
+         "[-f sender] [-F name] [recipient ...]\n")
+
+
+class UsageError(Exception):
+    pass
+
+
+class Options:
+    def __init__(self) -> None:
+        self.config: str | None = None
+        self.embedded: str | None = None
+        self.extract = False
+        self.ignore_dots = False
+        self.sender: str | None = None
+        self.fullname: str | None = None
+        self.recipients: list[str] = []
+
+
+def parse_args(argv: Sequence[str]) -> Options:
+    """sendmail's option syntax: -f/-F/-C take an argument attached or next."""
+    opts = Options()
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            i += 1
+            break
+        if arg in ("--config", "--embedded"):
+            if i + 1 >= len(args):
+                raise UsageError(f"{arg} needs an argument")
+            setattr(opts, arg[2:], args[i + 1])
+            i += 2
+            continue
+        if not arg.startswith("-") or arg == "-":
+            break
+        letter, value = arg[1:2], arg[2:]
+        if letter in ("f", "F", "C", "r"):
+            if not value:
+                i += 1
+                if i >= len(args):
+                    raise UsageError(f"option -{letter} needs an argument")
+                value = args[i]
+            if letter in ("f", "r"):
+                opts.sender = value
+            elif letter == "F":
+                opts.fullname = value
+            else:
+                opts.config = value
+        elif arg == "-t":
+            opts.extract = True
+        elif arg in ("-i", "-oi"):
+            opts.ignore_dots = True
+        elif letter in ("o", "b", "v", "B", "N", "R", "U", "X", "h", "L", "q"):
+            if letter in ("b",) and value not in ("m", ""):
+                raise UsageError(f"mode -b{value} is not supported")
+            if letter in ("B", "N", "R", "X", "h", "L") and not value:
+                i += 1      # these take an argument
+            pass
+        else:
+            raise UsageError(f"unknown option {arg}")
+        i += 1
+    opts.recipients = args[i:]
+    return opts
+
+
+def read_message(stream, ignore_dots: bool) -> bytes:
+    """stdin to LF-terminated bytes; without -i a lone "." line ends it."""
+    lines = []
+    for line in stream:
+        if line.endswith(b"\r\n"):
+            line = line[:-2] + b"\n"
+        elif line.endswith(b"\r"):
+            line = line[:-1] + b"\n"
+        if not ignore_dots and line in (b".\n", b"."):
+            break
+        lines.append(line)
+    data = b"".join(lines)
+    if data and not data.endswith(b"\n"):
+        data += b"\n"
+    return data
+
+
+def _split_head(data: bytes) -> tuple[bytes, bytes]:
+    if data.startswith(b"\n"):
+        return b"", data
+    idx = data.find(b"\n\n")
+    if idx < 0:
+        # all header, or a body without header (no colon on the first line)
+        first = data.split(b"\n", 1)[0]
+        if b":" in first and not first.startswith((b" ", b"\t")):
+            return data, b""
+        return b"", b"\n" + data
+    return data[:idx + 1], data[idx + 1:]
+
+
+def header_recipients(head: bytes) -> list[str]:
+    msg = BytesHeaderParser(policy=compat32).parsebytes(head)
+    fields = [str(v) for name in ("To", "Cc", "Bcc") for v in (msg.get_all(name) or [])]
+    return [addr for _, addr in email.utils.getaddresses(fields) if addr]
+
+
+def _remove_header(head: bytes, name: bytes) -> bytes:
+    out, skipping = [], False
+    for line in head.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                out.append(line)
+            continue
+        skipping = line.split(b":", 1)[0].strip().lower() == name.lower()
+        if not skipping:
+            out.append(line)
+    return b"".join(out)
+
+
+def _has(head: bytes, name: bytes) -> bool:
+    lname = name.lower() + b":"
+    return any(line.lower().startswith(lname) for line in head.splitlines())
+
+
+def _login() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+def main(argv: Sequence[str]) -> int:
+    try:
+        opts = parse_args(argv)
+    except UsageError as exc:
+        sys.stderr.write(f"postroom sendmail: {exc}\n{USAGE}")
+        return 64
+    from .config import ConfigError
+    from .serve import select_config
+    try:
+        config = select_config(opts.config, opts.embedded)
+    except ConfigError as exc:
+        sys.stderr.write(f"postroom sendmail: {exc}\n")
+        return 78
+    _log_to_file(config.server.log_file)
+    stdin = sys.stdin.buffer if sys.stdin is not None else open(0, "rb")
+    data = read_message(stdin, opts.ignore_dots)
+    return submit(config, opts, data)
+
+
+def _log_to_file(path) -> None:
+    """The from= line goes to the daemon's log file when we may write it (quietly not)."""
+    if path is None:
+        return
+    from .maillog import LOG_FORMAT
+    try:
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError:
+        return
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%b %d %H:%M:%S"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def submit(config, opts: Options, data: bytes) -> int:
+    """Queue ``data`` for ``opts``' recipients; returns the exit status."""
+    from .maillog import log_received
+    from .maps.names import NameSyntaxError
+    from .queue import Envelope, QueueError, RecipientState, Spool
+    from .routing import parse_address
+    from .serve import poke
+
+    hostname = config.server.hostname
+    head, body = _split_head(data)
+    recipients = list(opts.recipients)
+    if opts.extract:
+        recipients += header_recipients(head)
+        head = _remove_header(head, b"Bcc")
+    recipients = [r.strip() for r in recipients if r.strip()]
+    # sendmail splits comma-separated argument lists
+    recipients = [a for r in recipients for _, a in email.utils.getaddresses([r]) if a] or recipients
+    if not recipients:
+        sys.stderr.write("postroom sendmail: no recipients\n")
+        return 64
+    for r in recipients:
+        try:
+            parse_address(r)
+        except NameSyntaxError as exc:
+            sys.stderr.write(f"postroom sendmail: {r}: bad address: {exc}\n")
+            return 65
+    login = _login()
+    sender = opts.sender if opts.sender is not None else f"{login}@{hostname}"
+    sender = sender.strip()
+    if sender in ("<>", ""):
+        sender = ""
+    else:
+        sender = sender.strip("<>")
+        if "@" not in sender:
+            sender = f"{sender}@{hostname}"
+    now = time.time()
+    added = b""
+    if not _has(head, b"From"):
+        name = opts.fullname
+        frm = email.utils.formataddr((name, sender or f"MAILER-DAEMON@{hostname}")) if name \
+            else (sender or f"MAILER-DAEMON@{hostname}")
+        added += f"From: {frm}\n".encode("utf-8")
+    if not _has(head, b"Date"):
+        added += f"Date: {email.utils.formatdate(now, localtime=True)}\n".encode()
+    msgid = None
+    if not _has(head, b"Message-ID"):
+        msgid = email.utils.make_msgid(domain=hostname)
+        added += f"Message-ID: {msgid}\n".encode()
+    else:
+        parsed = BytesHeaderParser(policy=compat32).parsebytes(head)
+        msgid = str(parsed.get("Message-ID", "")).strip() or None
+
+    try:
+        spool = Spool(str(config.server.spool_dir), recover=False)
+        msg = spool.new_message()
+        with msg:
+            received = (f"Received: (from {login}@localhost)\n\tby {hostname} (postroom) "
+                        f"id {msg.qid};\n\t{email.utils.formatdate(now, localtime=True)}\n")
+            msg.write(received.encode())
+            msg.write(head + added)
+            msg.write(body if body.startswith(b"\n") or not body else b"\n" + body)
+            if not body:
+                msg.write(b"\n")
+            env = Envelope(sender=sender, recipients=[RecipientState(r) for r in recipients],
+                           received_at=now, size=0, client_ip=None, helo="localhost",
+                           protocol="local", message_id=msgid)
+            env.size = msg.size
+            qid = msg.commit(env)
+    except (QueueError, OSError) as exc:
+        sys.stderr.write(f"postroom sendmail: cannot queue the message: {exc}\n")
+        return 75
+    log_received(qid, sender=sender, size=env.size, nrcpts=len(recipients), msgid=msgid,
+                 relay=f"{login}@localhost")
+    poke(config)
+    return 0

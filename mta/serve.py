@@ -1,0 +1,320 @@
+"""``postroom serve``: the mail daemon — SMTP receiver and queue runner in one process.
+
+SYNOPSIS
+    postroom serve [--config postroom.toml | --embedded DIR] [--delivery auto|inprocess|fork]
+                   [--forks N] [--no-stderr] [-v]
+
+DESCRIPTION
+    Runs in the foreground (systemd's Type=simple; samples/postroom.service).  Listens on
+    every [smtp] listener, queues what it accepts into [server] spool_dir, and delivers
+    it with the queue runner (mta.runner).  Maillog lines go to [server] log_file and to
+    stderr (unless --no-stderr).
+
+    --embedded DIR   the self-contained default `make run` uses: Config.embedded_default
+                     (SMTP on 127.0.0.1:2525, everything under DIR/var), the sample maps
+                     installed into DIR/etc, and the demo user's ~/.procmailrc copied from
+                     samples/procmailrc when missing.
+    --delivery       how local deliveries run (mta.localdelivery); --forks bounds the
+                     concurrent delivery processes in fork mode.
+
+SIGNALS
+    SIGTERM, SIGINT  stop accepting, let sessions inside DATA finish, finish the
+                     deliveries in flight, exit 0.
+    SIGHUP           reload the maps (they also reload by themselves when changed).
+    SIGUSR1          rescan the queue now (sent by `postroom sendmail` and `queue flush`;
+                     a flush request file makes deferred mail due at once).
+
+FILES
+    DATA/run/postroom.pid   the daemon's pid, flock'ed while it runs: a second daemon
+                            on the same data directory refuses to start (exit 75).
+    DATA/run/flush          written by `postroom queue flush`.
+    DATA/bin/sendmail       a wrapper that runs `postroom sendmail` with this config;
+                            it is $SENDMAIL for recipes (`! addr`).
+
+EXIT STATUS
+    0 after a clean stop; 78 for a configuration error; 75 when already running or a
+    listener cannot be opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .config import Config, ConfigError, install_samples, load_config
+
+__all__ = ["main", "select_config", "add_config_arguments", "pidfile_path", "poke",
+           "daemon_pid", "flush_request_path"]
+
+log = logging.getLogger("mta.serve")
+
+DEFAULT_CONFIG = "/etc/postroom/postroom.toml"
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--config", "-C", metavar="FILE", help="postroom.toml (default: "
+                       f"$POSTROOM_CONFIG or {DEFAULT_CONFIG})")
+    group.add_argument("--embedded", metavar="DIR", help="the embedded default rooted at DIR")
+
+
+def select_config(config: str | None, embedded: str | None) -> Config:
+    """The Config named by --config/--embedded, $POSTROOM_CONFIG, $POSTROOM_EMBEDDED or
+    the system default; ConfigError when it cannot be loaded."""
+    if embedded is None and config is None:
+        embedded = os.environ.get("POSTROOM_EMBEDDED") or None
+        config = os.environ.get("POSTROOM_CONFIG") or None
+    if embedded is not None:
+        return Config.embedded_default(Path(embedded))
+    return load_config(config or DEFAULT_CONFIG)
+
+
+def config_argv(args: argparse.Namespace) -> list[str]:
+    """The options that select the same configuration in another postroom command."""
+    if getattr(args, "embedded", None):
+        return ["--embedded", str(Path(args.embedded).resolve())]
+    if getattr(args, "config", None):
+        return ["--config", str(Path(args.config).resolve())]
+    return []
+
+
+def run_dir(config: Config) -> Path:
+    return config.server.data_dir / "run"
+
+
+def pidfile_path(config: Config) -> Path:
+    return run_dir(config) / "postroom.pid"
+
+
+def flush_request_path(config: Config) -> Path:
+    return run_dir(config) / "flush"
+
+
+def daemon_pid(config: Config) -> int | None:
+    """The pid of the running daemon, None when none holds the pid file's lock."""
+    path = pidfile_path(config)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            return int(text) if text.isdigit() else None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None       # nobody holds it: a stale file
+    finally:
+        os.close(fd)
+
+
+def poke(config: Config, *, flush: bool = False) -> bool:
+    """Ask the daemon to scan the queue now (SIGUSR1); False when it is not running.
+
+    Never required for correctness: the runner also rescans the spool periodically.
+    """
+    if flush:
+        try:
+            run_dir(config).mkdir(parents=True, exist_ok=True)
+            flush_request_path(config).touch()
+        except OSError as exc:
+            log.warning("cannot write the flush request: %s", exc)
+    pid = daemon_pid(config)
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except OSError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- the daemon
+
+def _lock_pidfile(config: Config) -> int | None:
+    path = pidfile_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def write_sendmail_wrapper(config: Config, selector: list[str]) -> Path:
+    """DATA/bin/sendmail: `postroom sendmail` with this daemon's configuration."""
+    path = config.server.data_dir / "bin" / "sendmail"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    quoted = " ".join("'" + a.replace("'", "'\\''") + "'" for a in
+                      [sys.executable, "-m", "mta.cli", "sendmail", *selector])
+    text = f"#!/bin/sh\n# written by postroom serve\nexec {quoted} \"$@\"\n"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o755)
+    tmp.replace(path)
+    return path
+
+
+def prepare_embedded(config: Config) -> None:
+    """Install the sample maps and the demo user's ~/.procmailrc (never overwriting)."""
+    from .config import SAMPLES_DIR
+    from .maps.users import UsersFile
+    for written in install_samples(config):
+        log.info("installed %s", written)
+    config.deliver.mail_spool.mkdir(parents=True, exist_ok=True)
+    if config.maps.users is None:
+        return
+    demo = UsersFile(config.maps.users, config.server.data_dir).lookup("demo")
+    if demo is None:
+        return
+    demo.home.mkdir(parents=True, exist_ok=True)
+    rc = demo.home / ".procmailrc"
+    if not rc.exists():
+        rc.write_bytes((SAMPLES_DIR / "procmailrc").read_bytes())
+        rc.chmod(0o644)
+        log.info("installed %s", rc)
+
+
+async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
+                selector: Sequence[str] = (), ready: Callable[[], None] | None = None) -> int:
+    import asyncio
+
+    from .localdelivery import LocalDelivery
+    from .maps import Maps
+    from .policy import RecipientPolicy
+    from .queue import Spool
+    from .routing import Router
+    from .runner import Runner
+    from .smtp.limits import ServerLimits
+    from .smtp.server import SmtpServer
+
+    spool = Spool(str(config.server.spool_dir))
+    maps = Maps.from_config(config)
+    for d in maps.diagnostics():
+        log.warning("%s", d)
+    router = Router(config, maps)
+    policy = RecipientPolicy(router)
+    sendmail = write_sendmail_wrapper(config, list(selector))
+    delivery = LocalDelivery(config, mode=delivery_mode, max_forks=forks, sendmail=str(sendmail))
+    runner = Runner(config, spool, router, delivery)
+    lim = config.smtp.limits
+    limits = ServerLimits(max_message_size=lim.max_message_size, max_recipients=lim.max_recipients,
+                          max_connections=lim.max_connections, greet_pause=lim.greet_pause,
+                          idle_timeout=config.smtp.timeouts.command,
+                          data_timeout=config.smtp.timeouts.data)
+    servers = []
+    try:
+        for listener in config.smtp.listeners:
+            srv = SmtpServer(hostname=config.server.hostname, policy=policy, spool=spool,
+                             limits=limits, on_queued=runner.notify)
+            await srv.start(listener.host, listener.port)
+            servers.append(srv)
+    except OSError as exc:
+        log.error("cannot listen: %s", exc)
+        for srv in servers:
+            await srv.stop()
+        delivery.close()
+        return 75
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def reload() -> None:
+        new_maps = Maps.from_config(config)
+        for d in new_maps.diagnostics():
+            log.warning("%s", d)
+        new_router = Router(config, new_maps)
+        policy.router = new_router
+        runner.set_router(new_router)
+        log.info("maps reloaded (SIGHUP)")
+
+    def poked() -> None:
+        flush = flush_request_path(config)
+        try:
+            flush.unlink()
+            runner.wake(flush=True)
+            log.info("queue flush requested")
+        except FileNotFoundError:
+            runner.wake()
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGUSR1, poked)
+    if flush_request_path(config).exists():
+        poked()
+    runner_task = asyncio.create_task(runner.run())
+    log.info("postroom serve ready: %s, delivery=%s, pid %d",
+             ", ".join(str(lst) for lst in config.smtp.listeners), delivery.mode, os.getpid())
+    if ready is not None:
+        ready()
+    await stop.wait()
+    log.info("stopping: finishing sessions and deliveries in flight")
+    await asyncio.gather(*(srv.stop() for srv in servers), return_exceptions=True)
+    await runner.stop()
+    runner_task.cancel()
+    try:
+        await runner_task
+    except asyncio.CancelledError:
+        pass
+    delivery.close()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    import asyncio
+
+    from .maillog import setup_logging
+
+    parser = argparse.ArgumentParser(prog="postroom serve", description="SMTP receiver and queue runner")
+    add_config_arguments(parser)
+    parser.add_argument("--delivery", choices=("auto", "inprocess", "fork"), default="auto")
+    parser.add_argument("--forks", type=int, default=4, help="concurrent delivery processes (fork mode)")
+    parser.add_argument("--no-stderr", action="store_true", help="log to the log file only")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(list(argv))
+    try:
+        config = select_config(args.config, args.embedded)
+    except ConfigError as exc:
+        sys.stderr.write(f"postroom serve: {exc}\n")
+        return 78
+    setup_logging(config.server.log_file, stderr=not args.no_stderr,
+                  level=logging.DEBUG if args.verbose else logging.INFO)
+    if args.embedded:
+        prepare_embedded(config)
+    fd = _lock_pidfile(config)
+    if fd is None:
+        sys.stderr.write(f"postroom serve: already running (pid file {pidfile_path(config)})\n")
+        return 75
+    banner = None
+    if args.embedded:
+        listener = config.smtp.listeners[0]
+
+        def banner() -> None:
+            sys.stdout.write(
+                f"postroom serve: SMTP on {listener}, data under {config.server.data_dir}\n"
+                f"  send a message:  swaks --server {listener.host}:{listener.port} "
+                f"--to demo@localhost --from you@example.org\n"
+                f"  the inbox:       {config.deliver.mail_spool / 'demo'}\n"
+                f"  the log:         {config.server.log_file}\n"
+                f"  stop with Ctrl-C\n")
+            sys.stdout.flush()
+    try:
+        return asyncio.run(serve(config, delivery_mode=args.delivery, forks=args.forks,
+                                 selector=config_argv(args), ready=banner))
+    finally:
+        os.close(fd)
