@@ -1,0 +1,137 @@
+"""`postroom sendmail` (a real subprocess) writing the real spool; option parsing; stdin rules."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from mta.sendmail import UsageError, header_recipients, parse_args, read_message
+
+PY = sys.executable
+
+
+def sendmail(root: Path, *args: str, stdin: bytes = b"Subject: hi\n\nbody\n",
+             env: dict | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([PY, "-m", "mta.cli", "sendmail", "--embedded", str(root), *args],
+                          input=stdin, capture_output=True, timeout=30, env=env)
+
+
+def queued(root: Path) -> list[tuple[dict, bytes]]:
+    incoming = root / "var" / "spool" / "incoming"
+    out = []
+    for d in sorted(incoming.iterdir()) if incoming.exists() else []:
+        out.append((json.loads((d / "envelope.json").read_text()), (d / "message").read_bytes()))
+    return out
+
+
+def test_queues_with_added_headers(tmp_path: Path) -> None:
+    r = sendmail(tmp_path, "-f", "robot@example.org", "-F", "The Robot", "-oi", "bob@example.com",
+                 "carol")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b""
+    [(env, msg)] = queued(tmp_path)
+    assert env["sender"] == "robot@example.org" and env["protocol"] == "local"
+    assert [x["address"] for x in env["recipients"]] == ["bob@example.com", "carol"]
+    head, _, body = msg.partition(b"\n\n")
+    assert head.startswith(b"Received: (from ")
+    assert b"\nSubject: hi" in head
+    assert b'\nFrom: The Robot <robot@example.org>' in head
+    assert b"\nDate: " in head and b"\nMessage-ID: <" in head
+    assert env["message_id"] and env["message_id"].encode() in head
+    assert body == b"body\n" and env["size"] == len(msg)
+
+
+def test_extract_recipients_and_remove_bcc(tmp_path: Path) -> None:
+    data = (b"From: a@example.org\r\nTo: Bob <bob@example.com>, carol@example.com\r\n"
+            b"Cc: dave@example.com\r\nBcc: secret@example.com,\r\n  other@example.com\r\n"
+            b"Subject: t\r\n\r\nline\r\n.\r\nafter dot\r\n")
+    r = sendmail(tmp_path, "-t", "-i", "extra@example.com", stdin=data)
+    assert r.returncode == 0, r.stderr
+    [(env, msg)] = queued(tmp_path)
+    assert [x["address"] for x in env["recipients"]] == [
+        "extra@example.com", "bob@example.com", "carol@example.com", "dave@example.com",
+        "secret@example.com", "other@example.com"]
+    assert b"Bcc" not in msg and b"other@example.com" not in msg and b"\r" not in msg
+    assert msg.endswith(b"\nline\n.\nafter dot\n")        # -i: the lone dot is data
+    assert b"\nFrom: a@example.org\n" in msg and msg.count(b"\nFrom: ") == 1
+
+
+def test_lone_dot_ends_message_without_i(tmp_path: Path) -> None:
+    r = sendmail(tmp_path, "bob", stdin=b"Subject: x\n\nkept\n.\nlost\n")
+    assert r.returncode == 0, r.stderr
+    [(_, msg)] = queued(tmp_path)
+    assert msg.endswith(b"\nkept\n") and b"lost" not in msg
+
+
+def test_null_sender_and_default_sender(tmp_path: Path) -> None:
+    assert sendmail(tmp_path, "-f", "<>", "bob").returncode == 0
+    assert sendmail(tmp_path, "bob").returncode == 0
+    senders = sorted(env["sender"] for env, _ in queued(tmp_path))
+    assert senders[0] == "" and senders[1].endswith("@" + senders[1].split("@")[1])
+    assert "@" in senders[1]
+
+
+def test_errors(tmp_path: Path) -> None:
+    r = sendmail(tmp_path)
+    assert r.returncode == 64 and b"no recipients" in r.stderr
+    r = sendmail(tmp_path, "-Q")
+    assert r.returncode == 64 and b"unknown option" in r.stderr
+    r = sendmail(tmp_path, "bad address@@x")
+    assert r.returncode == 65
+    r = subprocess.run([PY, "-m", "mta.cli", "sendmail", "-C", str(tmp_path / "missing.toml"), "bob"],
+                       input=b"x\n", capture_output=True, timeout=30)
+    assert r.returncode == 78 and b"missing.toml" in r.stderr
+    assert queued(tmp_path) == []
+
+
+def test_config_file_option(tmp_path: Path) -> None:
+    (tmp_path / "postroom.toml").write_text('[server]\nhostname = "h.example"\nspool_dir = "q"\n')
+    r = subprocess.run([PY, "-m", "mta.cli", "sendmail", "-C", str(tmp_path / "postroom.toml"), "bob"],
+                       input=b"\nbody without header\n", capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    [d] = list((tmp_path / "q" / "incoming").iterdir())
+    msg = (d / "message").read_bytes()
+    assert b"by h.example (postroom)" in msg and msg.endswith(b"\n\nbody without header\n")
+    assert json.loads((d / "envelope.json").read_text())["sender"].endswith("@h.example")
+
+
+def test_parse_args() -> None:
+    o = parse_args(["-oi", "-fme@x", "-F", "Me", "-odb", "-oem", "--", "-notanoption"])
+    assert (o.ignore_dots, o.sender, o.fullname, o.recipients) == (True, "me@x", "Me", ["-notanoption"])
+    o = parse_args(["-t", "-i", "-v", "a", "b"])
+    assert o.extract and o.ignore_dots and o.recipients == ["a", "b"]
+    o = parse_args(["--config", "/etc/x.toml", "-bm", "a"])
+    assert o.config == "/etc/x.toml" and o.recipients == ["a"]
+    with pytest.raises(UsageError):
+        parse_args(["-f"])
+    with pytest.raises(UsageError):
+        parse_args(["-bd"])
+
+
+def test_header_recipients() -> None:
+    head = b"To: \"Doe, J\" <j@x.example>, k@x.example\nCc: (none)\nSubject: To: fake@x\n"
+    assert header_recipients(head) == ["j@x.example", "k@x.example"]
+
+
+lines = st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b"")),
+                 max_size=20)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lines, st.sampled_from([b"\n", b"\r\n"]))
+def test_read_message_with_i_keeps_every_line(body: list[bytes], eol: bytes) -> None:
+    data = b"".join(line + eol for line in body)
+    assert read_message(io.BytesIO(data), ignore_dots=True) == b"".join(line + b"\n" for line in body)
+    cut = read_message(io.BytesIO(data), ignore_dots=False)
+    expect = []
+    for line in body:
+        if line == b".":
+            break
+        expect.append(line + b"\n")
+    assert cut == b"".join(expect)
