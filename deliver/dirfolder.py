@@ -25,6 +25,13 @@ _DIGITS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".de
 _serial = itertools.count()
 
 
+def message_mode(umask: int) -> int:
+    """Mode of a new message file: 0666 & ~umask, plus o+x when the umask allows it
+    (procmail's "new mail" bit, PROCMAIL-BEHAVIOUR 20: umask 022 gives 0645)."""
+    mode = 0o666 & ~umask
+    return mode if umask & 0o001 else mode | 0o001
+
+
 def ultoan(value: int) -> str:
     """procmail's ultoan(): base 64 over [A-Za-z0-9-_], least significant digit first."""
     out = []
@@ -93,7 +100,7 @@ def link_into_dir(src: str, directory: str, ino: int, msgprefix: str = "msg.") -
 
 def deliver_dir(directory: str, data: bytes, *, umask: int, msgprefix: str = "msg.") -> str:
     """Store ``data`` (already formatted) as a new ``msg.*`` file; returns its path."""
-    tmp, st = write_temp(directory, data, 0o666 & ~umask)
+    tmp, st = write_temp(directory, data, message_mode(umask))
     try:
         dest = link_into_dir(tmp, directory, st.st_ino, msgprefix)
     finally:

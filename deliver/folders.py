@@ -12,7 +12,7 @@ directory: a later name that is a regular file is reported ``Unable to treat as 
 and skipped; when the *first* is an mbox the others are all ``Skipped``.  A Maildir or MH
 name that exists as a regular file is appended to as an mbox (32).  Every mbox append is
 locked (dot-lock + fcntl: deliver.mbox) unless ``lock_mbox=False``.  When the umask leaves
-o+x allowed, every folder written gets o+x (20).
+o+x allowed, every message file and mbox written gets o+x (20).
 
 Formats: mbox = mboxformat.mbox_bytes (escaping, final newline, unless ``raw``); MH and
 directory = program_bytes (``raw``: nothing added); Maildir = maildir_bytes (no From_ line).
@@ -24,17 +24,15 @@ for ENOSPC, EDQUOT, EFBIG, EIO and lock timeouts; nothing partial is left behind
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import dirfolder, maildir, mh
 from .errors import MailboxError
 from .locking import LockPolicy
-from .mbox import UPDATE_MASK, append_mbox
+from .mbox import append_mbox
 from .mboxformat import maildir_bytes, mbox_bytes, rewrite_content_length, program_bytes
 
 log = logging.getLogger(__name__)
@@ -72,16 +70,6 @@ def _prepare(kind: str, path: str, umask: int, forcedir: bool) -> bool:
     if kind == MAILDIR:
         return maildir.ensure_maildir(path, umask)
     return maildir.ensure_dir(path, umask) if (kind == MH or forcedir) else os.path.isdir(path)
-
-
-def _mark_new_mail(path: str, umask: int) -> None:
-    """Rule 20: o+x on what we wrote to, when the umask allows it (procmail's chmod)."""
-    if umask & UPDATE_MASK:
-        return
-    with contextlib.suppress(OSError):
-        mode = os.stat(path).st_mode
-        if not mode & UPDATE_MASK:
-            os.chmod(path, stat.S_IMODE(mode) | UPDATE_MASK)
 
 
 def deliver_to_folders(
@@ -125,7 +113,6 @@ def deliver_to_folders(
             stored = mh.deliver_mh(path, data, umask=umask)
         else:
             stored = dirfolder.deliver_dir(path, data, umask=umask, msgprefix=msgprefix)
-    _mark_new_mail(path, umask)
     shown = [stored]
     skipped: list[str] = []
     ino = os.stat(stored).st_ino
@@ -147,6 +134,5 @@ def deliver_to_folders(
         except MailboxError as exc:
             log.warning("%s", exc)         # procmail: "Couldn't make link to", not fatal
             continue
-        _mark_new_mail(opath, umask)
         shown.append(linked)
     return FolderResult(tuple(shown), len(data), kind, tuple(skipped))

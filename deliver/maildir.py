@@ -21,7 +21,7 @@ import itertools
 import os
 import time
 
-from .dirfolder import fsync_dir, write_new_file
+from .dirfolder import fsync_dir, message_mode, write_new_file
 from .errors import MailboxError
 
 SUBDIRS = ("new", "cur", "tmp")       # procmail's order of creation
@@ -65,7 +65,7 @@ def _claim_tmp(path: str, data: bytes, umask: int, hostname: str | None) -> tupl
         name = unique_name(hostname)
         tmp = os.path.join(path, "tmp", name)
         try:
-            write_new_file(tmp, data, 0o666 & ~umask)
+            write_new_file(tmp, data, message_mode(umask))
             return name, tmp
         except MailboxError as exc:
             if not isinstance(exc.__cause__, FileExistsError):

@@ -16,7 +16,7 @@ import contextlib
 import errno
 import os
 
-from .dirfolder import fsync_dir, write_temp
+from .dirfolder import fsync_dir, message_mode, write_temp
 from .errors import MailboxError
 
 
@@ -52,7 +52,7 @@ def link_into_mh(src: str, directory: str) -> str:
 
 def deliver_mh(directory: str, data: bytes, *, umask: int) -> str:
     """Store ``data`` (already formatted) as the next MH message; returns its path."""
-    tmp, _ = write_temp(directory, data, 0o666 & ~umask)
+    tmp, _ = write_temp(directory, data, message_mode(umask))
     try:
         dest = link_into_mh(tmp, directory)
     finally:
