@@ -1,0 +1,141 @@
+"""append_mbox: locking, spool safety, modes and the whole-or-nothing guarantee."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from deliver.errors import MailboxError
+from deliver.locking import DotLock, LockPolicy
+from deliver.mbox import append_mbox
+
+FAST = LockPolicy(locksleep=0.05, suspend=0, retries=1)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PYTHON = os.path.join(REPO, ".venv", "bin", "python")
+
+
+def test_append_creates_with_mode_and_returns_size(tmp_path):
+    box = str(tmp_path / "box")
+    assert append_mbox(box, b"one\n\n", policy=FAST, umask=0o077) == 5
+    assert append_mbox(box, b"two\n\n", policy=FAST, umask=0o077) == 5
+    assert stat.S_IMODE(os.stat(box).st_mode) == 0o600
+    with open(box, "rb") as f:
+        assert f.read() == b"one\n\ntwo\n\n"
+    assert os.listdir(tmp_path) == ["box"]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o645), (0, 0o667), (0o027, 0o640)])
+def test_new_mail_bit(tmp_path, umask, mode):
+    box = str(tmp_path / "box")
+    append_mbox(box, b"x\n\n", policy=FAST, umask=umask)
+    assert stat.S_IMODE(os.stat(box).st_mode) == mode
+
+
+def test_existing_file_without_final_newline_is_glued_to(tmp_path):
+    box = tmp_path / "box"
+    box.write_bytes(b"From a  Mon Jul  3 10:00:00 2023\n\nno newline")
+    append_mbox(str(box), b"From b  Mon Jul  3 10:00:00 2023\n\nx\n\n", policy=FAST)
+    assert box.read_bytes().endswith(b"no newlineFrom b  Mon Jul  3 10:00:00 2023\n\nx\n\n")
+
+
+def test_append_waits_for_a_held_lock(tmp_path):
+    box = str(tmp_path / "box")
+    # is_held() makes this process treat its own lock as taken for it, so the contender
+    # is another process
+    probe = (f"import sys; sys.path.insert(0, {REPO!r})\n"
+             "from deliver.mbox import append_mbox\nfrom deliver.locking import LockPolicy\n"
+             f"append_mbox({box!r}, b'late\\n\\n', policy=LockPolicy(locksleep=0.05))\n")
+    with DotLock(box + ".lock", FAST):
+        child = subprocess.Popen([PYTHON, "-c", probe])
+        time.sleep(1.0)
+        assert child.poll() is None and not os.path.exists(box)
+    assert child.wait(timeout=20) == 0
+    with open(box, "rb") as f:
+        assert f.read() == b"late\n\n"
+    del t, done
+
+
+def test_inside_own_recipe_lock_does_not_deadlock(tmp_path):
+    box = str(tmp_path / "box")
+    with DotLock(box + ".lock", FAST):            # `:0:` taken by the recipe
+        append_mbox(box, b"x\n\n", policy=LockPolicy(timeout=2))
+    assert os.listdir(tmp_path) == ["box"]
+
+
+def test_spool_refuses_symlink(tmp_path):
+    target = tmp_path / "target"
+    target.write_bytes(b"")
+    os.symlink(target, tmp_path / "box")
+    with pytest.raises(MailboxError) as info:
+        append_mbox(str(tmp_path / "box"), b"x\n\n", policy=FAST, spool_checks=True)
+    assert not info.value.temporary
+    assert target.read_bytes() == b""
+
+
+def test_spool_refuses_dangling_symlink(tmp_path):
+    os.symlink(tmp_path / "elsewhere", tmp_path / "box")
+    with pytest.raises(MailboxError):
+        append_mbox(str(tmp_path / "box"), b"x\n\n", policy=FAST, spool_checks=True)
+    assert not os.path.exists(tmp_path / "elsewhere")
+
+
+def test_spool_refuses_hard_link(tmp_path):
+    (tmp_path / "a").write_bytes(b"")
+    os.link(tmp_path / "a", tmp_path / "box")
+    with pytest.raises(MailboxError):
+        append_mbox(str(tmp_path / "box"), b"x\n\n", policy=FAST, spool_checks=True)
+
+
+def test_spool_refuses_file_of_another_user():
+    pw = pwd.getpwnam("prtest")
+    d = tempfile.mkdtemp(prefix="postroom-mbox-", dir="/tmp")
+    try:
+        os.chmod(d, 0o1777)
+        box = os.path.join(d, "box")
+        with open(box, "wb"):
+            pass                                   # owned by root, the "attacker" here
+        os.chmod(box, 0o666)
+        probe = (f"import sys; sys.path.insert(0, {REPO!r})\n"
+                 "from deliver.mbox import append_mbox\nfrom deliver.errors import MailboxError\n"
+                 "from deliver.locking import LockPolicy\n"
+                 f"try:\n    append_mbox({box!r}, b'x\\n\\n', policy=LockPolicy(locksleep=0.05), spool_checks=True)\n"
+                 "except MailboxError as e:\n    print('refused', e)\nelse:\n    print('written')\n")
+        out = subprocess.run([PYTHON, "-c", probe], user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
+                             capture_output=True, text=True, timeout=30)
+        assert out.stdout.startswith("refused"), out.stdout + out.stderr
+        assert os.path.getsize(box) == 0
+    finally:
+        shutil.rmtree(d)
+
+
+def test_unwritable_lock_directory_falls_back_to_kernel_lock():
+    """procmail logs "Lock failure" and delivers; so do we, still under fcntl."""
+    pw = pwd.getpwnam("prtest")
+    d = tempfile.mkdtemp(prefix="postroom-mbox-", dir="/tmp")
+    try:
+        os.chmod(d, 0o755)                         # prtest cannot create box.lock here
+        box = os.path.join(d, "box")
+        with open(box, "wb"):
+            pass
+        os.chown(box, pw.pw_uid, pw.pw_gid)
+        probe = (f"import sys; sys.path.insert(0, {REPO!r})\n"
+                 "from deliver.mbox import append_mbox\nfrom deliver.locking import LockPolicy\n"
+                 f"print(append_mbox({box!r}, b'x\\n\\n', policy=LockPolicy(locksleep=0.05)))\n")
+        out = subprocess.run([PYTHON, "-c", probe], user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
+                             capture_output=True, text=True, timeout=30)
+        assert out.stdout.strip() == "3", out.stderr
+        assert "Lock failure" in out.stderr
+        assert sorted(os.listdir(d)) == ["box"]
+    finally:
+        shutil.rmtree(d)
+
+
+def test_devnull_is_not_locked_or_written():
+    assert append_mbox(os.devnull, b"x\n\n", policy=FAST) == 3
