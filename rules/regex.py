@@ -278,127 +278,149 @@ _CHR, _SPLIT, _JMP, _BOM, _BOT, _EOT, _FIN = range(7)
 
 
 def _compile_nfa(node: Any) -> tuple[list[tuple[Any, ...]], int]:
+    """Thompson construction that keeps regexp.c's exploration order and layout quirks.
+
+    ``phys`` is the code that physically follows a node in regexp.c's program: ``\\/``
+    has no successor pointer there and simply runs on into it.  So a ``\\/`` that ends
+    an alternative continues with the *next alternatives* (``a\\/|b`` is ``a\\/b|b``),
+    and one that ends a ``*`` body leaves the loop.  An empty alternative that is not the
+    last one is tried after the alternatives that follow it.
+    """
     prog: list[tuple[Any, ...]] = [(_FIN,)]
 
     def emit(ins: tuple[Any, ...]) -> int:
         prog.append(ins)
         return len(prog) - 1
 
-    def comp(nd: Any, nxt: int) -> int:
+    def empty(nd: Any) -> bool:
+        return nd[0] == "cat" and not nd[1]
+
+    def comp(nd: Any, nxt: int, phys: int) -> int:
         kind = nd[0]
         if kind == "set":
             return emit((_CHR, nd[1], nxt))
         if kind == "cat":
             for x in reversed(nd[1]):
-                nxt = comp(x, nxt)
+                nxt = phys = comp(x, nxt, phys)
             return nxt
         if kind == "alt":
-            entries = [comp(x, nxt) for x in nd[1]]
-            pc = entries[-1]
-            for e in reversed(entries[:-1]):
-                pc = emit((_SPLIT, e, pc))
-            return pc
+            alts = nd[1]
+            chain = nxt if empty(alts[-1]) else comp(alts[-1], nxt, phys)
+            for a in reversed(alts[:-1]):
+                if empty(a):
+                    chain = emit((_SPLIT, chain, nxt))
+                else:
+                    chain = emit((_SPLIT, comp(a, nxt, chain), chain))
+            return chain
         if kind == "star":
             loop = emit((_SPLIT, -1, nxt))
-            body = comp(nd[1], loop)
+            body = comp(nd[1], loop, phys)
             prog[loop] = (_SPLIT, body, nxt)
             return loop
         if kind == "plus":
             loop = emit((_SPLIT, nxt, -1))  # regexp.c: try the exit first, then loop
-            body = comp(nd[1], loop)
+            body = comp(nd[1], loop, loop)
             prog[loop] = (_SPLIT, nxt, body)
             return body
         if kind == "opt":
-            body = comp(nd[1], nxt)
+            body = comp(nd[1], nxt, phys)
             return emit((_SPLIT, body, nxt))
         if kind == "bom":
-            return emit((_BOM, nxt))
+            return emit((_BOM, phys))
         if kind == "bot":
             return emit((_BOT, nxt))
         if kind == "eot":
             return emit((_EOT,))
         raise AssertionError(kind)
 
-    entry = comp(node, 0)
+    entry = comp(node, 0, 0)
     return prog, entry
 
 
 def _run_nfa(prog: list[tuple[Any, ...]], entry: int, buf: bytes, pos0: int,
-             ) -> tuple[int, int | None, int | None] | None:
+             nosplit: int | None = None) -> tuple[int, int | None, int | None] | None:
     """procmail's bregexec() over ``buf`` (virtual newlines included), from ``pos0``.
 
     Threads are seeded at every position up to len(buf)-2 (no thread starts at the
     trailing virtual newline) until a ``\\/`` match is found.  Returns ``(end, bom,
     eom)``: ``end`` is where the first match ended (a plain match returns at once, as
-    procmail does); with ``\\/``, ``bom``/``eom`` delimit MATCH: the earliest split
-    point among the surviving threads and the last end they reached.
+    procmail does); with ``\\/``, ``bom``/``eom`` delimit MATCH.  The order in which
+    threads are tried follows regexp.c (its state lists are stacks, and cleantail()
+    reverses them), because with ``\\/`` the first thread to reach the end decides.
     """
     n = len(buf)
-    inf = n + 1
+    if nosplit is None:  # regexp.c's "pend": no \/ passed yet (or passed too late)
+        nosplit = n
     seed_limit = n - 2
     bom: int | None = None
     eom: int | None = None
-    clist: dict[int, int] = {}
+    queue: list[tuple[int, int]] = []  # this step's threads, in processing order
     pos = pos0
     while pos <= n:
         c = buf[pos] if pos < n else _NL
-        nlist: dict[int, int] = {}
-        threads: list[tuple[int, int]] = []
-        if eom is None and pos <= seed_limit:
-            threads.append((entry, inf))
-        threads.extend(clist.items())
-        for pc0, start in threads:
-            if bom is not None and start > bom:
-                continue  # cleantail(): a later split lost to the match found
+        nxt_pcs: list[int] = []           # the "other" stack; its head is the end
+        nxt_start: dict[int, int] = {}
+        seeding = eom is None and pos <= seed_limit
+        k = -1 if seeding else 0
+        while True:
+            if k < 0:
+                pc0, start = entry, nosplit
+            elif k < len(queue):
+                pc0, start = queue[k]
+            else:
+                break
+            k += 1
             stack = [pc0]
             seen: set[int] = set()
             while stack:
                 pc = stack.pop()
-                if pc in seen:
-                    continue
-                seen.add(pc)
                 ins = prog[pc]
                 op = ins[0]
-                if op == _CHR:
-                    if pos < n and c in ins[1]:
-                        nxt = ins[2]
-                        old = nlist.get(nxt)
-                        if old is None or start < old:
-                            nlist[nxt] = start
-                elif op == _SPLIT:
-                    stack.append(ins[2])
-                    stack.append(ins[1])
-                elif op == _JMP:
-                    stack.append(ins[1])
+                if op == _CHR or op == _BOT or op == _EOT:
+                    if op == _CHR:
+                        ok = pos < n and c in ins[1]
+                        to = ins[2]
+                    elif op == _BOT:
+                        ok, to = pos == 0, ins[1]
+                    else:
+                        if pos == n - 1:  # ^^ at the end: zero-width
+                            stack.append(0)
+                            continue
+                        ok, to = pos == 0, 0  # else like the start anchor (regexp.c)
+                    if ok:
+                        old = nxt_start.get(to)
+                        if old is None:
+                            nxt_start[to] = start
+                            nxt_pcs.append(to)
+                        elif start < old:
+                            nxt_start[to] = start
+                elif op == _SPLIT or op == _JMP:
+                    if pc in seen:
+                        continue
+                    seen.add(pc)
+                    if op == _SPLIT:
+                        stack.append(ins[2])
+                        stack.append(ins[1])
+                    else:
+                        stack.append(ins[1])
                 elif op == _BOM:
                     if eom is None:
                         start = pos
                     stack.append(ins[1])
-                elif op == _BOT:
-                    if pos == 0:
-                        old = nlist.get(ins[1])
-                        if old is None or start < old:
-                            nlist[ins[1]] = start
-                elif op == _EOT:
-                    if pos == 0:
-                        old = nlist.get(0)
-                        if old is None or start < old:
-                            nlist[0] = start
-                    elif pos == n - 1:
-                        if start >= inf:
-                            return pos, None, None
-                        bom = start if bom is None else min(bom, start)
-                        eom = pos
                 else:  # _FIN
-                    if start >= inf:
+                    if start >= nosplit:
                         return pos, None, None
-                    bom = start if bom is None else min(bom, start)
+                    bom = start
                     eom = pos
-        if bom is not None:
-            clist = {k: v for k, v in nlist.items() if v <= bom}
-        else:
-            clist = nlist
-        if not clist and (eom is not None or pos >= seed_limit):
+                    # cleantail(): drop later splits, and the lists come out reversed
+                    rest = [t for t in queue[k:] if t[1] <= bom]
+                    rest.reverse()
+                    queue = queue[:k] + rest
+                    kept = [p for p in reversed(nxt_pcs) if nxt_start[p] <= bom]
+                    nxt_pcs = kept
+                    nxt_start = {p: nxt_start[p] for p in kept}
+        queue = [(p, nxt_start[p]) for p in reversed(nxt_pcs)]
+        if not queue and (eom is not None or pos >= seed_limit):
             break
         pos += 1
     if eom is None:
@@ -506,18 +528,20 @@ class CompiledRegex:
                 shift = 0
             elif pos == n:  # regexp.c with len 0: two virtual newlines, seeded on the first
                 b, start = b"x\n\n", 1
-                shift = n - 1
+                shift = n
             else:
                 b, start = buf, pos + 1
                 shift = 0
             a0 = self._first(b, start)
             if a0 is None:
                 break
-            res = _run_nfa(prog, entry, b, max(a0, start))
+            res = _run_nfa(prog, entry, b, max(a0, start), 2 if shift else None)
             if res is None:
                 break
             found += 1
             end = res[0] - 1 + shift  # text coordinate of "one past the match"
+            if res[1] is not None:  # a \/ match: regexp.c clips its end to the area
+                end = min(end, n)
             if end <= pos:
                 return None
             pos = end

@@ -55,7 +55,7 @@ def _run_procmail(rc: bytes, mail: bytes) -> bytes:
         os.chmod(work / "rc", 0o644)
         proc = subprocess.run(
             [PROCMAIL, "-m", str(work / "rc")], input=mail, capture_output=True,
-            user=TEST_USER, group=TEST_USER, extra_groups=[], cwd=work, timeout=60,
+            user=TEST_USER, group=TEST_USER, extra_groups=[], cwd=work, timeout=int(os.environ.get("PMTIMEOUT", "60")),
             env={"HOME": str(work), "PATH": "/usr/bin:/bin", "LOGNAME": TEST_USER})
         assert proc.returncode == 0, proc.stderr
         return (work / "log").read_bytes()
