@@ -59,7 +59,6 @@ def test_append_waits_for_a_held_lock(tmp_path):
     assert child.wait(timeout=20) == 0
     with open(box, "rb") as f:
         assert f.read() == b"late\n\n"
-    del t, done
 
 
 def test_inside_own_recipe_lock_does_not_deadlock(tmp_path):
