@@ -127,16 +127,18 @@ class LocalDelivery:
 
     # ------------------------------------------------------------------ modes
     def _inprocess(self, req: Request) -> Result:
+        raw = _read(req)
         cwd = os.getcwd()
         mask = os.umask(0o077)
         os.umask(mask)
         try:
-            return self._run(req)
+            return self._run(req, raw)
         finally:
             os.chdir(cwd)
             os.umask(mask)
 
     def _forked(self, req: Request) -> Result:
+        raw = _read(req)      # as the server: the spool is not the recipient's to read
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: never returns
@@ -145,7 +147,7 @@ class LocalDelivery:
                 os.close(r)
                 if self.drop:
                     self._become(req)
-                result = self._run(req)
+                result = self._run(req, raw)
                 code = result.status
                 os.write(w, json.dumps({"text": result.text}).encode("utf-8")[:60000])
             except _Refused as exc:
@@ -189,9 +191,7 @@ class LocalDelivery:
             raise _Refused(str(exc), exc.code) from exc
 
     # ------------------------------------------------------------------ the work
-    def _run(self, req: Request) -> Result:
-        with open(req.message_path, "rb") as fh:
-            raw = fh.read()
+    def _run(self, req: Request, raw: bytes) -> Result:
         if req.kind == "mailbox":
             return self._mailbox(req, raw)
         if req.kind == "program":
@@ -256,6 +256,11 @@ class LocalDelivery:
         except Exception as exc:  # noqa: BLE001 - deliver.errors types (lock timeouts ...)
             return Result(ExitCode.TEMPFAIL, f"{req.path}: {exc}")
         return Result(0, req.path)
+
+
+def _read(req: Request) -> bytes:
+    with open(req.message_path, "rb") as fh:
+        return fh.read()
 
 
 class _Refused(Exception):

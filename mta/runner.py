@@ -435,7 +435,10 @@ class Runner:
                      started=started, mailer=a.mailer,
                      pri=priority(env.size, len(env.recipients), rcpt.attempts - 1), stat=a.stat,
                      now=now)
-        await asyncio.to_thread(claimed.save)
+        if not (env.is_done and "unbounced" not in env.extra):
+            # When this was the last recipient, finish() removes the entry at once; a crash
+            # before that repeats this delivery whether or not we saved (two fsyncs saved).
+            await asyncio.to_thread(claimed.save)
         return 1
 
     def _fail(self, env: Envelope, rcpt: RecipientState, a: Attempt, qid: str, started: float) -> None:
