@@ -268,9 +268,14 @@ class Runner:
     # ------------------------------------------------------------------ one message
     async def process(self, qid: str) -> str | None:
         """One delivery pass over ``qid``; returns where the entry went, None if busy."""
+        # incoming/ means "try now" (new, released from hold, or recovered after a crash):
+        # deferred recipients of such an entry are tried too, not only the due ones.
+        immediate = os.path.isdir(os.path.join(self.spool.dirs["incoming"], qid))
         claimed = await asyncio.to_thread(self.spool.claim, qid)
         if claimed is None:
             return None
+        if immediate:
+            self._forced.add(qid)
         try:
             await self._process(claimed)
         finally:
