@@ -456,16 +456,18 @@ class CompiledRegex:
     """An immutable compiled condition regex."""
 
     __slots__ = ("pattern", "case_sensitive", "_node", "_re", "_anchor", "_has_bom",
-                 "_empty", "_nfa")
+                 "_empty", "_nfa", "_fast_count")
 
     def __init__(self, pattern: str, node: Any, re2obj: Any, has_bom: bool,
-                 case_sensitive: bool) -> None:
+                 case_sensitive: bool, end_anchor: bool = False) -> None:
         self.pattern = pattern
         self.case_sensitive = case_sensitive
         self._node = node
         self._re = re2obj
         self._anchor = _re2().RE2.Anchor.UNANCHORED if re2obj is not None else None
         self._has_bom = has_bom
+        # RE2 alone gives regexp.c's match end unless \/ or a zero-width end ^^ is in it
+        self._fast_count = not has_bom and not end_anchor
         self._empty = node is None
         self._nfa: tuple[list[tuple[Any, ...]], int] | None = None
 
@@ -482,6 +484,34 @@ class CompiledRegex:
         spans = self._re.Match(self._anchor, buf, pos, len(buf))
         start = spans[0][0]
         return None if start < 0 else start
+
+    def _earliest_end(self, buf: bytes, pos: int) -> int | None:
+        """Where the first match to *end* at or after ``pos`` ends: what regexp.c returns
+        for a pattern without ``\\/``.  RE2's leftmost match [a, b) bounds it; a
+        galloping search over the end of the window finds the earliest end in
+        O(log(length)) RE2 calls over that stretch."""
+        spans = self._re.Match(self._anchor, buf, pos, len(buf))
+        a, b = spans[0]
+        if a < 0 or a > len(buf) - 2:  # no thread starts at the trailing newline
+            return None
+        # Gallop from a (matches that end early are usually short), then bisect.
+        match = self._re.Match
+        anchor = self._anchor
+        lo, step = a, 1
+        while True:
+            if lo >= b:
+                return b
+            hi = min(lo + step - 1, b - 1)
+            if match(anchor, buf, pos, hi)[0][0] >= 0:
+                break
+            lo, step = hi + 1, step * 2
+        while lo < hi:  # the least end in [lo, hi] with a match inside [pos, end]
+            mid = (lo + hi) // 2
+            if match(anchor, buf, pos, mid)[0][0] >= 0:
+                hi = mid
+            else:
+                lo = mid + 1
+        return hi
 
     def search(self, text: bytes) -> RegexMatch | None:
         """Search the area ``text``; None when there is no match."""
@@ -532,10 +562,14 @@ class CompiledRegex:
             else:
                 b, start = buf, pos + 1
                 shift = 0
-            a0 = self._first(b, start)
-            if a0 is None:
-                break
-            res = _run_nfa(prog, entry, b, max(a0, start), 2 if shift else None)
+            if self._fast_count and not shift:
+                e = self._earliest_end(b, start)
+                res = None if e is None else (e, None, None)
+            else:
+                a0 = self._first(b, start)
+                if a0 is None:
+                    break
+                res = _run_nfa(prog, entry, b, max(a0, start), 2 if shift else None)
             if res is None:
                 break
             found += 1
@@ -581,7 +615,9 @@ def compile_regex(pattern: str, *, case_sensitive: bool = False,
     opts.log_errors = False
     opts.case_sensitive = True
     opts.never_capture = True
-    obj = mod.RE2(_to_re2(node).encode("latin-1"), opts)
+    translated = _to_re2(node)
+    obj = mod.RE2(translated.encode("latin-1"), opts)
     if not obj.ok():
         raise RegexError(pattern, f"RE2: {obj.error()}")
-    return CompiledRegex(pattern, node, obj, parser.has_bom, case_sensitive)
+    return CompiledRegex(pattern, node, obj, parser.has_bom, case_sensitive,
+                         end_anchor="\\z" in translated)

@@ -85,6 +85,12 @@ MESSAGES: dict[str, bytes] = {
         b"\n"
         b"after blank lines\n"
     ),
+    # short bodies where random testing found regexp.c's corner cases
+    "f1": FROM_ + b"Subject: s\n\n\nab   \na",
+    "f2": FROM_ + b"Subject: s\n\n\na ab\n\naa",
+    "f3": FROM_ + b"Subject: s\n\n \n b\n \naa",
+    "f4": FROM_ + b"Subject: s\n\n\n",
+    "f5": FROM_ + b"Subject: s\n\n\n\na ",
 }
 
 _H = ""
@@ -196,7 +202,19 @@ _add("empty_body", "B", ".", "^^", "$", "$$", "^^$", "x*", "\\/")
 _add("words", "B", "x$$$after", "x$^$after", "^$", "$$$", "^^word1", "blank lines$^^",
      "lines$$^^", "(a|b)+$", "^(ab)+$", "^a+ a+ b", "ab(ab)*$^^")
 
+# -- regexp.c's corner cases: a \\/ ending an alternative runs on into the next ones,
+#    an empty alternative is tried last, threads are tried in stack order, a split
+#    reached only after the trailing virtual newline does not count
+_add("f1", "B", "*+|a\\<\\/", "a\\<\\/", "a\\/|b", "a\\/|x", "(a\\/)*b", "(a\\/|x)b", "a\\/(|b)")
+_add("f2", "B", "b|b([ab]*\\/)", "a\\/|b", "a\\/|b|x", "a\\/|", "|\\/", "(a|)\\/b", "(|a)\\/b")
+_add("f3", "B", "(a\\>\\/?)", "a\\>\\/", "a\\/\\>", "a$\\/")
+_add("f4", "B", "|\\/", "(\\/$$)", "\\/$", "\\/$$", "\\/$$$")
+_add("f5", "B", "[^a]?.|^\\/^", "^\\/^", "a \\/$")
+
 WEIGHTED: list[tuple[str, str, str]] = [
+    ("(\\/$$)", "f4", "B"), ("[^a]?.|^\\/^", "f5", "B"), ("(\\>^^)", "empty_body", "B"),
+    ("\\/a", "f2", "B"), ("a\\/[ ]", "f2", "B"), ("\\/.", "f5", "B"), ("^^", "f5", "B"),
+    ("$^^", "f5", "B"), (". $^^", "f5", "B"),
     ("a", "words", "B"), ("a+", "words", "B"), ("ab", "words", "B"), ("^.*$", "words", "B"),
     ("^", "words", "B"), ("x*", "words", "B"), ("cat", "words", _H), ("Hello", "plain", "HB"),
     ("[a-z]+", "plain", "B"), ("$", "plain", "B"), ("^[a-z]", "plain", "B"),
