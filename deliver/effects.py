@@ -14,6 +14,7 @@ dotlocked a second time (that would deadlock on our own lock).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import stat
@@ -42,6 +43,22 @@ def _int(value: str | None, default: int) -> int:
         return default
 
 
+class _LogBridge(logging.Handler):
+    """deliver/'s modules report through `logging` (Unable to treat as directory,
+    Skipped, Forcing lock on ...); during a delivery those lines belong in the user's
+    LOGFILE in procmail's form, so this handler forwards them there."""
+
+    def __init__(self, effects: "RealEffects") -> None:
+        super().__init__(logging.WARNING)
+        self.effects = effects
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.effects.log(f"procmail: {record.getMessage()}\n")
+        except Exception:  # noqa: BLE001 - logging must never break a delivery
+            self.handleError(record)
+
+
 class RealEffects:
     """Effects for a real delivery, run as the recipient (never as root: see agent)."""
 
@@ -58,6 +75,8 @@ class RealEffects:
         self._rc_loader = rc_loader
         self.last_size = 0
         os.umask(self._umask)
+        self._bridge = _LogBridge(self)
+        logging.getLogger("deliver").addHandler(self._bridge)
 
     # ------------------------------------------------------------------ environment
 
@@ -117,6 +136,7 @@ class RealEffects:
         return socket.gethostname()
 
     def close(self) -> None:
+        logging.getLogger("deliver").removeHandler(self._bridge)
         self.global_lock(None)
         for lock in list(self._held.values()):
             lock.release()
@@ -208,8 +228,7 @@ class RealEffects:
         try:
             result = deliver_to_folders(
                 list(folders), data, raw=raw, umask=self._umask, policy=self._policy(),
-                msgprefix=self.vars.get("MSGPREFIX", "msg."), lock_mbox=not already,
-                log=self.log)
+                msgprefix=self.vars.get("MSGPREFIX", "msg."), lock_mbox=not already)
         except DeliveryError as err:
             self.log(f'procmail: Error while writing to "{err.path or folders[0]}"\n')
             return SaveResult(False)

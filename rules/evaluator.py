@@ -635,31 +635,32 @@ class _NoLock:
 
 
 def _weighted_matches(rx, text: bytes, w: float, x: float, score: float) -> float:
-    """procmailsc(5): each successive match adds w, w*x, w*x^2 ...; an empty match
-    ends the series (converging for 0<x<1, +/-infinity for x>=1); a series whose terms
-    fall below 1 and keep shrinking is cut off, as procmail does."""
+    """procmailsc(5) as misc.c computes it: the n-th successive match adds w*x^(n-1); an
+    empty match ends the series (converging to w/(1-x) for 0<x<1, +/-infinity for
+    x>=1); a series whose terms are below 1 and shrinking is cut off after the term
+    that made them shrink; the total stops at +/-2147483647."""
+    if w == 0:
+        return 0.0
+    limit = 1 if x == 0 else len(text) + 2
+    count = rx.count(text, limit)
+    if count is None:                      # an empty match somewhere in the series
+        if 0 < x < 1:
+            return w / (1 - x)
+        if x >= 1:
+            return MIN32 if w < 0 else MAX32
+        count = 1 if x == 0 else len(text) + 2
     added = 0.0
     weight = w
     oweight = weight * weight
-    pos = 0
-    while weight != 0 and MIN32 < score + added < MAX32 and pos <= len(text):
-        span = rx.search_span(text, pos)
-        if span is None:
+    for _ in range(count):
+        if weight == 0 or not (MIN32 < score + added < MAX32):
             break
-        start, end = span
         added += weight
         weight *= x
-        if end <= pos:   # an empty match: the rest of the series at once
-            if 0 < x < 1:
-                added += weight / (1 - x)
-            elif x >= 1 and weight != 0:
-                added += MIN32 if weight < 0 else MAX32
-            break
         nweight = weight * weight
         if nweight < oweight and oweight < 1:
             break
         oweight = nweight
-        pos = end
     return added
 
 

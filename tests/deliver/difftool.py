@@ -312,13 +312,26 @@ def list_paths(roots: Mapping[str, Path]) -> list[str]:
     return out
 
 
+# postroom's parsed-rc cache (rules/cache.py) lives in ~/.cache/postroom: a legitimate
+# side effect procmail has no counterpart for, so it is left out of the comparison.
+OWN_CACHE = ".cache/postroom"
+
+
 def snapshot(roots: Mapping[str, Path]) -> dict[str, Entry]:
     """Every entry under each root, keyed `<label>/<relative path>`; the roots themselves
     are included (their mode can change, e.g. a chmod by a program)."""
     out: dict[str, Entry] = {}
     for label, root in roots.items():
+        cache = root / OWN_CACHE
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
+            if Path(dirpath) == cache.parent:
+                dirnames[:] = [d for d in dirnames if d != cache.name]
+                if not dirnames and not filenames:
+                    continue
+            if Path(dirpath) == root and (root / ".cache").is_dir() and \
+                    os.listdir(root / ".cache") == [cache.name]:
+                dirnames[:] = [d for d in dirnames if d != ".cache"]
             base = Path(dirpath)
             for name in [""] + sorted(filenames) + dirnames:
                 if name == "" and base != root:

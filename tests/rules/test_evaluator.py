@@ -215,7 +215,7 @@ def test_host_mismatch_ends_the_rcfile():
 def test_capture_and_filter():
     eff = Recorder(programs={"echo hi": (0, b"captured\n"),
                              "sed s/hello/bye/": (0, MAIL.replace(b"hello", b"bye"))})
-    _, eff, ev = run("V=| echo hi\n:0 f\n| sed s/hello/bye/\n:0\n* bye\nbox.$V\n", eff)
+    _, eff, ev = run(":0\nV=| echo hi\n:0 f\n| sed s/hello/bye/\n:0\n* bye\nbox.$V\n", eff)
     assert ev.vars["V"] == "captured"
     assert eff.saved == [("box.captured",)]
     assert b"bye world" in ev.message.data
