@@ -1,0 +1,80 @@
+"""rules.areas: the header, body and whole-mail search areas (PROCMAIL-BEHAVIOUR 3, 4, 33).
+
+What procmail actually matches in these areas is checked case by case in
+test_regex_oracle.py (messages "folded", "crlf", "nobody", "empty_body"); here are the
+exact bytes and the properties that hold for any mail."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rules.areas import join_folds, search_area
+from rules.message import Message
+
+MAIL = (b"From a@b  Mon Jul  3 10:00:00 2023\n"
+        b"Subject: a\n\tb and\n  c\n"
+        b"To: x@y\n"
+        b"\n"
+        b" body starts with a blank\n\tand a tab\n")
+
+
+def test_header_area_runs_from_the_from_line_to_the_empty_line() -> None:
+    head = search_area(Message(MAIL), header=True, body=False)
+    assert head.startswith(b"From a@b ")
+    assert head.endswith(b"To: x@y\n\n")
+
+
+def test_folded_fields_are_joined_with_their_blanks_kept() -> None:
+    head = search_area(Message(MAIL), header=True, body=False)
+    assert b"Subject: a \tb and   c\n" in head
+    assert len(head) == Message(MAIL).header_end  # one byte for one byte
+
+
+def test_body_area_is_not_joined() -> None:
+    body = search_area(Message(MAIL), header=False, body=True)
+    assert body == b" body starts with a blank\n\tand a tab\n"
+
+
+def test_whole_mail_is_joined_header_then_raw_body() -> None:
+    msg = Message(MAIL)
+    both = search_area(msg, header=True, body=True)
+    assert both == (search_area(msg, header=True, body=False)
+                    + search_area(msg, header=False, body=True))
+    assert msg.data == MAIL  # the mail itself is never changed
+
+
+def test_crlf_mail_is_all_header() -> None:
+    msg = Message(b"From a  Mon Jul  3 10:00:00 2023\nX: y\r\n\r\nbody\r\n")
+    assert search_area(msg, header=False, body=True) == b""
+    assert search_area(msg, header=True, body=False) == msg.data
+
+
+def test_mail_without_body() -> None:
+    msg = Message(b"From a  Mon Jul  3 10:00:00 2023\nSubject: x\n y")
+    assert search_area(msg, header=True, body=False) == (
+        b"From a  Mon Jul  3 10:00:00 2023\nSubject: x  y")
+    assert search_area(msg, header=False, body=True) == b""
+
+
+def test_neither_area_is_empty() -> None:
+    assert search_area(Message(MAIL), header=False, body=False) == b""
+
+
+def test_join_folds_only_touches_newlines_before_blanks() -> None:
+    assert join_folds(b"a\n b\n\tc\nd\n") == b"a  b \tc\nd\n"
+    assert join_folds(b"plain\n") == b"plain\n"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200).map(lambda b: b.replace(b"\r", b"")))
+def test_areas_partition_the_mail(data: bytes) -> None:
+    msg = Message(data)
+    head = search_area(msg, header=True, body=False)
+    body = search_area(msg, header=False, body=True)
+    assert body == msg.body
+    assert search_area(msg, header=True, body=True) == head + body
+    assert len(head) == len(msg.header)
+    # Only fold newlines change, and only into blanks.
+    for got, orig in zip(head, msg.header, strict=True):
+        assert got == orig or (orig == 0x0A and got == 0x20)
