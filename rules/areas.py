@@ -20,19 +20,14 @@ Guarantees: pure, linear in the size of the mail; raises nothing.
 
 from __future__ import annotations
 
-import re
-
 from .message import Message
-
-# A newline followed by a blank or tab, i.e. the start of a continuation line.
-_FOLD = re.compile(rb"\n(?=[ \t])")
 
 
 def join_folds(header: bytes) -> bytes:
-    """The header with every newline before a continuation line turned into a space."""
-    if b"\n " not in header and b"\n\t" not in header:
-        return header
-    return _FOLD.sub(b" ", header)
+    """The header with every newline before a continuation line (one starting with a
+    blank or a tab) turned into a space.  Two plain replaces: no ``re`` import on the
+    delivery path, and "\\n \\n\\t" cannot overlap because the replacement is no newline."""
+    return header.replace(b"\n ", b"  ").replace(b"\n\t", b" \t")
 
 
 def search_area(message: Message, *, header: bool, body: bool) -> bytes:
