@@ -25,8 +25,8 @@ from .message import Message
 
 def join_folds(header: bytes) -> bytes:
     """The header with every newline before a continuation line (one starting with a
-    blank or a tab) turned into a space.  Two plain replaces: no ``re`` import on the
-    delivery path, and "\\n \\n\\t" cannot overlap because the replacement is no newline."""
+    blank or a tab) turned into a space.  Two plain replaces, no ``re`` import on the
+    delivery path; the two patterns cannot overlap (a replacement has no newline)."""
     return header.replace(b"\n ", b"  ").replace(b"\n\t", b" \t")
 
 
