@@ -543,10 +543,17 @@ class CompiledRegex:
         procmail's engine returns it), with a newline just before that point still
         visible to ``^``.
         """
+        found, empty = self.count_series(text, limit)
+        return None if empty else found
+
+    def count_series(self, text: bytes, limit: int) -> tuple[int, bool]:
+        """``(n, ended_empty)``: the matches counted (at most ``limit``, including the
+        empty match that ends a series) and whether an empty match ended it.  With a
+        negative exponent procmail adds exactly those n terms and stops (misc.c)."""
         if limit <= 0:
-            return 0
-        if self._empty:
-            return None
+            return 0, False
+        if self._empty:  # an empty regex "matches" without searching: empty at once
+            return 1, True
         buf = b"\n" + text + b"\n"
         n = len(text)
         prog, entry = self._program()
@@ -577,9 +584,9 @@ class CompiledRegex:
             if res[1] is not None:  # a \/ match: regexp.c clips its end to the area
                 end = min(end, n)
             if end <= pos:
-                return None
+                return found, True
             pos = end
-        return found
+        return found, False
 
 
 @functools.lru_cache(maxsize=1024)

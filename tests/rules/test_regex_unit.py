@@ -139,6 +139,13 @@ def test_count(pattern: str, text: bytes, expected: int | None) -> None:
     assert compile_regex(pattern).count(text, 1000) == expected
 
 
+def test_count_series_tells_how_an_empty_match_ended_it() -> None:
+    assert compile_regex("b|x*").count_series(b"abba", 100) == (1, True)   # empty at 0
+    assert compile_regex("b").count_series(b"abba", 100) == (2, False)
+    assert compile_regex("").count_series(b"abc", 100) == (1, True)
+    assert compile_regex("a").count_series(b"aaa", 2) == (2, False)
+
+
 def test_count_stops_at_limit() -> None:
     rx = compile_regex("a")
     assert rx.count(b"a" * 100, 7) == 7
@@ -149,6 +156,13 @@ def test_count_on_a_large_body_is_exact() -> None:
     body = b"line\n" * 20_000
     assert compile_regex("^line$").count(body, 10**9) == 20_000
     assert compile_regex("i").count(body, 10**9) == 20_000
+
+
+def test_operator_on_a_split_is_defined() -> None:
+    # procmail loops forever on this one (an operator after \\/ breaks its program
+    # layout); postroom applies the operator to the split and answers.
+    m = compile_regex("[ab]\\/+\\>\\<b").search(b"a  b\n")
+    assert m is not None and m.match == b"  b"
 
 
 # ------------------------------------------------------------------ macros
