@@ -192,7 +192,7 @@ async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
                 selector: Sequence[str] = (), ready: Callable[[], None] | None = None) -> int:
     import asyncio
 
-    from .localdelivery import LocalDelivery
+    from .localdelivery import LocalDelivery, recover_stale_locks
     from .maps import Maps
     from .policy import RecipientPolicy
     from .queue import Spool
@@ -203,6 +203,13 @@ async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
 
     spool = Spool(str(config.server.spool_dir))
     maps = Maps.from_config(config)
+    # Dot-locks of deliveries killed with the previous daemon (mail spool and the users'
+    # homes when the users file lists them); see mta.localdelivery.recover_stale_locks.
+    lock_dirs = [str(config.deliver.mail_spool)]
+    users_data = getattr(maps.users, "data", None)
+    if isinstance(users_data, dict):
+        lock_dirs += [str(u.home) for u in users_data.values()]
+    recover_stale_locks(lock_dirs)
     for d in maps.diagnostics():
         log.warning("%s", d)
     router = Router(config, maps)
