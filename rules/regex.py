@@ -24,15 +24,17 @@ The dialect (PROCMAIL-BEHAVIOUR 1-8, checked against the real procmail):
 Only unbalanced parentheses make a regex invalid (procmail: "Invalid regexp").
 
 Guarantees: compilation and translation are linear in the pattern (after macro
-expansion); every search is linear in the text.  A plain search is one RE2 pass over
-the area.  ``\\/`` and ``count`` additionally run a small Thompson-NFA simulation
-(procmail's own algorithm, in Python) over the stretch of text that RE2 located, which
-is O(text x pattern).
+expansion); every search is linear in the text (RE2 never backtracks).  A plain search
+is one RE2 pass over the area.  ``count`` finds each match's earliest end (what
+procmail's engine returns) with a few windowed RE2 calls.  For ``\\/``, and for counts
+of patterns ending in ``^^``, a Thompson-NFA simulation of regexp.c's own algorithm (in
+Python, O(stretch x pattern)) runs over the stretch of text starting where RE2 found
+the leftmost match, keeping regexp.c's thread order so that MATCH comes out the same.
 
-Errors: ``rules.errors.RegexError`` for an invalid pattern (unbalanced parentheses) or
-one RE2 refuses (e.g. a program over RE2's memory budget).  procmail instead logs
-"Invalid regexp" and treats the condition as matched; postroom reports it (README,
-differences).
+Errors: ``rules.errors.RegexError`` for an invalid pattern (unbalanced parentheses, or
+nested too deeply) or one RE2 refuses (e.g. a program over RE2's memory budget).
+procmail instead logs "Invalid regexp" and runs whatever it compiled, which often counts
+as a match; postroom reports it at load time (README, differences).
 """
 
 from __future__ import annotations
