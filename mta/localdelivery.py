@@ -39,6 +39,7 @@ GUARANTEES
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import json
 import logging
 import os
@@ -139,11 +140,13 @@ class LocalDelivery:
 
     def _forked(self, req: Request) -> Result:
         raw = _read(req)      # as the server: the spool is not the recipient's to read
+        _preload()
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: never returns
             code = ExitCode.TEMPFAIL
             try:
+                gc.disable()      # a collection would touch, hence copy, every shared page
                 os.close(r)
                 if self.drop:
                     self._become(req)
@@ -302,6 +305,20 @@ def recover_stale_locks(directories: list[str]) -> list[str]:
             if same:
                 log.warning("removed stale lock %s left by killed process %s", lock, parts[2])
     return removed
+
+
+_preloaded = False
+
+
+def _preload() -> None:
+    """Import what a delivery needs before the first fork and freeze the heap (gc.freeze),
+    so children neither re-import nor copy the parent's objects on write."""
+    global _preloaded
+    if not _preloaded:
+        import deliver.agent, deliver.fromline, deliver.identity, deliver.mbox  # noqa: F401,E401
+        import rules.cache, rules.evaluator  # noqa: F401,E401
+        gc.freeze()
+        _preloaded = True
 
 
 def _read(req: Request) -> bytes:

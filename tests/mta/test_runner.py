@@ -375,7 +375,7 @@ def test_delivery_modes_speed(make_site, capsys) -> None:
     results = {}
     for mode in ("inprocess", "fork"):
         site = make_site(users={f"u{i}": rc for i in range(4)}, mode=mode)
-        n = 120
+        n = 60
         for i in range(n):
             site.queue([f"u{i % 4}@example.com"], subject=f"s{i}", body="x" * 2000 + "\n")
         t0 = time.perf_counter()
