@@ -28,8 +28,9 @@ by tests/rules/test_expand_oracle.py:
     ``a b``; inside double quotes the inner quotes stay literal), ``$1``..``$9`` (one digit
     only: ``$12`` is ``$1`` then ``2``; ``$0`` is procmail's argv0), ``$\\NAME`` (regex-quoted,
     never split), ``$#``, ``$$``, ``$?``, ``$=`` (never split), ``$_``, ``$-`` (split when
-    unquoted; ``$_X`` is ``$_`` then ``X``, but ``${_}`` and ``$\\_`` are empty), ``"$@"``.  Unquoted ``$@`` gives ``@``;
-    a ``$`` before any other character, or at the end, stays literal.  Backquotes run
+    unquoted; ``$_X`` is ``$_`` then ``X``, but ``${_}`` and ``$\\_`` are empty), ``"$@"``.
+    Unquoted ``$@`` gives ``@``; a ``$`` before any other character, or at the end, stays
+    literal.  Backquotes run
     through the ``backquote`` callback with the command text after procmail's backslash
     processing; inside double quotes a ``"`` ends an unterminated backquote (and closes the
     double quote too, but only when the command holds a ``shellmetas`` character: one
@@ -38,7 +39,7 @@ by tests/rules/test_expand_oracle.py:
 
 Guarantees
     Pure functions of (raw, lookup results, backquote results); no regexes, no imports
-    beyond the standard library, linear time.  Text is ``str`` holding latin-1-decoded
+    beyond the standard library, one pass over the text.  Text is ``str`` holding latin-1-decoded
     bytes.  Lookups are skipped (and backquotes not run) inside a ``${...}`` word that is
     not used, as procmail does.
 
@@ -235,8 +236,9 @@ class _Reader:
         self.cur: list[str] = []
         self.brace = 0          # ${...} words currently open
         self.qbrace = 0         # self.brace when the current double quote opened
-        # While an unused ${N-w} word is being read: (brace level, saved output, value, got).
-        self.skip: tuple[int, int, str, str, int] | None = None
+        # While an unused ${N-w} word is being read: (brace level, number of words, the
+        # word in progress and its length, the variable's value, got) to return to.
+        self.skip: tuple[int, int, list[str], int, str, int] | None = None
         self.all_args: tuple[int, int] | None = None
 
     # -- input -------------------------------------------------------------------------
@@ -352,9 +354,10 @@ class _Reader:
                 if skip is not None and self.brace == skip[0]:
                     # End of an unused ${N-w} word: drop what it produced, insert N's value.
                     self.skip = None
-                    _, nwords, saved, value, sgot = skip
+                    _, nwords, cur, length, value, sgot = skip
                     del self.words[nwords:]
-                    self.cur = [saved] if saved else []
+                    del cur[length:]  # _end_word never changes a finished list
+                    self.cur = cur
                     self.got = sgot
                     self._insert(value)
             else:
@@ -537,6 +540,8 @@ class _Reader:
         else:
             raise ExpansionError(name)
         if not use_word and self.skip is None:
-            self.skip = (self.brace, len(self.words), "".join(self.cur), value or "", self.got)
+            self.skip = (
+                self.brace, len(self.words), self.cur, len(self.cur), value or "", self.got
+            )
         self.brace += 1
         return self._next()

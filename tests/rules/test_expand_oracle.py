@@ -37,6 +37,8 @@ import pytest
 from rules.errors import ExpansionError
 from rules.expand import (
     _DQUOTED,
+    Backquote,
+    Lookup,
     _QUOTED,
     _SQUOTED,
     _VALUE,
@@ -223,7 +225,8 @@ CASES: list[Case] = [
     Case(W, "`echo a  b`", ("a", "b")),
     Case(W, '"`echo a  b`"', ("a b",)),
     Case(W, "x`printf 'c d'`y", ("xc", "dy")),
-    Case(W, "\\a \\\\ \"\\a\" \"\\\\\" \"\\$\" \\\" '\\'", ("a", "\\", "\\a", "\\", "$", '"', "\\")),
+    Case(W, "\\a \\\\ \"\\a\" \"\\\\\" \"\\$\" \\\" '\\'",
+         ("a", "\\", "\\a", "\\", "$", '"', "\\")),
     Case(W, "a#b #c d", ("a#b",)),
     Case(W, "\\#a b\\#", ("#a", "b\\#")),
     Case(W, "$- $#", ("lf", "x", "2")),
@@ -279,7 +282,7 @@ IDS = [f"c{i:03d}-{c.kind}" for i, c in enumerate(CASES)]
 # --------------------------------------------------------------------------- postroom side
 
 
-def _lookup(args: Sequence[str], pid: str) -> object:
+def _lookup(args: Sequence[str], pid: str) -> Lookup:
     specials = {
         "#": str(len(args)),
         "$": pid,
@@ -299,7 +302,7 @@ def _lookup(args: Sequence[str], pid: str) -> object:
     return lookup
 
 
-def _backquote_for(lookup: object, metas: str) -> object:
+def _backquote_for(lookup: Lookup, metas: str) -> Backquote:
     """What procmail does with a backquote: ``/bin/sh -c`` when the command has SHELLMETAS,
     otherwise expand and split it itself and exec it; drop all trailing newlines
     (behaviour 17)."""
@@ -308,7 +311,7 @@ def _backquote_for(lookup: object, metas: str) -> object:
         if has_shell_metas(cmd, metas):
             argv = ["/bin/sh", "-c", cmd]
         else:
-            argv = expand_words(cmd, lookup, backquote, shellmetas=metas)  # type: ignore[arg-type]
+            argv = expand_words(cmd, lookup, backquote, shellmetas=metas)
         out = subprocess.run(
             [a.encode("latin-1") for a in argv], input=b"From: a@b\n\nbody\n",
             capture_output=True, check=False, timeout=10,
@@ -324,14 +327,14 @@ def _postroom(case: Case, index: int, pid: str) -> object:
     metas = case.metas
     try:
         if case.kind == V:
-            return expand_value(case.raw, lookup, bq, shellmetas=metas)  # type: ignore[arg-type]
+            return expand_value(case.raw, lookup, bq, shellmetas=metas)
         if case.kind == W:
             line = f"./dumpargs c{index:03d} {case.raw}"
-            words = expand_words(line, lookup, bq, case.args, shellmetas=metas)  # type: ignore[arg-type]
+            words = expand_words(line, lookup, bq, case.args, shellmetas=metas)
             return tuple(words[2:])
         if case.kind == F:
-            return tuple(expand_words(case.raw, lookup, bq, case.args, shellmetas=metas))  # type: ignore[arg-type]
-        return expand_quoted(case.raw, lookup, bq, shellmetas=metas)  # type: ignore[arg-type]
+            return tuple(expand_words(case.raw, lookup, bq, case.args, shellmetas=metas))
+        return expand_quoted(case.raw, lookup, bq, shellmetas=metas)
     except ExpansionError:
         return ExpansionError
 
@@ -368,7 +371,8 @@ def _rc_for(cases: Sequence[Case], group: list[int]) -> str:
         if case.kind == W:
             lines += [f'LASTFOLDER="{LASTFOLDER}"', ":0 wic", f"| ./dumpargs c{i:03d} {case.raw}"]
         elif case.kind == F:
-            lines += [f'LASTFOLDER="{LASTFOLDER}"', f"SENDMAILFLAGS=c{i:03d}", ":0 wic", f"! {case.raw}"]
+            lines += [f'LASTFOLDER="{LASTFOLDER}"', f"SENDMAILFLAGS=c{i:03d}", ":0 wic",
+                      f"! {case.raw}"]
         elif case.kind == Q:
             lines += [f'LASTFOLDER="{LASTFOLDER}"', "VERBOSE=on", ":0", f"* $ c{i:03d} {case.raw}",
                       "{ }", "VERBOSE=off"]
@@ -407,7 +411,7 @@ def _run_procmail(
     result = subprocess.run(
         cmd, input=b"From: a@b\nSubject: s\n\nbody\n", cwd=workdir, capture_output=True,
         env={"HOME": str(workdir), "PATH": "/usr/bin:/bin", "LOGNAME": TEST_USER},
-        timeout=60, check=False, **kwargs,  # type: ignore[arg-type]
+        timeout=60, check=False, **kwargs,
     )
     assert result.returncode == 0, result.stderr
     log = (workdir / "log").read_bytes().decode("latin-1")
@@ -501,8 +505,10 @@ def _acceptable(case: Case) -> bool:
     outside quotes and ${...}, and has no trailing backslash (a continuation)."""
     if case.raw.endswith("\\"):
         return False
-    mode, raw = {V: (_VALUE, case.raw), Q: (_QUOTED, '"' + case.raw)}.get(case.kind, (_WORDS, case.raw))
-    reader = _Reader(raw + "\n", mode, _lookup(case.args, "1"), lambda cmd: "", "")  # type: ignore[arg-type]
+    mode, raw = {V: (_VALUE, case.raw), Q: (_QUOTED, '"' + case.raw)}.get(
+        case.kind, (_WORDS, case.raw)
+    )
+    reader = _Reader(raw + "\n", mode, _lookup(case.args, "1"), lambda cmd: "", "")
     try:
         reader.run()
     except ExpansionError:
