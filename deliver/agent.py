@@ -65,6 +65,7 @@ class Invocation:
     positional: list[str] = field(default_factory=list)   # -a, or -m's extra arguments
     assignments: list[tuple[str, str]] = field(default_factory=list)
     rcfiles: list[str] = field(default_factory=list)
+    unknown_options: str = ""          # letters procmail would complain about
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +151,7 @@ class Agent:
         self.site = site
         self.load_rc = load_rc
         self.effects = effects or RealEffects(stderr_fd=stderr_fd, uid=user.uid, rc_loader=load_rc)
+        self._stderr_fd = stderr_fd
 
     # ------------------------------------------------------------------ rc files
 
@@ -173,7 +175,8 @@ class Agent:
 
     def _open_rc(self, path: str, kind: str) -> RcFile | None:
         if kind in ("given", "default") and not rcfile_is_safe(path, self.user, default_rc=kind == "default"):
-            self.effects.log(f'procmail: Suspicious rcfile "{path}"\n')
+            self.effects.log(f'procmail: Suspicious rcfile "{path}"\n'
+                             f'procmail: Couldn\'t read "{path}"\n')
             return None
         try:
             return self.load_rc(path)
@@ -186,8 +189,11 @@ class Agent:
 
     def run(self, inv: Invocation, raw: bytes, caller_env: dict[str, str]) -> Outcome:
         eff = self.effects
-        data = prepare_message(raw, sender=inv.sender if inv.sender not in (None, "-") else None,
-                               refresh_date=inv.sender == "-")
+        if inv.berkeley and isinstance(eff, RealEffects):
+            eff.berkeley = True
+        data = prepare_message(raw, sender=inv.sender, delivery_mode=inv.delivery_mode,
+                               invoker=self.user.name, berkeley=inv.berkeley)
+        del raw     # a 50 MB mail must not be held twice longer than needed
         variables = initial_environment(self.user, inv, self.site, caller_env)
         message = Message(data)
         ev = Evaluator(eff, variables, message, positional=inv.positional,
@@ -200,7 +206,6 @@ class Agent:
         else:
             if not eff.chdir(self.user.home):
                 variables["MAILDIR"] = "."
-        variables["PWD"] = os.getcwd()
         for name, value in inv.assignments:
             if name == "INCLUDERC":
                 continue                  # procmail: command-line INCLUDERC has no effect
@@ -232,7 +237,10 @@ class Agent:
         default = variables.get("DEFAULT", "")
         if default:
             lockext = variables.get("LOCKEXT", "")
-            with self.effects.lock(default + lockext) if lockext else _null():
+            # procmail locks $DEFAULT$LOCKEXT; a Maildir/MH default needs no lock, and its
+            # lock file could not exist before the folder does.
+            locking = lockext and not default.endswith(("/", "/."))
+            with self.effects.lock(default + lockext) if locking else _null():
                 res = self.effects.save([default], ev.message.data, raw=False)
             if res.ok:
                 variables["LASTFOLDER"] = res.lastfolder
@@ -248,8 +256,10 @@ class Agent:
     def _finish_clone(self, clone: Evaluator, end: End) -> None:
         """A ``c`` block's clone that fell off the end delivers to $DEFAULT as the real
         forked procmail would."""
-        if end is End.FELL_OFF:
-            self._fallback(clone)
+        delivered = end is End.DELIVERED or (end is End.FELL_OFF and self._fallback(clone))
+        if delivered and self.effects.abstract_enabled(final=True):
+            self.effects.log(format_abstract(clone.message.data, clone.vars.get("LASTFOLDER", ""),
+                                             self.effects.last_size))
 
     def _finish(self, ev: Evaluator, inv: Invocation, delivered: bool) -> Outcome:
         eff = self.effects
@@ -260,6 +270,9 @@ class Agent:
                 eff.log(format_abstract(ev.message.data, variables.get("LASTFOLDER", ""), eff.last_size))
         else:
             status = ExitCode.TEMPFAIL if inv.tempfail else ExitCode.CANTCREAT
+            if eff.abstract_enabled(final=True):
+                where = "**Requeued**" if inv.tempfail else "**Bounced**"
+                eff.log(format_abstract(ev.message.data, where, 0))
         status = self._trap_and_exitcode(ev, status)
         eff.close()
         return Outcome(status, delivered, variables.get("LASTFOLDER", ""))

@@ -29,6 +29,13 @@ Usage: postroom deliver [-vptoYm] [-f fromwhom] [-a argument] [parameter=value |
    Or: postroom deliver --explain [arguments as above]
 """
 
+PROCMAIL_USAGE = """\
+Usage: procmail [-vptoY] [-f fromwhom] [parameter=value | rcfile] ...
+   Or: procmail [-toY] [-f fromwhom] [-a argument] ... -d recipient ...
+   Or: procmail [-ptY] [-f fromwhom] -m [parameter=value] ... rcfile [arg] ...
+   Or: procmail [-toY] [-a argument] ... -z
+"""
+
 log = logging.getLogger("postroom.deliver")
 
 
@@ -98,7 +105,7 @@ def parse_args(argv: Sequence[str]) -> tuple[Invocation, bool]:
             elif ch in "h?":
                 raise UsageError("")
             else:
-                raise UsageError(f"unknown option -{ch}")
+                inv.unknown_options += ch    # procmail complains and carries on
             j += 1
         i += 1
     rest = args[i:]
@@ -160,6 +167,10 @@ def run(argv: Sequence[str]) -> int:
             sys.stderr.write(f"postroom deliver: {err}\n")
         sys.stderr.write(USAGE)
         return ExitCode.USAGE
+    if inv.unknown_options:
+        # procmail's exact complaint: scripts and tests that compare stderr rely on it.
+        sys.stderr.write(f'procmail: Unrecognised options: "{inv.unknown_options}"\n'
+                         + PROCMAIL_USAGE + "Processing continued\n")
     site = _site()
     caller_env = dict(os.environ)
     raw = _read_stdin()

@@ -63,7 +63,8 @@ class RealEffects:
     """Effects for a real delivery, run as the recipient (never as root: see agent)."""
 
     def __init__(self, *, stderr_fd: int = 2, uid: int | None = None,
-                 rc_loader=None) -> None:
+                 rc_loader=None, berkeley: bool = False) -> None:
+        self.berkeley = berkeley
         self.vars: Mapping[str, str] = {}
         self._stderr_fd = stderr_fd
         self._log_fd = stderr_fd
@@ -84,8 +85,13 @@ class RealEffects:
         self.vars = variables
 
     def _env(self) -> dict[bytes, bytes]:
-        return {k.encode("latin-1", "replace"): v.encode("latin-1", "replace")
-                for k, v in self.vars.items() if k and "=" not in k}
+        env = {k.encode("latin-1", "replace"): v.encode("latin-1", "replace")
+               for k, v in self.vars.items() if k and "=" not in k}
+        # procmail keeps PWD out of its variables ($PWD is empty in the rc) but programs
+        # find it in their environment, following MAILDIR.
+        with contextlib.suppress(OSError):
+            env[b"PWD"] = os.fsencode(os.getcwd())
+        return env
 
     def chdir(self, path: str) -> bool:
         try:
@@ -93,8 +99,6 @@ class RealEffects:
         except OSError:
             self.log(f'procmail: Couldn\'t chdir to "{path}"\n')
             return False
-        if isinstance(self.vars, dict):
-            self.vars["PWD"] = os.getcwd()
         return True
 
     def set_umask(self, mask: int) -> None:
@@ -117,7 +121,7 @@ class RealEffects:
             self._log_opened = True
         except OSError:
             self._log_fd = self._stderr_fd
-            self.log(f'procmail: Couldn\'t open logfile "{path}"\n')
+            self.log(f'procmail: Error while writing to "{path}"\n')
 
     @property
     def log_opened(self) -> bool:
@@ -223,12 +227,16 @@ class RealEffects:
     # ------------------------------------------------------------------ actions
 
     def save(self, folders: Sequence[str], data: bytes, *, raw: bool) -> SaveResult:
+        if len(folders) == 1 and folders[0] == os.devnull:
+            self.last_size = len(data)          # procmail writes nothing and reports the mail
+            return SaveResult(True, folders[0], len(data))
         lockext = self.vars.get("LOCKEXT", ".lock")
         already = bool(folders) and self._is_locked(folders[0] + lockext)
         try:
             result = deliver_to_folders(
                 list(folders), data, raw=raw, umask=self._umask, policy=self._policy(),
-                msgprefix=self.vars.get("MSGPREFIX", "msg."), lock_mbox=not already)
+                msgprefix=self.vars.get("MSGPREFIX", "msg."), lock_mbox=not already,
+                berkeley=self.berkeley)
         except DeliveryError as err:
             self.log(f'procmail: Error while writing to "{err.path or folders[0]}"\n')
             return SaveResult(False)
@@ -240,7 +248,7 @@ class RealEffects:
         return float(t) if t > 0 else None
 
     def _run(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
-             ignore_write_error: bool, capture: bool) -> ProgramResult:
+             ignore_write_error: bool, capture: bool, unpadded: int | None = None) -> ProgramResult:
         shell = len(command.argv) == 3 and command.argv[1] == self.vars.get("SHELLFLAGS", "-c") \
             and command.argv[0] == self.vars.get("SHELL", "/bin/sh")
         name = command.text if shell else command.argv[0]
@@ -255,6 +263,8 @@ class RealEffects:
         if res.overflow:
             self.log(f'procmail: Exceeded output limit of "{name}"\n')
             return ProgramResult(False, res.status, b"")
+        # procmail's abstract counts what it wrote: all of it, or up to the failed write
+        self.last_size = len(data) if not res.write_error or unpadded is None else unpadded
         if res.write_error and not ignore_write_error:
             self.log(f'procmail: Error while writing to "{name}"\n')
             return ProgramResult(False, res.status, res.output)
@@ -262,20 +272,21 @@ class RealEffects:
             if not quiet:
                 self.log(f'procmail: Program failure ({res.status}) of "{name}"\n')
             return ProgramResult(False, res.status, res.output)
-        self.last_size = len(data)
         return ProgramResult(True, res.status, res.output)
 
     def pipe(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
              ignore_write_error: bool, capture: bool, raw: bool) -> ProgramResult:
-        feed = data if raw else program_bytes(data)
+        feed = data if raw else program_bytes(data, berkeley=self.berkeley)
         return self._run(command, feed, wait=wait, quiet=quiet,
-                         ignore_write_error=ignore_write_error, capture=capture)
+                         ignore_write_error=ignore_write_error, capture=capture,
+                         unpadded=len(data))
 
     def forward(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
                 ignore_write_error: bool, raw: bool) -> ProgramResult:
-        feed = data if raw else program_bytes(data)
+        feed = data if raw else program_bytes(data, berkeley=self.berkeley)
         return self._run(command, feed, wait=wait, quiet=quiet,
-                         ignore_write_error=ignore_write_error, capture=False)
+                         ignore_write_error=ignore_write_error, capture=False,
+                         unpadded=len(data))
 
     def test_program(self, command: Command, data: bytes) -> int:
         res = programs.run(command.argv, data, env=self._env(), stderr_fd=self._log_fd,
@@ -286,14 +297,13 @@ class RealEffects:
 
     def run_trap(self, argv: Sequence[str], data: bytes) -> int:
         """TRAP: the mail on stdin, its stdout and stderr appended to the log."""
-        res = programs.run(argv, data, env=self._env(), stderr_fd=self._log_fd,
-                           capture=True, timeout=self._timeout())
-        if res.output:
-            self.log(res.output.decode("latin-1"))
+        res = programs.run(argv, program_bytes(data, berkeley=self.berkeley), env=self._env(),
+                           stderr_fd=self._log_fd, capture=False, timeout=self._timeout(),
+                           stdout_fd=self._log_fd)
         return 1 if res.status is None else res.status
 
     def backquote(self, command: Command, data: bytes) -> str:
-        res = programs.run(command.argv, data, env=self._env(), stderr_fd=self._log_fd,
+        res = programs.run(command.argv, program_bytes(data, berkeley=self.berkeley), env=self._env(), stderr_fd=self._log_fd,
                            capture=True, timeout=self._timeout())
         return res.output.rstrip(b"\n").decode("latin-1")
 
@@ -313,9 +323,9 @@ class RealEffects:
             return True
         return self._log_opened
 
-    def abstract(self, message: bytes, folder: str, size: int) -> None:
+    def abstract(self, message: bytes, folder: str) -> None:
         if self.abstract_enabled(final=False):
-            self.log(format_abstract(message, folder, size))
+            self.log(format_abstract(message, folder, self.last_size))
 
 
 def format_abstract(message: bytes, folder: str, size: int) -> str:
@@ -332,8 +342,8 @@ def format_abstract(message: bytes, folder: str, size: int) -> str:
         start = len(header) if nl < 0 else nl + 1
     subject = _subject_line(header, start)
     if subject is not None:
-        out.append(" " + subject[:MAX_SUBJECT_SHOW].replace("\t", " ") + "\n")
-    name = folder[:MAX_FOLDER_SHOW].replace("\t", " ")
+        out.append(" " + _detab(subject[:MAX_SUBJECT_SHOW]) + "\n")
+    name = _detab(folder[:MAX_FOLDER_SHOW])
     line = "  Folder: " + name
     i = len(line) - len(line) % TAB
     tabs = 1
@@ -343,6 +353,12 @@ def format_abstract(message: bytes, folder: str, size: int) -> str:
         i += TAB
     out.append(line + "\t" * tabs + f"{size:>7}\n")
     return "".join(out)
+
+
+def _detab(text: str) -> str:
+    """procmail's detab(): control characters (tab, CR, a program's newline) show as
+    blanks, so one abstract stays one line per field."""
+    return "".join(" " if ord(c) < 32 or c == "\x7f" else c for c in text)
 
 
 def _subject_line(header: bytes, start: int) -> str | None:

@@ -105,7 +105,7 @@ class RecordingEffects:
     def abstract_enabled(self, final: bool) -> bool:
         return False
 
-    def abstract(self, message: bytes, folder: str, size: int) -> None:
+    def abstract(self, message: bytes, folder: str) -> None:
         return None
 
     def close(self) -> None:

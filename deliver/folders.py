@@ -83,6 +83,7 @@ def deliver_to_folders(
     lock_mbox: bool = True,
     hostname: str | None = None,
     spool_checks: bool = False,
+    berkeley: bool = False,
 ) -> FolderResult:
     """Deliver ``message`` to ``names`` (one action line); see the module docstring."""
     if not names:
@@ -99,16 +100,17 @@ def deliver_to_folders(
         skipped = tuple(others)
         for name in skipped:
             log.warning('Skipped "%s"', name)
-        data = mbox_bytes(message, raw=raw)
+        data = mbox_bytes(message, raw=raw, berkeley=berkeley)
         size = append_mbox(path, data, policy=policy, umask=umask, lock=lock_mbox,
                            spool_checks=spool_checks)
         return FolderResult((path,), size, MBOX, skipped)
 
     if kind == MAILDIR:
-        data = maildir_bytes(message)
+        data = maildir_bytes(message, berkeley=berkeley)
         stored = maildir.deliver_maildir(path, data, umask=umask, hostname=hostname)
     else:
-        data = rewrite_content_length(message) if raw else program_bytes(message)
+        data = (rewrite_content_length(message, berkeley=berkeley) if raw
+                else program_bytes(message, berkeley=berkeley))
         if kind == MH:
             stored = mh.deliver_mh(path, data, umask=umask)
         else:

@@ -117,6 +117,7 @@ def prepare_message(
     delivery_mode: bool = False,
     invoker: str | bytes | None = None,
     linebuf: int = DEFAULT_LINEBUF,
+    berkeley: bool = False,
 ) -> bytes:
     """The mail as procmail holds it after reading ``raw`` (see the module docstring).
 
@@ -127,7 +128,7 @@ def prepare_message(
     if sender in ("-", b"-"):
         sender, refresh_date = None, True
     if sender is None and not refresh_date and not delivery_mode:
-        return rewrite_content_length(raw)      # procmail does not even peek
+        return rewrite_content_length(raw, berkeley=berkeley)   # procmail does not even peek
     who = _text(sender) if sender is not None else _text(invoker) if invoker else _default_invoker()
     stamp = b"  " + ctime_stamp(when) + b"\n"
     i = 0
@@ -146,4 +147,4 @@ def prepare_message(
                 new_from = line[: find_timestamp(line)] + stamp
             elif sender is None:
                 new_from = line                 # -d without -f: keep it verbatim
-    return rewrite_content_length(new_from + rest)
+    return rewrite_content_length(new_from + rest, berkeley=berkeley)

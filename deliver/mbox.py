@@ -102,13 +102,18 @@ def append_mbox(path: str, data: bytes, *, policy: LockPolicy = LockPolicy(), um
                 raise MailboxError(f'Refusing mailbox "{path}": it is a symlink', path=path)
     with contextlib.ExitStack() as stack:
         lockfile = path + policy.lockext
-        if lock and policy.lockext and not is_held(lockfile):
+        # No directory, no mailbox: the open below fails at once, whereas a lock in a
+        # missing directory would be retried for a minute (procmail item 40).
+        parent = os.path.dirname(path) or "."
+        if lock and policy.lockext and not is_held(lockfile) and os.path.isdir(parent):
             try:
                 stack.enter_context(DotLock(lockfile, policy))
             except LockError as exc:
                 if exc.temporary:
                     raise MailboxError(str(exc), temporary=True, path=path) from exc
-                log.warning("%s; relying on the kernel lock", exc)
+                # The implicit lock is postroom's own addition: procmail would not have
+                # tried, so this is not a line for the user's LOGFILE.
+                log.debug("%s; relying on the kernel lock", exc)
         fd = _open_append(path, 0o666 & ~umask, spool_checks)
         stack.callback(os.close, fd)
         if spool_checks:

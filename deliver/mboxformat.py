@@ -64,9 +64,10 @@ def header_end(data: bytes) -> int:
         pos = nl + 1
 
 
-def _content_length(data: bytes, body: int) -> tuple[bytes, int | None]:
-    """(data with Content-Length rewritten, bytes of body it covers) or (data, None)."""
-    m = _CONTENT_LENGTH.search(data, 0, body)
+def _content_length(data: bytes, body: int, berkeley: bool = False) -> tuple[bytes, int | None]:
+    """(data with Content-Length rewritten, bytes of body it covers) or (data, None).
+    ``berkeley`` (procmail -Y): Content-Length means nothing, as in traditional mboxes."""
+    m = None if berkeley else _CONTENT_LENGTH.search(data, 0, body)
     if m is None:
         return data, None
     start = m.end()
@@ -88,9 +89,9 @@ def _content_length(data: bytes, body: int) -> tuple[bytes, int | None]:
     return data[:start] + field + data[end:], covered
 
 
-def rewrite_content_length(data: bytes) -> bytes:
+def rewrite_content_length(data: bytes, *, berkeley: bool = False) -> bytes:
     """The message with its Content-Length value set to the real body length (28)."""
-    return _content_length(data, header_end(data))[0]
+    return _content_length(data, header_end(data), berkeley)[0]
 
 
 def _escape_points(data: bytes, start: int, stop: int) -> list[int]:
@@ -111,10 +112,10 @@ def _with_final_newline(data: bytes) -> bytes:
     return data if data.endswith(b"\n\n") else data + b"\n"
 
 
-def mbox_bytes(message: bytes, *, raw: bool) -> bytes:
+def mbox_bytes(message: bytes, *, raw: bool, berkeley: bool = False) -> bytes:
     """What procmail appends to an mbox for ``message`` (escaping, Content-Length, newline)."""
     body = header_end(message)
-    data, covered = _content_length(message, body)
+    data, covered = _content_length(message, body, berkeley)
     if raw:
         return data
     restbody = body + covered if covered is not None else max(body - 1, 0)
@@ -134,9 +135,9 @@ def mbox_bytes(message: bytes, *, raw: bool) -> bytes:
     return _with_final_newline(escaped)
 
 
-def program_bytes(message: bytes) -> bytes:
+def program_bytes(message: bytes, *, berkeley: bool = False) -> bytes:
     """What a pipe, forward, MH or directory folder receives: rule 29, no escaping."""
-    return _with_final_newline(rewrite_content_length(message))
+    return _with_final_newline(rewrite_content_length(message, berkeley=berkeley))
 
 
 def skip_from_line(message: bytes) -> bytes:
@@ -153,6 +154,6 @@ def skip_from_line(message: bytes) -> bytes:
             return message[pos:]
 
 
-def maildir_bytes(message: bytes) -> bytes:
+def maildir_bytes(message: bytes, *, berkeley: bool = False) -> bytes:
     """What a Maildir file holds: no From_ line, nothing added (30)."""
-    return skip_from_line(rewrite_content_length(message))
+    return skip_from_line(rewrite_content_length(message, berkeley=berkeley))

@@ -41,25 +41,26 @@ class RunResult:
 
 
 def run(argv: Sequence[str], data: bytes, *, env: Mapping[bytes, bytes], stderr_fd: int,
-        capture: bool, timeout: float | None) -> RunResult:
+        capture: bool, timeout: float | None, stdout_fd: int | None = None) -> RunResult:
     """Run argv to completion; never raises OSError for exec failures (status 127-ish
     from the /bin/sh retry instead)."""
     args = [a.encode("latin-1", "replace") for a in argv]
     try:
-        proc = _start(args, env, stderr_fd, capture)
+        proc = _start(args, env, stderr_fd, capture, stdout_fd)
     except OSError:
         try:
-            proc = _start([b"/bin/sh", *args], env, stderr_fd, capture)
+            proc = _start([b"/bin/sh", *args], env, stderr_fd, capture, stdout_fd)
         except OSError:
             return RunResult(None, b"", True, False)
     return _communicate(proc, data, capture, timeout)
 
 
 def _start(args: list[bytes], env: Mapping[bytes, bytes], stderr_fd: int,
-           capture: bool) -> subprocess.Popen[bytes]:
+           capture: bool, stdout_fd: int | None = None) -> subprocess.Popen[bytes]:
+    stdout = subprocess.PIPE if capture else (subprocess.DEVNULL if stdout_fd is None else stdout_fd)
     return subprocess.Popen(
         args, stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+        stdout=stdout,
         stderr=stderr_fd, env=dict(env), close_fds=True,
         restore_signals=True,
     )

@@ -89,9 +89,10 @@ class Effects(Protocol):
                 ignore_write_error: bool, raw: bool) -> ProgramResult:
         """``! addresses``: run $SENDMAIL with the mail (without its From_ line)."""
 
-    def abstract(self, message: bytes, folder: str, size: int) -> None:
-        """Log the delivery abstract (From_ line, Subject, Folder, size) when LOGABSTRACT
-        asks for it; the implementation reads LOGABSTRACT and LOGFILE itself."""
+    def abstract(self, message: bytes, folder: str) -> None:
+        """Log the abstract of a copy's delivery (From_ line, Subject, Folder, the size
+        of the write just done) when LOGABSTRACT=all; the implementation reads
+        LOGABSTRACT and LOGFILE itself."""
 
     def test_program(self, command: Command, data: bytes) -> int:
         """``* ? program``: its exit status (negative for a signal)."""

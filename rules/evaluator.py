@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -56,6 +57,32 @@ class _Frame:
     path: str = ""
     index: int = 0
     saved: tuple[bool, bool] | None = None   # (prevcond, lastcond) restored at "}"
+    # File frames: procmail's own log lines for this file's syntax problems, in source
+    # order, logged as execution passes them (procmail reads and runs in one pass).
+    diags: list[tuple[int, int, str]] = field(default_factory=list)
+
+
+# The diagnostics procmail itself logs, as the start of the parser's message.
+_PROCMAIL_DIAG = re.compile(r'^(Skipped "[^"\n]*"|Missing closing brace|Closing brace unexpected'
+                            r'|Missing action|Incomplete recipe)')
+
+
+def _file_diags(rc: RcFile) -> list[tuple[int, int, str]]:
+    skipped_at = {(i.span.line, i.span.col) for i in _walk(rc.items) if isinstance(i, Skipped)}
+    out = []
+    for d in rc.diagnostics:
+        m = _PROCMAIL_DIAG.match(d.message)
+        if m and (d.span.line, d.span.col) not in skipped_at:
+            out.append((d.span.line, d.span.col, m.group(1)))
+    out.sort(reverse=True)          # popped from the end, earliest first
+    return out
+
+
+def _walk(items: Sequence[Item]):
+    for item in items:
+        yield item
+        if isinstance(item, Recipe) and isinstance(item.action, Block):
+            yield from _walk(item.action.items)
 
 
 class _Stop(Exception):
@@ -97,8 +124,7 @@ class Evaluator:
         """Run one rc file from the top.  Chaining state starts afresh, as procmail
         resets lastcond/prevcond/lastsucc for every rc file it opens."""
         self.lastcond = self.prevcond = self.lastsucc = False
-        self.frames = [_Frame(rc.items, "rc", rc.path)]
-        self._log_diagnostics(rc)
+        self.frames = [_Frame(rc.items, "rc", rc.path, diags=_file_diags(rc))]
         end = self._loop()
         return RunResult(end, self.trace)
 
@@ -107,6 +133,8 @@ class Evaluator:
             while self.frames:
                 frame = self.frames[-1]
                 if frame.index >= len(frame.items):
+                    if frame.kind != "block":
+                        self._flush_diags(frame, None)
                     self.frames.pop()
                     if frame.kind == "block" and frame.saved is not None:
                         self.prevcond, self.lastcond = frame.saved
@@ -115,6 +143,7 @@ class Evaluator:
                     continue
                 item = frame.items[frame.index]
                 frame.index += 1
+                self._flush_diags(self._file_frame(), _read_upto(item))
                 match item:
                     case Assignment():
                         self._assign(item)
@@ -128,10 +157,19 @@ class Evaluator:
                 self.frames.clear()
             return stop.end
 
-    def _log_diagnostics(self, rc: RcFile) -> None:
-        for diag in rc.diagnostics:
-            if diag.severity == "error":
-                self.effects.log(f"procmail: {diag.message}\n")
+    def _file_frame(self) -> _Frame | None:
+        for frame in reversed(self.frames):
+            if frame.kind != "block":
+                return frame
+        return None
+
+    def _flush_diags(self, frame: _Frame | None, upto: Span | None) -> None:
+        """Log the file's syntax problems that lie before ``upto`` (all when None)."""
+        if frame is None:
+            return
+        pending = frame.diags
+        while pending and (upto is None or pending[-1][:2] < (upto.line, upto.col)):
+            self.effects.log(f"procmail: {pending.pop()[2]}\n")
 
     @property
     def current_file(self) -> str:
@@ -154,7 +192,13 @@ class Evaluator:
         return self.vars.get(name)
 
     def backquote(self, text: str) -> str:
-        return self.effects.backquote(self._command(text, expand_words=False), self.message.data)
+        out = self.effects.backquote(self._command(text, expand_words=False), self.message.data)
+        limit = self._linebuf()
+        if len(out) >= limit:
+            # procmail reads at most LINEBUF bytes of a command substitution
+            self.effects.log(f'procmail: Excessive output quenched from "{text}"\n')
+            out = out[: limit - 1]
+        return out
 
     def _linebuf(self) -> int:
         try:
@@ -266,7 +310,8 @@ class Evaluator:
         clone.on_clone_end = self.on_clone_end
         clone.lastcond, clone.prevcond, clone.lastsucc = self.lastcond, self.prevcond, self.lastsucc
         clone.lastscore = self.lastscore
-        clone.frames = [_Frame(f.items, f.kind, f.path, f.index, f.saved) for f in self.frames]
+        clone.frames = [_Frame(f.items, f.kind, f.path, f.index, f.saved, list(f.diags))
+                        for f in self.frames]
         clone.frames.append(frame)
         clone.trace = self.trace
         clone._areas = dict(self._areas)
@@ -278,6 +323,7 @@ class Evaluator:
                 self.on_clone_end(clone, end)
         finally:
             self.effects.environment(self.vars)
+            self.effects.set_logfile(self.vars.get("LOGFILE") or None)
             self.effects.chdir(saved_cwd)
             umask = self.vars.get("UMASK")
             if umask is not None:
@@ -465,16 +511,15 @@ class Evaluator:
     def _command(self, text: str, expand_words: bool = True) -> Command | None:
         """A program line: through $SHELL when it has SHELLMETAS (procmail leaves the
         expansion to the shell), else split and expanded by us (item 18)."""
-        metas = self.vars.get("SHELLMETAS", "&|<>~;?*[")
-        stripped = text.strip(" \t")
-        if expand.has_shell_metas(stripped, metas) or not expand_words:
+        metas = self.vars.get("SHELLMETAS", "")   # preset by deliver/; unset means none
+        if expand.has_shell_metas(text, metas) or not expand_words:
             shell = self.vars.get("SHELL", "/bin/sh")
             shellflags = self.vars.get("SHELLFLAGS", "-c")
-            return Command((shell, shellflags, stripped), text)
-        words = self._expand_words(stripped)
+            return Command((shell, shellflags, text), text)
+        words = self._expand_words(text)
         if not words:
             return None
-        return Command(tuple(words), text)
+        return Command(tuple(words), _display_text(text, words, self._expand_words))
 
     def _lockname(self, recipe: Recipe, target: str) -> str | None:
         if recipe.lock is None:
@@ -502,7 +547,7 @@ class Evaluator:
             if result.ok:
                 self.vars["LASTFOLDER"] = result.lastfolder
                 if Flag.COPY in flags:
-                    self.effects.abstract(self.message.data, result.lastfolder, result.size)
+                    self.effects.abstract(self.message.data, result.lastfolder)
             return result.ok, True
         if isinstance(action, Forward):
             return self._forward(recipe, action, data, tr), True
@@ -538,7 +583,7 @@ class Evaluator:
                                           ignore_write_error=Flag.IGNORE_WRITE in recipe.flags,
                                           raw=Flag.RAW in recipe.flags)
         if result.ok and Flag.COPY in recipe.flags:
-            self.effects.abstract(self.message.data, cmd.text, len(data))
+            self.effects.abstract(self.message.data, cmd.text)
         return result.ok
 
     def _implicit_program_lock(self, recipe: Recipe, text: str) -> str | None:
@@ -582,8 +627,10 @@ class Evaluator:
                 if out.endswith(b"\n"):
                     out = out[:-1]
                 self.set_variable(action.capture, out.decode("latin-1"))
-            elif wait:
-                self.set_variable(action.capture, "")
+            elif wait and not quiet:
+                # procmail treats a capture like a filter: a failing `w` program leaves
+                # the variable as it was.
+                self.effects.log("procmail: Rescue of unfiltered data succeeded\n")
             return result.ok, False
         if Flag.FILTER in flags:
             tr.action = f"filter through: {cmd.text.strip()}"
@@ -601,7 +648,7 @@ class Evaluator:
             result = self.effects.pipe(cmd, data, wait=wait, quiet=quiet,
                                        ignore_write_error=ign, capture=False, raw=raw)
         if result.ok and Flag.COPY in flags:
-            self.effects.abstract(self.message.data, cmd.text, len(data))
+            self.effects.abstract(self.message.data, cmd.text)
         return result.ok, True
 
     def _replace(self, flags: frozenset[Flag], output: bytes) -> None:
@@ -662,6 +709,27 @@ def _weighted_matches(rx, text: bytes, w: float, x: float, score: float) -> floa
             break
         oweight = nweight
     return added
+
+
+def _read_upto(item: Item) -> Span:
+    """How far procmail has read when it acts on ``item``: a recipe's header and
+    conditions come before its action is taken."""
+    if isinstance(item, Recipe):
+        return Span(item.span.path, item.action.span.line, 0)
+    return item.span
+
+
+def _display_text(text: str, words: list[str], expand_words) -> str:
+    """A program line as procmail shows it in LASTFOLDER and the abstract: the expanded
+    words; procmail's buffer ends where "$@" starts (its words are NUL-separated)."""
+    at = text.find('"$@"')
+    if at < 0:
+        at = text.find("$@")
+    if at < 0:
+        return " ".join(words)
+    before = text[:at]
+    head = expand_words(before) if before.strip() else []
+    return " ".join(head or []) + (" " if before[-1:] in (" ", "\t") else "")
 
 
 def _skip_from_line(data: bytes) -> bytes:
@@ -743,8 +811,7 @@ def _includerc(ev: Evaluator, value: str | None, old: str | None) -> None:
     rc = ev.effects.load_rcfile(value)
     if rc is None:
         return
-    ev._log_diagnostics(rc)
-    ev.frames.append(_Frame(rc.items, "include", rc.path))
+    ev.frames.append(_Frame(rc.items, "include", rc.path, diags=_file_diags(rc)))
 
 
 def _switchrc(ev: Evaluator, value: str | None, old: str | None) -> None:
@@ -760,9 +827,9 @@ def _switchrc(ev: Evaluator, value: str | None, old: str | None) -> None:
     if rc is None:
         top.index = len(top.items)
         return
-    ev._log_diagnostics(rc)
+    ev._flush_diags(top, None)
     ev.lastcond = ev.prevcond = ev.lastsucc = False
-    ev.frames[-1] = _Frame(rc.items, top.kind, rc.path)
+    ev.frames[-1] = _Frame(rc.items, top.kind, rc.path, diags=_file_diags(rc))
 
 
 def _host(ev: Evaluator, value: str | None, old: str | None) -> None:

@@ -395,7 +395,7 @@ class _Parser:
             return Forward(raw, span)
         if c == "|":
             s.pos += 1
-            return Pipe(s.getlline().lstrip(_BLANKS), None, span)
+            return Pipe(s.getlline(), None, span)   # verbatim: procmail logs " cmd"
         if is_name_start(c):
             p = apos
             while p < s.n and is_name_char(t[p]):
@@ -409,7 +409,7 @@ class _Parser:
                     r += 1
                 if r < s.n and t[r] == "|":
                     s.pos = r + 1
-                    return Pipe(s.getlline().lstrip(_BLANKS), t[apos:p], span)
+                    return Pipe(s.getlline(), t[apos:p], span)
                 if r < s.n and t[r] == "!":
                     s.pos = r + 1
                     self.scan_line_words()

@@ -129,7 +129,7 @@ def _item_lines(item: Item, depth: int, out: list[str], nxt: Item | None,
                     out.append(f"{ind}! {t}\n" if t else f"{ind}!\n")
                 case Pipe(command=c, capture=cap):
                     pre = f"{cap}=|" if cap else "|"
-                    out.append(f"{ind}{pre} {_multiline(c)}\n" if c else f"{ind}{pre}\n")
+                    out.append(f"{ind}{pre}{_multiline(c)}\n")
                 case Block(items=its):
                     out.append(f"{ind}{{\n")
                     _items(its, depth + 1, out, top=False)

@@ -93,7 +93,7 @@ class Recorder:
     def backquote(self, command: Command, data: bytes) -> str:
         return self._prog(command)[1].rstrip(b"\n").decode("latin-1")
 
-    def abstract(self, message: bytes, folder: str, size: int) -> None:
+    def abstract(self, message: bytes, folder: str) -> None:
         self.logged.append(f"abstract {folder}")
 
 
