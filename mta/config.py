@@ -183,7 +183,9 @@ class Config:
             deliver=DeliverConfig(
                 system_rc=etc / "procmailrc",
                 mail_spool=var / "mail",
-                run_as_root_drop=False,
+                # Started as root (e.g. `sudo make run`), deliveries still fork and drop
+                # to the demo user: user recipes never run as root.
+                run_as_root_drop=True,
             ),
             path=etc / "postroom.toml",
         )

@@ -683,27 +683,27 @@ class _NoLock:
 
 def _weighted_matches(rx, text: bytes, w: float, x: float, score: float) -> float:
     """procmailsc(5) as misc.c computes it: the n-th successive match adds w*x^(n-1); an
-    empty match ends the series (converging to w/(1-x) for 0<x<1, +/-infinity for
-    x>=1); a series whose terms are below 1 and shrinking is cut off after the term
-    that made them shrink; the total stops at +/-2147483647."""
+    empty match ends the series (adding the rest at once: w*x^n/(1-x) for 0<x<1,
+    +/-infinity for x>=1); a series whose terms are below 1 and shrinking is cut off;
+    the total stops at +/-2147483647."""
     if w == 0:
         return 0.0
     limit = 1 if x == 0 else len(text) + 2
-    count = rx.count(text, limit)
-    if count is None:                      # an empty match somewhere in the series
-        if 0 < x < 1:
-            return w / (1 - x)
-        if x >= 1:
-            return MIN32 if w < 0 else MAX32
-        count = 1 if x == 0 else len(text) + 2
+    count, ended_empty = rx.count_series(text, limit)
     added = 0.0
     weight = w
     oweight = weight * weight
-    for _ in range(count):
+    for k in range(count):
         if weight == 0 or not (MIN32 < score + added < MAX32):
             break
         added += weight
         weight *= x
+        if ended_empty and k == count - 1:
+            if 0 < x < 1:
+                added += weight / (1 - x)
+            elif x >= 1 and weight != 0:
+                added += MIN32 if weight < 0 else MAX32
+            break
         nweight = weight * weight
         if nweight < oweight and oweight < 1:
             break
