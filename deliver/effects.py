@@ -184,17 +184,25 @@ class RealEffects:
                           locksleep=_int(v.get("LOCKSLEEP"), 8),
                           suspend=_int(v.get("SUSPEND"), 16))
 
+    def _acquire(self, path: str) -> DotLock | None:
+        """Take a procmail-compatible lock; None (after procmail's log line) on failure,
+        and the delivery goes on unlocked as procmail's does."""
+        lock = DotLock(path, self._policy())
+        try:
+            lock.acquire()
+        except LockError:
+            self.log(f'procmail: Lock failure on "{path}"\n')
+            return None
+        return lock      # "Forcing lock on" reaches the log through _LogBridge
+
     @contextlib.contextmanager
     def lock(self, path: str) -> Iterator[bool]:
         key = os.path.abspath(path)
         if key in self._held:
             yield True
             return
-        lock = DotLock(path, self._policy())
-        try:
-            lock.acquire()
-        except LockError:
-            self.log(f'procmail: Lock failure on "{path}"\n')
+        lock = self._acquire(path)
+        if lock is None:
             yield False
             return
         self._held[key] = lock
@@ -210,13 +218,9 @@ class RealEffects:
             self._global = None
         if not path:
             return
-        lock = DotLock(path, self._policy())
-        try:
-            lock.acquire()
-        except LockError:
-            self.log(f'procmail: Lock failure on "{path}"\n')
-            return
-        self._global = (path, lock)
+        lock = self._acquire(path)
+        if lock is not None:
+            self._global = (path, lock)
 
     def _is_locked(self, path: str) -> bool:
         key = os.path.abspath(path)
@@ -265,12 +269,15 @@ class RealEffects:
             return ProgramResult(False, res.status, b"")
         # procmail's abstract counts what it wrote: all of it, or up to the failed write
         self.last_size = len(data) if not res.write_error or unpadded is None else unpadded
-        if res.write_error and not ignore_write_error:
-            self.log(f'procmail: Error while writing to "{name}"\n')
-            return ProgramResult(False, res.status, res.output)
+        # A waited-for program's failing exit status is reported first: a program that
+        # died without reading (a missing script) also breaks the pipe, and which of
+        # the two procmail notices must not depend on who wins that race.
         if wait and res.status != 0:
             if not quiet:
                 self.log(f'procmail: Program failure ({res.status}) of "{name}"\n')
+            return ProgramResult(False, res.status, res.output)
+        if res.write_error and not ignore_write_error:
+            self.log(f'procmail: Error while writing to "{name}"\n')
             return ProgramResult(False, res.status, res.output)
         return ProgramResult(True, res.status, res.output)
 

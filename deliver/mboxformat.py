@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import re
 
+from rules.message import skip_from_line  # noqa: F401 - re-exported for deliver/
+
 _FROM_NL = b"\nFrom "
 _CONTENT_LENGTH = re.compile(rb"(?:^|(?<=\n))content-length:", re.IGNORECASE)
 _NUM_SIZE = 27   # procmail's charNUM(num, long): at most 26 digits are written in the field
@@ -138,20 +140,6 @@ def mbox_bytes(message: bytes, *, raw: bool, berkeley: bool = False) -> bytes:
 def program_bytes(message: bytes, *, berkeley: bool = False) -> bytes:
     """What a pipe, forward, MH or directory folder receives: rule 29, no escaping."""
     return _with_final_newline(rewrite_content_length(message, berkeley=berkeley))
-
-
-def skip_from_line(message: bytes) -> bytes:
-    """The message without its From_ line and the ``>`` lines right after it (skipFrom_)."""
-    if not message.startswith(b"From "):
-        return message
-    pos = 0
-    while True:
-        nl = message.find(b"\n", pos)
-        if nl < 0:
-            return b""
-        pos = nl + 1
-        if pos >= len(message) or message[pos] != 0x3E:   # '>'
-            return message[pos:]
 
 
 def maildir_bytes(message: bytes, *, berkeley: bool = False) -> bytes:

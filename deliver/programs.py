@@ -19,7 +19,6 @@ Errors: none escape for an ordinary failure; the result says what happened.
 
 from __future__ import annotations
 
-import errno
 import os
 import selectors
 import signal
@@ -45,42 +44,57 @@ def run(argv: Sequence[str], data: bytes, *, env: Mapping[bytes, bytes], stderr_
     """Run argv to completion; never raises OSError for exec failures (status 127-ish
     from the /bin/sh retry instead)."""
     args = [a.encode("latin-1", "replace") for a in argv]
+    # The mail goes into the pipe *before* the program starts, as much as the pipe
+    # holds: procmail writes right after fork, so a small mail is always delivered to
+    # the pipe even when the program exits without reading it.  Doing the same makes
+    # "Error while writing to" depend on the mail's size, never on scheduling.
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    view = memoryview(data)
     try:
-        proc = _start(args, env, stderr_fd, capture, stdout_fd)
-    except OSError:
+        while len(view):
+            n = os.write(write_fd, view[:65536])
+            view = view[n:]
+    except BlockingIOError:
+        pass
+    try:
         try:
-            proc = _start([b"/bin/sh", *args], env, stderr_fd, capture, stdout_fd)
+            proc = _start(args, read_fd, env, stderr_fd, capture, stdout_fd)
         except OSError:
-            return RunResult(None, b"", True, False)
-    return _communicate(proc, data, capture, timeout)
+            try:
+                proc = _start([b"/bin/sh", *args], read_fd, env, stderr_fd, capture, stdout_fd)
+            except OSError:
+                os.close(write_fd)
+                return RunResult(None, b"", True, False)
+    finally:
+        os.close(read_fd)
+    return _communicate(proc, write_fd, view, capture, timeout)
 
 
-def _start(args: list[bytes], env: Mapping[bytes, bytes], stderr_fd: int,
+def _start(args: list[bytes], stdin_fd: int, env: Mapping[bytes, bytes], stderr_fd: int,
            capture: bool, stdout_fd: int | None = None) -> subprocess.Popen[bytes]:
     stdout = subprocess.PIPE if capture else (subprocess.DEVNULL if stdout_fd is None else stdout_fd)
     return subprocess.Popen(
-        args, stdin=subprocess.PIPE,
+        args, stdin=stdin_fd,
         stdout=stdout,
         stderr=stderr_fd, env=dict(env), close_fds=True,
         restore_signals=True,
     )
 
 
-def _communicate(proc: subprocess.Popen[bytes], data: bytes, capture: bool,
-                 timeout: float | None) -> RunResult:
+def _communicate(proc: subprocess.Popen[bytes], write_fd: int, view: memoryview,
+                 capture: bool, timeout: float | None) -> RunResult:
     deadline = None if not timeout else time.monotonic() + timeout
     chunks: list[bytes] = []
     total = 0
     write_error = False
     overflow = False
-    view = memoryview(data)
     sel = selectors.DefaultSelector()
-    assert proc.stdin is not None
-    if data:
-        os.set_blocking(proc.stdin.fileno(), False)
-        sel.register(proc.stdin, selectors.EVENT_WRITE)
+    if len(view):
+        sel.register(write_fd, selectors.EVENT_WRITE)
     else:
-        proc.stdin.close()
+        os.close(write_fd)
+        write_fd = -1
     if capture and proc.stdout is not None:
         sel.register(proc.stdout, selectors.EVENT_READ)
     timed_out = False
@@ -92,20 +106,19 @@ def _communicate(proc: subprocess.Popen[bytes], data: bytes, capture: bool,
                 timed_out = True
                 break
             for key, _ in ready:
-                if key.fileobj is proc.stdin:
+                if key.fileobj == write_fd:
                     try:
-                        n = os.write(proc.stdin.fileno(), view[:65536])
+                        n = os.write(write_fd, view[:65536])
                         view = view[n:]
-                    except BrokenPipeError:
+                    except BlockingIOError:
+                        pass
+                    except OSError:          # EPIPE: the program stopped reading
                         write_error = True
                         view = view[len(view):]
-                    except OSError as err:
-                        if err.errno != errno.EAGAIN:
-                            write_error = True
-                            view = view[len(view):]
                     if not len(view):
-                        sel.unregister(proc.stdin)
-                        proc.stdin.close()
+                        sel.unregister(write_fd)
+                        os.close(write_fd)
+                        write_fd = -1
                 else:
                     block = os.read(key.fileobj.fileno(), 65536)  # type: ignore[union-attr]
                     if not block:
@@ -127,7 +140,8 @@ def _communicate(proc: subprocess.Popen[bytes], data: bytes, capture: bool,
             status = proc.wait()
     finally:
         sel.close()
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None and not stream.closed:
-                stream.close()
+        if write_fd >= 0:
+            os.close(write_fd)
+        if proc.stdout is not None and not proc.stdout.closed:
+            proc.stdout.close()
     return RunResult(status, b"".join(chunks), write_error, timed_out, overflow)

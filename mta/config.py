@@ -183,9 +183,11 @@ class Config:
             deliver=DeliverConfig(
                 system_rc=etc / "procmailrc",
                 mail_spool=var / "mail",
-                # Started as root (e.g. `sudo make run`), deliveries still fork and drop
-                # to the demo user: user recipes never run as root.
-                run_as_root_drop=True,
+                # The embedded demo runs unprivileged.  Started as root anyway, its only
+                # user is the fictional `demo` whose rc is the operator's own copy of
+                # samples/procmailrc (root-owned): dropping to a uid that may not even be
+                # able to reach the checkout (/root is 0700) would only break the demo.
+                run_as_root_drop=False,
             ),
             path=etc / "postroom.toml",
         )

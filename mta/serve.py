@@ -186,9 +186,6 @@ def prepare_embedded(config: Config) -> None:
         rc.write_bytes((SAMPLES_DIR / "procmailrc").read_bytes())
         rc.chmod(0o644)
         log.info("installed %s", rc)
-    if os.geteuid() == 0:
-        # Deliveries drop to the demo user (run_as_root_drop): its home must be its own.
-        os.chown(demo.home, demo.uid, demo.gid)
 
 
 async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,

@@ -32,7 +32,7 @@ from .ast import (Assignment, Block, Condition, ExpandTest, Flag, Folder, Forwar
 from .condparse import parse_condition
 from .effects import Command, Effects
 from .errors import ExpansionError, RcSyntaxError, RegexError
-from .message import Message
+from .message import Message, skip_from_line
 from .regex import compile_regex
 from .trace import ConditionTrace, RecipeTrace
 
@@ -573,7 +573,7 @@ class Evaluator:
         sendmailflags = self.vars.get("SENDMAILFLAGS", "").split()
         argv = (sendmail, *sendmailflags, *words)
         if data is self.message.data or data.startswith(b"From "):
-            data = _skip_from_line(data)
+            data = skip_from_line(data)
         wait, quiet = self._wait_flags(recipe.flags)
         cmd = Command(argv, " ".join(argv))
         tr.action = "forward: " + " ".join(argv)
@@ -730,21 +730,6 @@ def _display_text(text: str, words: list[str], expand_words) -> str:
     before = text[:at]
     head = expand_words(before) if before.strip() else []
     return " ".join(head or []) + (" " if before[-1:] in (" ", "\t") else "")
-
-
-def _skip_from_line(data: bytes) -> bytes:
-    """Forwards leave off the From_ line and its ``>From`` continuations (procmail's
-    skipFrom_): it confuses some mailers."""
-    if not data.startswith(b"From "):
-        return data
-    pos = 0
-    while True:
-        nl = data.find(b"\n", pos)
-        if nl < 0:
-            return b""
-        pos = nl + 1
-        if not data.startswith(b">", pos):
-            return data[pos:]
 
 
 def _cond_text(cond: Condition) -> str:

@@ -43,3 +43,19 @@ class Message:
 
     def __len__(self) -> int:
         return len(self.data)
+
+
+def skip_from_line(data: bytes) -> bytes:
+    """``data`` without its leading From_ line and the ``>From`` lines right after it
+    (procmail's skipFrom_): forwards and Maildir files must not carry the envelope line,
+    which "confuses some mailers"."""
+    if not data.startswith(b"From "):
+        return data
+    pos = 0
+    while True:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            return b""
+        pos = nl + 1
+        if pos >= len(data) or data[pos] != 0x3E:   # '>'
+            return data[pos:]
