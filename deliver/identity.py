@@ -18,6 +18,7 @@ import stat
 
 from .agent import User
 from .exitcodes import ExitCode
+from .spoolgroup import spool_group  # noqa: F401 - part of this module's story
 
 
 class IdentityError(Exception):
@@ -67,16 +68,31 @@ def prepare_spool_mailbox(user: User, spool_dir: str) -> None:
         raise IdentityError(f'Refusing spool mailbox "{path}": owned by uid {st.st_uid}', ExitCode.NOPERM)
 
 
-def drop_privileges(user: User) -> None:
-    """Irrevocably become the user (supplementary groups first, uid last)."""
+def drop_privileges(user: User, spool_dir: str | None = None) -> None:
+    """Irrevocably become the user (supplementary groups first, uid last).
+
+    ``spool_dir``: when it is group-writable (Debian's /var/mail is root:mail 2775), its
+    group is kept as the *saved* gid only, the way procmail is setgid mail: the agent
+    raises it just around creating and removing dot-lock files (``spool_group``).
+    exec() resets the saved gid to the effective one, so no program a recipe starts
+    can ever regain the group.
+    """
     if os.geteuid() != 0:
         if os.geteuid() != user.uid:
             raise IdentityError(f'Insufficient privileges to deliver to "{user.name}"', ExitCode.NOPERM)
         return
     os.initgroups(user.name, user.gid) if _has_passwd(user) else os.setgroups([user.gid])
-    os.setgid(user.gid)
-    os.setuid(user.uid)
-    if os.geteuid() == 0 or os.getuid() == 0:
+    saved_gid = user.gid
+    if spool_dir is not None:
+        try:
+            st = os.stat(spool_dir)
+        except OSError:
+            st = None
+        if st is not None and st.st_mode & stat.S_IWGRP and st.st_gid != 0:
+            saved_gid = st.st_gid
+    os.setresgid(user.gid, user.gid, saved_gid)
+    os.setresuid(user.uid, user.uid, user.uid)
+    if os.geteuid() == 0 or os.getuid() == 0 or 0 in os.getresuid():
         raise IdentityError("could not drop root privileges", ExitCode.NOPERM)
 
 

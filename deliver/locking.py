@@ -50,6 +50,7 @@ from types import TracebackType
 import flufl.lock
 
 from .errors import TEMPORARY_ERRNOS, LockError
+from .spoolgroup import spool_group
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,8 @@ class DotLock:
         tries = 0
         while True:
             try:
-                lock.lock(timeout=timeout)
+                with spool_group():
+                    lock.lock(timeout=timeout)
                 break
             except flufl.lock.TimeOutError:
                 raise LockError(f'Lock timeout on "{self.path}"', path=self.path) from None
@@ -237,7 +239,8 @@ class DotLock:
             return
         _held.discard(os.path.abspath(self.path))
         try:
-            lock.unlock()
+            with spool_group():
+                lock.unlock()
         except flufl.lock.NotLockedError:
             # Someone judged our lock stale and broke it: the fcntl lock still covered the
             # write, but say so (procmail is silent here).
