@@ -22,7 +22,6 @@ $DEFAULT instead of silently dropping the mail; the system rc never runs as root
 from __future__ import annotations
 
 import os
-import socket
 import stat
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -108,7 +107,7 @@ def initial_environment(user: User, inv: Invocation, site: Site,
         "MSGPREFIX": "msg.",
         "SENDMAIL": site.sendmail,
         "SENDMAILFLAGS": "-oi",
-        "HOST": socket.gethostname(),
+        "HOST": os.uname().nodename,    # gethostname(2) is uname's nodename
         "LOCKEXT": ".lock",
         "LINEBUF": "2048",
         "PROCMAIL_VERSION": PROCMAIL_VERSION,

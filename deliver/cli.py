@@ -15,10 +15,14 @@ package): `python -X importtime -m mta.cli deliver` is how to keep it that way.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
-from typing import Sequence
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:              # typing costs milliseconds a process; annotations are lazy
+    from typing import Sequence
 
 from .agent import Invocation
 from .exitcodes import ExitCode
@@ -137,14 +141,17 @@ def _load_rc(path: str):
 
 
 def _read_stdin() -> bytes:
-    chunks = []
+    """The whole mail, held once.  The blocks go into one growing buffer (io.BytesIO
+    grows it in place, and getvalue() hands that buffer over without a copy), so a
+    50 MB mail never occupies 100 MB here as a list of blocks plus their join would."""
     fd = sys.stdin.fileno() if sys.stdin is not None else 0
+    buf = io.BytesIO()
     while True:
         block = os.read(fd, 1 << 20)
         if not block:
             break
-        chunks.append(block)
-    return b"".join(chunks)
+        buf.write(block)
+    return buf.getvalue()
 
 
 def _site():
@@ -173,17 +180,21 @@ def run(argv: Sequence[str]) -> int:
                          + PROCMAIL_USAGE + "Processing continued\n")
     site = _site()
     caller_env = dict(os.environ)
-    raw = _read_stdin()
+    # The mail travels in a one-element list that its last user pops, so no caller's frame
+    # keeps a 50 MB mail alive while the agent works on its own prepared copy.
+    mail = [_read_stdin()]
     if inv.delivery_mode:
         status = ExitCode.OK
-        for name in inv.recipients:
+        last = len(inv.recipients) - 1
+        for index, name in enumerate(inv.recipients):
             try:
                 user = lookup_user(name)
             except IdentityError as err:
                 sys.stderr.write(f"procmail: {err}\n")
                 status = max(status, err.code)
                 continue
-            code = _deliver_forked(inv, raw, user, site, caller_env, explain)
+            code = _deliver_forked(inv, mail if index == last else [mail[0]], user, site,
+                                   caller_env, explain)
             if code != ExitCode.OK:
                 status = code if status == ExitCode.OK else status
         return status
@@ -191,10 +202,10 @@ def run(argv: Sequence[str]) -> int:
         sys.stderr.write("postroom deliver: refusing to run recipes as root; use -d USER\n")
         return ExitCode.NOPERM
     user = current_user()
-    return _deliver(inv, raw, user, site, caller_env, explain)
+    return _deliver(inv, mail, user, site, caller_env, explain)
 
 
-def _deliver_forked(inv: Invocation, raw: bytes, user, site, caller_env, explain: bool) -> int:
+def _deliver_forked(inv: Invocation, mail: list[bytes], user, site, caller_env, explain: bool) -> int:
     """-d: one child per recipient, so that dropping privileges for one recipient does
     not affect the next (procmail forks the same way)."""
     from .identity import IdentityError, drop_privileges, prepare_spool_mailbox
@@ -204,7 +215,7 @@ def _deliver_forked(inv: Invocation, raw: bytes, user, site, caller_env, explain
         except IdentityError as err:
             sys.stderr.write(f"procmail: {err}\n")
             return err.code
-        return _deliver(inv, raw, user, site, caller_env, explain)
+        return _deliver(inv, mail, user, site, caller_env, explain)
     if len(inv.recipients) == 1:
         try:
             if not explain:
@@ -213,7 +224,7 @@ def _deliver_forked(inv: Invocation, raw: bytes, user, site, caller_env, explain
         except IdentityError as err:
             sys.stderr.write(f"procmail: {err}\n")
             return err.code
-        return _deliver(inv, raw, user, site, caller_env, explain)
+        return _deliver(inv, mail, user, site, caller_env, explain)
     pid = os.fork()
     if pid == 0:
         code = ExitCode.TEMPFAIL
@@ -221,7 +232,7 @@ def _deliver_forked(inv: Invocation, raw: bytes, user, site, caller_env, explain
             if not explain:
                 prepare_spool_mailbox(user, site.spool_dir)
             drop_privileges(user)
-            code = _deliver(inv, raw, user, site, caller_env, explain)
+            code = _deliver(inv, mail, user, site, caller_env, explain)
         except IdentityError as err:
             sys.stderr.write(f"procmail: {err}\n")
             code = err.code
@@ -233,13 +244,14 @@ def _deliver_forked(inv: Invocation, raw: bytes, user, site, caller_env, explain
     return os.waitstatus_to_exitcode(wstatus) if os.WIFEXITED(wstatus) else ExitCode.TEMPFAIL
 
 
-def _deliver(inv: Invocation, raw: bytes, user, site, caller_env, explain: bool) -> int:
+def _deliver(inv: Invocation, mail: list[bytes], user, site, caller_env, explain: bool) -> int:
+    """Deliver ``mail.pop()``: the list is emptied, the agent holds the only reference."""
     from .agent import Agent
     if explain:
         from .explain import explain_delivery
-        return explain_delivery(inv, raw, user, site, caller_env, _load_rc, sys.stdout)
+        return explain_delivery(inv, mail.pop(), user, site, caller_env, _load_rc, sys.stdout)
     agent = Agent(user, site, load_rc=_load_rc)
-    outcome = agent.run(inv, raw, caller_env)
+    outcome = agent.run(inv, mail.pop(), caller_env)
     return int(outcome.status)
 
 

@@ -131,20 +131,23 @@ def prepare_message(
         return rewrite_content_length(raw, berkeley=berkeley)   # procmail does not even peek
     who = _text(sender) if sender is not None else _text(invoker) if invoker else _default_invoker()
     stamp = b"  " + ctime_stamp(when) + b"\n"
+    n = len(raw)
     i = 0
-    while i < len(raw) and raw[i] == 0x0A:     # leading empty lines are dropped
+    while i < n and raw[i] == 0x0A:            # leading empty lines are dropped
         i += 1
-    rest = raw[i:]
-    new_from = FROM_ + who + stamp
-    if len(rest) >= len(FROM_) and rest.startswith(FROM_):
-        nl = rest.find(b"\n", 0, linebuf - 2)
+    keep = i                                   # offsets, not slices: a 50 MB mail is
+    new_from = FROM_ + who + stamp             # copied once, by the join below
+    if raw.startswith(FROM_, i):
+        limit = linebuf - 2
+        nl = raw.find(b"\n", i, i + limit if limit >= 0 else n + limit)
         if nl < 0:                              # "drop long From_ line"
-            nl = rest.find(b"\n")
-            rest = b"" if nl < 0 else rest[nl + 1 :]
+            nl = raw.find(b"\n", i)
+            keep = n if nl < 0 else nl + 1
         else:
-            line, rest = rest[: nl + 1], rest[nl + 1 :]
+            line, keep = raw[i : nl + 1], nl + 1
             if refresh_date:
                 new_from = line[: find_timestamp(line)] + stamp
             elif sender is None:
                 new_from = line                 # -d without -f: keep it verbatim
-    return rewrite_content_length(new_from + rest, berkeley=berkeley)
+    data = b"".join((new_from, memoryview(raw)[keep:]))
+    return rewrite_content_length(data, berkeley=berkeley)

@@ -17,7 +17,9 @@ pay for the SMTP server, pyparsing or tomllib.
 from __future__ import annotations
 
 import sys
-from typing import Callable, Sequence
+TYPE_CHECKING = False
+if TYPE_CHECKING:              # typing costs milliseconds a process; annotations are lazy
+    from typing import Callable, Sequence
 
 
 def _deliver(argv: Sequence[str]) -> int:

@@ -23,12 +23,15 @@ Errors: ``OSError`` when the rc file itself cannot be opened or read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import stat
-import tempfile
+
+try:                       # the builtin module: hashlib would load OpenSSL (~3 ms a process)
+    from _sha256 import sha256
+except ImportError:        # pragma: no cover - other Python builds
+    from hashlib import sha256
 
 from .ast import RcFile
 from .astcodec import VERSION, AstCodecError, decode_rc, encode_rc
@@ -50,7 +53,7 @@ def _key(real: str, st: os.stat_result) -> dict:
 
 
 def cache_path(cache_dir: str, key: dict) -> str:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    digest = sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     return os.path.join(cache_dir, digest + ".json")
 
 
@@ -102,6 +105,7 @@ def _read_cache(path: str, key: dict) -> RcFile | None:
 
 
 def _write_cache(cache_dir: str, path: str, key: dict, rc: RcFile) -> None:
+    import tempfile        # only on a miss: it imports random, hashlib, shutil
     try:
         payload = json.dumps({"key": key, "ast": encode_rc(rc)},
                              separators=(",", ":")).encode()

@@ -1,0 +1,580 @@
+"""bench_deliver — `postroom deliver` against procmail (issue 3, "Performance").
+
+    .venv/bin/python tests/benchmarks/bench_deliver.py [--rounds N] [--messages N] [--quick]
+
+Three measurements, each a ratio against procmail measured in the same run:
+
+1. One message per process: MESSAGES generated messages (1-50 KB, list mail, spam-tagged,
+   MIME, "From " body lines) through a 30-recipe rc (header and body regexes, weighted
+   scores, MATCH extraction, locked mboxes, a Maildir, ``c`` copies, no network), each
+   message a separate process, procmail and `postroom deliver` alternating message by
+   message (which goes first alternates too), ROUNDS rounds; both run as the unprivileged
+   TEST_USER.  Target: postroom's wall time per message <= 2x procmail's.  Baselines:
+   `python -c pass` (plain, and -I -S) spawned the same way.
+2. The same messages through the library API in one process (deliver.agent.Agent.run in
+   a loop, as TEST_USER): target >= 10x procmail's messages per second from (1).
+3. One 50 MB message delivered to an mbox: peak RSS of the child (ru_maxrss from wait4)
+   must be <= 2 x size + 64 MB; procmail's figure alongside.
+
+Before anything is timed both programs deliver every message once into separate trees
+and the resulting mboxes are compared byte for byte (Maildir: file counts), so the two
+sides are known to do the same work; the rc cache is warm from then on.
+
+Prints the figures, the ratios and PASS/FAIL per target; the last line is a JSON summary
+that tests/benchmarks/run.py collects.  Exit status 0 when every target is met, 1 if not.
+Needs root (to run both programs as TEST_USER) and /usr/bin/procmail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_PY = REPO / ".venv" / "bin" / "python"
+POSTROOM = REPO / ".venv" / "bin" / "postroom"
+PROCMAIL = "/usr/bin/procmail"
+TEST_USER = os.environ.get("POSTROOM_TEST_USER", "prtest")
+BIG_MB = 50
+
+# --------------------------------------------------------------------------- the rc file
+
+RC = r"""# A realistic ~/.procmailrc: 30 recipes, no network.
+MAILDIR=$BENCHDIR/Mail
+DEFAULT=$MAILDIR/inbox
+LOGFILE=$BENCHDIR/procmail.log
+LOCKTIMEOUT=60
+SPAMSCORE=0
+
+# 1 keep a copy of everything in a Maildir
+:0 c
+backup/
+
+# 2 loops
+:0:
+* ^X-Loop: bench@example\.org
+loops
+
+# 3 spam tagged upstream
+:0:
+* ^X-Spam-Flag: YES
+spam
+
+# 4 weighted spam score on the header
+:0
+* 200^0 ^X-Spam-Level: \*\*\*\*\*
+* 150^1 ^Subject:.*(viagra|lottery|winner|free money|act now)
+* 80^1 ^From:.*@(cheap|promo|deals)\.
+* -400^0 ^From:.*@example\.(org|com)
+{ SPAMSCORE=yes }
+
+# 5
+:0:
+* SPAMSCORE ?? yes
+spam-scored
+
+# 6 weighted body score
+:0 B
+* 1^1 (click here|unsubscribe now|limited offer)
+* -2^0
+spam-body
+
+# 7 the boss: a carbon copy and then on
+:0 c:
+* ^From:.*boss@example\.com
+boss-archive
+
+# 8 mailing lists by List-Id, name extracted with MATCH
+:0:
+* ^List-Id:.*<\/[a-z0-9-]+
+lists.$MATCH
+
+# 9 list mail without List-Id
+:0:
+* ^Precedence: (list|bulk)
+* ^Sender: owner-\/[a-z0-9-]+
+lists.$MATCH
+
+# 10 subject tags like [ticket]
+:0
+* ^Subject: \[\/[a-z]+
+{ TAG=$MATCH }
+
+# 11 tickets
+:0:
+* TAG ?? ^^ticket^^
+tickets
+
+# 12 daemons and bounces
+:0:
+* ^FROM_DAEMON
+bounces
+
+# 13 postmaster
+:0:
+* ^TO_postmaster@
+postmaster
+
+# 14 cron
+:0:
+* ^Subject: Cron <[^>]+>
+cron
+
+# 15 automated notifications
+:0:
+* ^From:.*(noreply|no-reply|notifications)@
+notifications
+
+# 16 big mail
+:0:
+* > 40000
+big
+
+# 17 small empty mail
+:0:
+* < 1200
+* ! ^Content-Type: multipart
+tiny
+
+# 18 html only
+:0:
+* ^Content-Type: text/html
+html
+
+# 19 attachments by body marker
+:0 B:
+* ^Content-Disposition: attachment; filename="?\/[^"]+\.(pdf|zip)
+attachments
+
+# 20 uuencoded bodies
+:0 B:
+* ^begin [0-7][0-7][0-7] [^ ]+$
+uuencoded
+
+# 21 invoices, header and body
+:0 HB:
+* (invoice|receipt) #?[0-9][0-9][0-9][0-9]+
+invoices
+
+# 22 mail to an old alias
+:0:
+* ^TOold-alias@example\.net
+old-alias
+
+# 23 github-like
+:0:
+* ^X-GitHub-Reason: \/.*
+github
+
+# 24 calendar
+:0:
+* ^Content-Type: text/calendar
+calendar
+
+# 25 a family address, case-sensitive flag
+:0 D:
+* ^From:.*Mum <
+family
+
+# 26 dsn reports
+:0:
+* ^Content-Type: multipart/report
+dsn
+
+# 27 copy of mail from a VIP domain
+:0 c:
+* ^From:.*@vip\.example\.com
+vip-copy
+
+# 28 security announcements
+:0:
+* ^Subject:.*(security|CVE-[0-9]+-[0-9]+)
+security
+
+# 29 X-Priority 1
+:0:
+* ^X-Priority: 1
+urgent
+
+# 30 everything else: the inbox
+:0:
+inbox
+"""
+
+# --------------------------------------------------------------------------- messages
+
+_WORDS = ("the of and to in is that for it as was with be by on not he this are or his "
+          "from at which but have an they you were her she there been one all we their "
+          "has would when if so no will more about can up out what said some into time "
+          "mail server delivery queue message folder invoice receipt report meeting "
+          "release patch security update schedule project budget review").split()
+_LISTS = ["dev-announce", "users", "python-ideas", "debian-security", "lkml", "golang-nuts"]
+_SPAM_SUBJECTS = ["You are a WINNER", "free money inside", "Cheap viagra", "lottery result",
+                  "act now: limited offer"]
+
+
+def _words(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(n))
+
+
+def _body(rng: random.Random, size: int, kind: str) -> str:
+    lines: list[str] = []
+    total = 0
+    if kind == "multipart":
+        lines += ["This is a multi-part message in MIME format.", "", "--BOUNDARY",
+                  "Content-Type: text/plain; charset=utf-8", ""]
+    while total < size:
+        r = rng.random()
+        if r < 0.02:
+            line = "From " + _words(rng, 6)          # needs ">From " escaping in mboxes
+        elif r < 0.04:
+            line = "> " + _words(rng, 8)
+        elif r < 0.06:
+            line = ""
+        else:
+            line = _words(rng, rng.randint(5, 14))
+        lines.append(line)
+        total += len(line) + 1
+        if kind == "multipart" and total > size // 2 and "--BOUNDARY" not in lines[-40:]:
+            lines += ["", "--BOUNDARY", "Content-Type: application/pdf",
+                      f'Content-Disposition: attachment; filename="doc{rng.randint(1, 99)}.pdf"',
+                      "Content-Transfer-Encoding: base64", ""]
+            while total < size:
+                chunk = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+                                for _ in range(76))
+                lines.append(chunk)
+                total += 77
+            lines += ["--BOUNDARY--"]
+    if rng.random() < 0.1:
+        lines.append(f"Please find invoice #{rng.randint(1000, 99999)} attached.")
+    if rng.random() < 0.05:
+        lines.append("click here to unsubscribe now")
+    return "\n".join(lines) + "\n"
+
+
+def generate_messages(n: int, seed: int = 3) -> list[bytes]:
+    """``n`` varied, realistic messages (deterministic for a seed)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        size = int(1024 * (1 + 49 * rng.random() ** 2))     # 1-50 KB, mostly small
+        user = rng.choice(["alice", "bob", "carol", "boss", "dave", "noreply", "Mum"])
+        domain = rng.choice(["example.com", "example.org", "mail.example.net", "vip.example.com",
+                             "cheap.biz", "promo.info", "lists.example.net"])
+        kind = "plain"
+        hdr = [f"From {user}@{domain}  Mon Jul  3 10:{i % 60:02d}:00 2023"]
+        for hop in range(rng.randint(2, 5)):
+            hdr.append(f"Received: from relay{hop}.example.net (relay{hop}.example.net "
+                       f"[192.0.2.{hop + 1}])\n\tby mx.example.org with ESMTP id {rng.getrandbits(40):x};\n"
+                       f"\tMon, 3 Jul 2023 10:{i % 60:02d}:{hop:02d} +0000")
+        name = "Mum" if user == "Mum" else user.title()
+        hdr.append(f"From: {name} <{user}@{domain}>")
+        hdr.append(f"To: {rng.choice(['prtest@example.org', 'old-alias@example.net', 'postmaster@example.org', 'team@example.org'])}")
+        if rng.random() < 0.3:
+            hdr.append("Cc: " + ", ".join(f"{rng.choice(_WORDS)}@example.org" for _ in range(rng.randint(1, 4))))
+        subject = _words(rng, rng.randint(2, 8))
+        r = rng.random()
+        if r < 0.15:
+            subject = rng.choice(_SPAM_SUBJECTS)
+            hdr.append("X-Spam-Flag: YES" if rng.random() < 0.5 else "X-Spam-Level: *******")
+            hdr.append(f"X-Spam-Status: Yes, score={rng.randint(5, 30)}.{rng.randint(0, 9)}")
+        elif r < 0.45:
+            lst = rng.choice(_LISTS)
+            hdr.append(f"List-Id: {lst.title()} <{lst}.lists.example.net>")
+            hdr.append(f"List-Unsubscribe: <mailto:{lst}-leave@lists.example.net>")
+            hdr.append("Precedence: list")
+            subject = f"[{lst}] {subject}"
+        elif r < 0.5:
+            hdr.append("Precedence: bulk")
+            hdr.append(f"Sender: owner-{rng.choice(_LISTS)}@lists.example.net")
+        elif r < 0.55:
+            subject = f"[ticket] #{rng.randint(100, 999)} {subject}"
+        elif r < 0.6:
+            subject = f"Cron <root@host{rng.randint(1, 9)}> /usr/local/bin/backup"
+        elif r < 0.63:
+            subject = f"security update CVE-2023-{rng.randint(1000, 9999)}"
+        elif r < 0.66:
+            hdr.append("X-GitHub-Reason: " + rng.choice(["mention", "review_requested", "author"]))
+        if rng.random() < 0.05:
+            hdr.append("X-Priority: 1")
+        hdr.append(f"Subject: {subject}")
+        hdr.append(f"Date: Mon, 3 Jul 2023 10:{i % 60:02d}:00 +0000")
+        hdr.append(f"Message-ID: <{rng.getrandbits(64):x}.{i}@{domain}>")
+        hdr.append("MIME-Version: 1.0")
+        r = rng.random()
+        if r < 0.2:
+            kind = "multipart"
+            hdr.append('Content-Type: multipart/mixed; boundary="BOUNDARY"')
+        elif r < 0.27:
+            hdr.append("Content-Type: text/html; charset=utf-8")
+        else:
+            hdr.append("Content-Type: text/plain; charset=utf-8")
+        body = _body(rng, max(size - sum(len(h) + 1 for h in hdr), 64), kind)
+        out.append(("\n".join(hdr) + "\n\n" + body).encode("latin-1"))
+    return out
+
+
+def big_message(mb: int = BIG_MB) -> bytes:
+    """One ``mb`` MB message: a text header, a base64-looking body with some From lines."""
+    line = b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0NTY3\n"
+    head = (b"From big@example.com  Mon Jul  3 10:00:00 2023\nFrom: Big <big@example.com>\n"
+            b"To: prtest@example.org\nSubject: a big one\n"
+            b"Content-Type: application/octet-stream\n\n")
+    block = line * 999 + b"From the archive, line\n"
+    n = (mb * 1024 * 1024 - len(head)) // len(block) + 1
+    return head + block * n
+
+
+# --------------------------------------------------------------------------- running
+
+
+class Bench:
+    """Temp trees owned by TEST_USER and the two commands."""
+
+    def __init__(self) -> None:
+        pw = pwd.getpwnam(TEST_USER)
+        self.uid, self.gid, self.home = pw.pw_uid, pw.pw_gid, pw.pw_dir
+        self.root = Path(tempfile.mkdtemp(prefix="postroom-bench-"))
+        os.chown(self.root, self.uid, self.gid)
+        self.rc = self.root / "rc"
+        self.rc.write_text(RC)
+        os.chown(self.rc, self.uid, self.gid)
+        os.chmod(self.rc, 0o600)
+        self.env = {"HOME": self.home, "PATH": "/usr/local/bin:/usr/bin:/bin",
+                    "LOGNAME": TEST_USER, "USER": TEST_USER, "SHELL": "/bin/sh", "TZ": "UTC"}
+
+    def tree(self, name: str) -> Path:
+        d = self.root / name
+        if d.exists():
+            shutil.rmtree(d)
+        (d / "Mail").mkdir(parents=True)
+        for p in (d, d / "Mail"):
+            os.chown(p, self.uid, self.gid)
+            os.chmod(p, 0o700)
+        return d
+
+    def argv(self, prog: str, tree: Path) -> list[str]:
+        head = [PROCMAIL] if prog == "procmail" else [str(POSTROOM), "deliver"]
+        return head + [f"BENCHDIR={tree}", str(self.rc)]
+
+    def spawn(self, argv: list[str], data: bytes) -> tuple[float, int, int]:
+        """Run ``argv`` as TEST_USER with ``data`` on stdin: (seconds, status, maxrss KB)."""
+        with tempfile.TemporaryFile() as stdin:
+            stdin.write(data)
+            stdin.seek(0)
+            t0 = time.perf_counter()
+            p = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 env=self.env, cwd="/", user=self.uid, group=self.gid, extra_groups=[])
+            err = p.stderr.read()
+            _, status, ru = os.wait4(p.pid, 0)
+            elapsed = time.perf_counter() - t0
+            p.returncode = os.waitstatus_to_exitcode(status)
+            p.stderr.close()
+        if p.returncode != 0:
+            raise SystemExit(f"{argv[0]} exited {p.returncode}: {err.decode(errors='replace')[-800:]}")
+        return elapsed, p.returncode, ru.ru_maxrss
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _summary_of_tree(tree: Path) -> dict[str, object]:
+    out: dict[str, object] = {}
+    mail = tree / "Mail"
+    for p in sorted(mail.iterdir()):
+        if p.is_dir():
+            out[p.name + "/"] = len(list((p / "new").iterdir()))
+        elif not p.name.endswith(".lock"):
+            out[p.name] = p.read_bytes()
+    return out
+
+
+def check_same_work(b: Bench, messages: list[bytes]) -> str:
+    """Deliver everything once through both; the folders must match (and warm the caches)."""
+    trees = {prog: b.tree(f"check-{prog}") for prog in ("procmail", "postroom")}
+    for msg in messages:
+        for prog, tree in trees.items():
+            b.spawn(b.argv(prog, tree), msg)
+    got = {prog: _summary_of_tree(tree) for prog, tree in trees.items()}
+    if got["procmail"] != got["postroom"]:
+        diff = sorted(k for k in set(got["procmail"]) | set(got["postroom"])
+                      if got["procmail"].get(k) != got["postroom"].get(k))
+        raise SystemExit(f"procmail and postroom filed the messages differently: {diff}")
+    folders = {k: (v if isinstance(v, int) else v.count(b"\nFrom ") + v.startswith(b"From "))
+               for k, v in got["procmail"].items() if k != "procmail.log"}
+    return ", ".join(f"{k}:{v}" for k, v in folders.items())
+
+
+def per_process(b: Bench, messages: list[bytes], rounds: int) -> dict[str, float]:
+    """Median ms per message for procmail, postroom and the python baselines."""
+    per: dict[str, list[float]] = {"procmail": [], "postroom": []}
+    round_means: dict[str, list[float]] = {"procmail": [], "postroom": []}
+    # The trees of check_same_work, so every folder exists already: procmail sleeps a
+    # second after its first write to a file whose atime equals its mtime (a new one).
+    trees = {prog: b.root / f"check-{prog}" for prog in per}
+    for r in range(rounds):
+        sums = {prog: 0.0 for prog in per}
+        for i, msg in enumerate(messages):
+            order = ("procmail", "postroom") if (i + r) % 2 == 0 else ("postroom", "procmail")
+            for prog in order:
+                t, _, _ = b.spawn(b.argv(prog, trees[prog]), msg)
+                per[prog].append(t)
+                sums[prog] += t
+        for prog in per:
+            round_means[prog].append(sums[prog] / len(messages))
+    baselines = {"python -c pass": [str(VENV_PY), "-c", "pass"],
+                 "python -I -S -c pass": [str(VENV_PY), "-I", "-S", "-c", "pass"]}
+    base: dict[str, list[float]] = {k: [] for k in baselines}
+    for _ in range(max(30, len(messages) // 5)):
+        for k, argv in baselines.items():
+            base[k].append(b.spawn(argv, b"")[0])
+    # pip's console-script wrapper (python with site) against the lean launcher, on a
+    # sample of the messages: what `python -IS` buys.
+    wrapper = b.root / "pip-wrapper"
+    wrapper.write_text(f"#!{VENV_PY}\nimport sys\nfrom mta.cli import main\nsys.exit(main())\n")
+    os.chmod(wrapper, 0o755)
+    base["pip wrapper"] = []
+    base["lean launcher"] = []
+    for i, msg in enumerate(messages[: max(30, len(messages) // 5)]):
+        for k, head in (("pip wrapper", [str(wrapper), "deliver"]), ("lean launcher", [str(POSTROOM), "deliver"])):
+            base[k].append(b.spawn(head + [f"BENCHDIR={trees['postroom']}", str(b.rc)], msg)[0])
+    res = {f"{prog}_ms": statistics.median(v) * 1000 for prog, v in per.items()}
+    res.update({f"{prog}_round_mean_ms": statistics.median(v) * 1000 for prog, v in round_means.items()})
+    res.update({f"{k}_ms": statistics.median(v) * 1000 for k, v in base.items()})
+    return res
+
+
+IN_PROCESS = r"""
+import json, os, pwd, sys, time
+from deliver.agent import Agent, Invocation, Site
+from deliver.agent import User
+from rules.cache import load_rc
+rc, tree, msgdir, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+pw = pwd.getpwuid(os.getuid())
+user = User(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_shell or "/bin/sh")
+site = Site()
+names = sorted(os.listdir(msgdir), key=int)
+msgs = []
+for n in names:
+    with open(os.path.join(msgdir, n), "rb") as f:
+        msgs.append(f.read())
+env = dict(os.environ)
+rates = []
+for r in range(rounds):
+    t0 = time.perf_counter()
+    for raw in msgs:
+        inv = Invocation(assignments=[("BENCHDIR", tree)], rcfiles=[rc])
+        out = Agent(user, site, load_rc=load_rc).run(inv, raw, env)
+        if int(out.status) != 0:
+            raise SystemExit(f"status {out.status}")
+    rates.append(len(msgs) / (time.perf_counter() - t0))
+print(json.dumps(rates))
+"""
+
+
+def in_process(b: Bench, messages: list[bytes], rounds: int) -> float:
+    """Median messages per second of Agent.run in a loop, in one process as TEST_USER."""
+    msgdir = b.root / "msgs"
+    msgdir.mkdir(exist_ok=True)
+    for i, m in enumerate(messages):
+        (msgdir / str(i)).write_bytes(m)
+    os.chmod(msgdir, 0o755)
+    tree = b.tree("inproc")
+    p = subprocess.run([str(VENV_PY), "-c", IN_PROCESS, str(b.rc), str(tree), str(msgdir), str(rounds)],
+                       capture_output=True, env=b.env, cwd="/", user=b.uid, group=b.gid,
+                       extra_groups=[], check=False)
+    if p.returncode != 0:
+        raise SystemExit(f"in-process run failed: {p.stderr.decode(errors='replace')[-2000:]}")
+    return statistics.median(json.loads(p.stdout))
+
+
+BIG_RC = "MAILDIR=$BENCHDIR/Mail\nDEFAULT=$MAILDIR/inbox\n\n:0:\n* ^Subject: a big\nbig\n"
+
+
+def big_rss(b: Bench, reps: int) -> dict[str, float]:
+    """Peak RSS (MB) of each program delivering one BIG_MB message to a locked mbox."""
+    data = big_message()
+    rc = b.root / "bigrc"
+    rc.write_text(BIG_RC)
+    os.chown(rc, b.uid, b.gid)
+    os.chmod(rc, 0o600)
+    rss: dict[str, list[float]] = {"procmail": [], "postroom": []}
+    for _ in range(reps):
+        for prog in rss:
+            tree = b.tree(f"big-{prog}")
+            head = [PROCMAIL] if prog == "procmail" else [str(POSTROOM), "deliver"]
+            _, _, maxrss = b.spawn(head + [f"BENCHDIR={tree}", str(rc)], data)
+            rss[prog].append(maxrss / 1024)
+            got = (tree / "Mail" / "big").stat().st_size
+            if got < len(data):
+                raise SystemExit(f"{prog}: big mbox has {got} bytes, message {len(data)}")
+    res = {f"{prog}_rss_mb": statistics.median(v) for prog, v in rss.items()}
+    res["message_mb"] = len(data) / 2**20
+    res["limit_mb"] = 2 * len(data) / 2**20 + 64
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="60 messages, 1 round")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.messages, args.rounds = 60, 1
+    if os.geteuid() != 0:
+        print("bench_deliver: needs root to run both programs as", TEST_USER, file=sys.stderr)
+        return 2
+    cmd = f"{sys.executable} {Path(__file__).relative_to(REPO)} --messages {args.messages} --rounds {args.rounds}"
+    messages = generate_messages(args.messages)
+    b = Bench()
+    try:
+        sizes = sorted(len(m) for m in messages)
+        print(f"# bench_deliver: {len(messages)} messages, {sizes[0]}-{sizes[-1]} bytes "
+              f"(median {sizes[len(sizes) // 2]}), 30-recipe rc, user {TEST_USER}")
+        print(f"# reproduce: cd {REPO} && {cmd}")
+        filed = check_same_work(b, messages)
+        print(f"same folders, same bytes from both: {filed}")
+        pp = per_process(b, messages, args.rounds)
+        ratio1 = pp["postroom_ms"] / pp["procmail_ms"]
+        print(f"1. per process  procmail {pp['procmail_ms']:.2f} ms/msg   postroom {pp['postroom_ms']:.2f} ms/msg"
+              f"   ratio {ratio1:.2f}x (target <= 2.00)  {'PASS' if ratio1 <= 2 else 'FAIL'}")
+        print(f"   (round means: procmail {pp['procmail_round_mean_ms']:.2f}, postroom "
+              f"{pp['postroom_round_mean_ms']:.2f}; baselines: python -c pass {pp['python -c pass_ms']:.2f} ms, "
+              f"python -I -S -c pass {pp['python -I -S -c pass_ms']:.2f} ms)")
+        print(f"   (postroom deliver through pip's console-script wrapper {pp['pip wrapper_ms']:.2f} ms, "
+              f"through the lean launcher {pp['lean launcher_ms']:.2f} ms, same messages)")
+        rate = in_process(b, messages, max(args.rounds, 3))
+        procmail_rate = 1000 / pp["procmail_ms"]
+        ratio2 = rate / procmail_rate
+        print(f"2. in process   postroom {rate:.0f} msg/s   procmail {procmail_rate:.0f} msg/s"
+              f"   ratio {ratio2:.1f}x (target >= 10)  {'PASS' if ratio2 >= 10 else 'FAIL'}")
+        big = big_rss(b, reps=1 if args.quick else 3)
+        ok3 = big["postroom_rss_mb"] <= big["limit_mb"]
+        print(f"3. {big['message_mb']:.0f} MB message  postroom peak RSS {big['postroom_rss_mb']:.1f} MB"
+              f"   limit {big['limit_mb']:.0f} MB   procmail {big['procmail_rss_mb']:.1f} MB  {'PASS' if ok3 else 'FAIL'}")
+        ok = ratio1 <= 2 and ratio2 >= 10 and ok3
+        summary = {"bench": "deliver", "ok": ok, "command": cmd,
+                   "per_process": {**pp, "ratio": ratio1},
+                   "in_process": {"postroom_msgs_per_s": rate, "procmail_msgs_per_s": procmail_rate,
+                                  "ratio": ratio2},
+                   "big_message": big}
+        print(json.dumps(summary))
+        return 0 if ok else 1
+    finally:
+        b.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
