@@ -418,6 +418,8 @@ class Evaluator:
         ct.matched = result
         if weight is not None:
             ct.score = state.score
+            if state.hit is not None:      # for the trace: did this regex itself match?
+                ct.matched, state.hit = state.hit, None
         return result
 
     def _named_area(self, name: str) -> bytes:
@@ -445,10 +447,13 @@ class Evaluator:
             return (m is not None) != negate
         w, x = weight.weight, weight.exponent
         if negate:
-            if w and rx.search(text) is None:
+            absent = rx.search(text) is None
+            if w and absent:
                 state.score += w
+            state.hit = absent
             return True
-        state.score += _weighted_matches(rx, text, w, x, state.score)
+        added, state.hit = _weighted_matches(rx, text, w, x, state.score)
+        state.score += added
         return True
 
     def _program_test(self, command: str, text: bytes, negate: bool,
@@ -671,6 +676,7 @@ class Evaluator:
 class _Score:
     score: float = 0.0
     scored: bool = False
+    hit: bool | None = None      # whether the last weighted regex matched (trace only)
 
 
 class _NoLock:
@@ -681,13 +687,13 @@ class _NoLock:
         return None
 
 
-def _weighted_matches(rx, text: bytes, w: float, x: float, score: float) -> float:
+def _weighted_matches(rx, text: bytes, w: float, x: float, score: float) -> tuple[float, bool]:
     """procmailsc(5) as misc.c computes it: the n-th successive match adds w*x^(n-1); an
     empty match ends the series (adding the rest at once: w*x^n/(1-x) for 0<x<1,
     +/-infinity for x>=1); a series whose terms are below 1 and shrinking is cut off;
     the total stops at +/-2147483647."""
     if w == 0:
-        return 0.0
+        return 0.0, rx.search(text) is not None
     limit = 1 if x == 0 else len(text) + 2
     count, ended_empty = rx.count_series(text, limit)
     added = 0.0
@@ -708,7 +714,7 @@ def _weighted_matches(rx, text: bytes, w: float, x: float, score: float) -> floa
         if nweight < oweight and oweight < 1:
             break
         oweight = nweight
-    return added
+    return added, count > 0
 
 
 def _read_upto(item: Item) -> Span:
