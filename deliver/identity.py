@@ -7,7 +7,7 @@ prepares the recipient's spool mailbox *as root* (create it owned by the user, m
 then opens any rc file.
 
 Errors: ``IdentityError`` (unknown user -> EX_NOUSER 67, a spool file that is a symlink
-or owned by someone else -> EX_NOPERM 77), mapped in deliver.cli.
+or owned by someone else -> EX_TEMPFAIL 75, so the mail stays queued), mapped in deliver.cli.
 """
 
 from __future__ import annotations
@@ -63,9 +63,11 @@ def prepare_spool_mailbox(user: User, spool_dir: str) -> None:
             os.close(fd)
         return
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
-        raise IdentityError(f'Refusing spool mailbox "{path}": not a regular file', ExitCode.NOPERM)
+        # Temporary, not a bounce: the mail stays queued while an admin looks at what
+        # is probably an attack, and nothing is written through the link.
+        raise IdentityError(f'Refusing spool mailbox "{path}": not a regular file', ExitCode.TEMPFAIL)
     if st.st_uid != user.uid:
-        raise IdentityError(f'Refusing spool mailbox "{path}": owned by uid {st.st_uid}', ExitCode.NOPERM)
+        raise IdentityError(f'Refusing spool mailbox "{path}": owned by uid {st.st_uid}', ExitCode.TEMPFAIL)
 
 
 def drop_privileges(user: User, spool_dir: str | None = None) -> None:

@@ -27,6 +27,10 @@ CASE FOLDER (tests/deliver/cases/<name>/)
     modes       optional; lines `<octal> <path>` applied after copying, path starting with
                 `home/` or `spool/` (or exactly `home` / `spool` for the directories).
     README      one line saying what the case checks.
+    as-root     optional, empty: run the command as root instead of as the user (LDA
+                mode: the args say `-d prtest` and the program must drop privileges).
+    etc/        optional: files laid over /etc inside the run's private namespace with
+                overlayfs (etc/procmailrc is the system-wide rc of LDA mode).
 
 ISOLATION
     procmail takes HOME, the default rcfile and ORGMAIL from the passwd entry, not from
@@ -107,6 +111,8 @@ class Case:
     env: tuple[tuple[str, str], ...]
     modes: tuple[tuple[str, int], ...]
     dirs: tuple[str, ...] = ()
+    #: `as-root` file: the command runs as root (LDA mode, `-d user`), not as the user
+    as_root: bool = False
 
 
 def case_names() -> list[str]:
@@ -152,6 +158,7 @@ def load_case(path: Path) -> Case:
                     raise HarnessError(f"{path}/dirs: path must start with home/ or spool/")
                 dirs.append(rel)
     return Case(
+        as_root=(path / "as-root").exists(),
         dirs=tuple(dirs),
         name=path.name,
         path=path,
@@ -270,7 +277,9 @@ def _user() -> pwd.struct_passwd:
 def _copy_tree(src: Path, dst: Path) -> None:
     for p in sorted(src.rglob("*")):
         target = dst / p.relative_to(src)
-        if p.is_dir():
+        if p.is_symlink():                 # kept as a link (e.g. a spool-symlink attack)
+            os.symlink(os.readlink(p), target)
+        elif p.is_dir():
             target.mkdir(exist_ok=True)
         else:
             shutil.copyfile(p, target)
@@ -445,9 +454,22 @@ def run_case(
     env.update(dict(case.env))
     args = [a.replace("@HOME@", user.pw_dir) for a in case.args]
     args = insert_sendmail(args, sendmail)
+    # A case's etc/ (e.g. etc/procmailrc, the system-wide rc of LDA mode) is laid over
+    # the real /etc with overlayfs inside the private namespace only.
+    etc_mount = ""
+    if (case.path / "etc").is_dir():
+        upper, work = workdir / "etc-upper", workdir / "etc-work"
+        shutil.copytree(case.path / "etc", upper)
+        work.mkdir()
+        for p in upper.rglob("*"):
+            os.chmod(p, 0o644 if p.is_file() else 0o755)
+        etc_mount = (f'mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},'
+                     f'workdir={work} /etc && ')
+    become = ("exec \"$@\"" if case.as_root else
+              f"exec setpriv --reuid={user.pw_uid} --regid={user.pw_gid} --clear-groups -- \"$@\"")
     script = (
-        'mount --bind "$1" "$3" && mount --bind "$2" "$4" && cd "$3" && shift 4 && '
-        f"exec setpriv --reuid={user.pw_uid} --regid={user.pw_gid} --clear-groups -- \"$@\""
+        'mount --bind "$1" "$3" && mount --bind "$2" "$4" && ' + etc_mount +
+        'cd "$3" && shift 4 && ' + become
     )
     argv = ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script,
             "sh", str(home), str(spool), user.pw_dir, SPOOL, *command, *args]
