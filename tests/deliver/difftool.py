@@ -243,6 +243,7 @@ class Entry:
     mode: int
     data: bytes  # file bytes or link target; b"" for directories
     ino: int
+    owner: int = -1  # uid: shows whose identity a recipe really ran with (LDA mode)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,13 +352,13 @@ def snapshot(roots: Mapping[str, Path]) -> dict[str, Entry]:
                 st = os.lstat(p)
                 mode = stat.S_IMODE(st.st_mode)
                 if stat.S_ISLNK(st.st_mode):
-                    out[key] = Entry("link", mode, os.readlink(p).encode(), st.st_ino)
+                    out[key] = Entry("link", mode, os.readlink(p).encode(), st.st_ino, st.st_uid)
                 elif stat.S_ISDIR(st.st_mode):
-                    out[key] = Entry("dir", mode, b"", st.st_ino)
+                    out[key] = Entry("dir", mode, b"", st.st_ino, st.st_uid)
                 elif stat.S_ISREG(st.st_mode):
-                    out[key] = Entry("file", mode, _read_noatime(p), st.st_ino)
+                    out[key] = Entry("file", mode, _read_noatime(p), st.st_ino, st.st_uid)
                 else:
-                    out[key] = Entry("other", mode, b"", st.st_ino)
+                    out[key] = Entry("other", mode, b"", st.st_ino, st.st_uid)
     return out
 
 
@@ -637,13 +638,13 @@ class Normalised:
 
     statuses: tuple[int, ...]
     stderrs: tuple[bytes, ...]
-    tree: Mapping[str, tuple[str, int, bytes]]
+    tree: Mapping[str, tuple[str, int, bytes, int]]
 
 
 def normalise(side: SideResult) -> Normalised:
     mapping = name_map(side)
     tree = {
-        rename_path(path, mapping): (e.kind, e.mode, normalise_text(e.data, side, mapping))
+        rename_path(path, mapping): (e.kind, e.mode, normalise_text(e.data, side, mapping), e.owner)
         for path, e in side.tree.items()
     }
     return Normalised(
@@ -706,6 +707,8 @@ def compare(a: SideResult, b: SideResult) -> list[str]:
             problems.append(f"{path}: mode procmail={ea[1]:04o} postroom={eb[1]:04o}")
         if ea[2] != eb[2]:
             problems.append(f"{path}: contents differ\n" + text_diff(ea[2], eb[2], path))
+        if ea[3] != eb[3]:
+            problems.append(f"{path}: owner uid procmail={ea[3]} postroom={eb[3]}")
     return problems
 
 
@@ -715,6 +718,6 @@ def describe(side: SideResult) -> str:
     lines = [f"command: {' '.join(side.command)}"]
     for i, (s, e) in enumerate(zip(n.statuses, n.stderrs), 1):
         lines.append(f"run {i}: exit {s}" + (f", stderr {e!r}" if e else ""))
-    for path, (kind, mode, data) in sorted(n.tree.items()):
-        lines.append(f"  {mode:04o} {kind:5} {path} ({len(data)} bytes)")
+    for path, (kind, mode, data, owner) in sorted(n.tree.items()):
+        lines.append(f"  {mode:04o} {kind:5} uid {owner} {path} ({len(data)} bytes)")
     return "\n".join(lines)

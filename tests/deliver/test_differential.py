@@ -106,7 +106,7 @@ def test_selfcheck_extra_byte_is_detected() -> None:
     assert any(p.startswith("home/log: contents differ") for p in problems)
 
 
-def test_selfcheck_mode_status_stderr_and_extra_file_are_detected() -> None:
+def test_selfcheck_mode_owner_status_stderr_and_extra_file_are_detected() -> None:
     a, _ = _procmail_twice("mbox-basic")
     inbox = a.tree["home/inbox"]
     variants = {
@@ -118,6 +118,8 @@ def test_selfcheck_mode_status_stderr_and_extra_file_are_detected() -> None:
         "made only by postroom": dataclasses.replace(a, tree={**a.tree, "home/extra": inbox}),
         "made only by procmail": dataclasses.replace(
             a, tree={k: v for k, v in a.tree.items() if k != "home/inbox"}),
+        "owner uid": dataclasses.replace(a, tree={**a.tree, "home/inbox": dataclasses.replace(
+            inbox, owner=0)}),
     }
     for word, b in variants.items():
         problems = difftool.compare(a, b)
