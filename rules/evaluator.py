@@ -392,24 +392,23 @@ class Evaluator:
                 ct.matched, ct.score = True, state.score
                 return True        # procmail skips weighted conditions at +infinity
             state.scored = True
-        h, b = self._default_area(flags)
-        area: bytes | None = None
-        size: int = len(self.message.data)
-        if isinstance(test, (VarTest, SizeTest)) and getattr(test, "area", None) is not None \
-                or isinstance(test, VarTest):
-            name = test.name if isinstance(test, VarTest) else test.area  # type: ignore[union-attr]
-            area = self._named_area(name or "")
-            size = len(area)
-        if isinstance(test, (RegexTest, VarTest)):
-            text = area if area is not None else self.area(h, b)
-            result = self._regex(test.pattern, text, flags, negate, weight, state, ct, cond.span)
-        elif isinstance(test, ProgramTest):
-            text = area if area is not None else self.area(h, b)
-            result = self._program_test(test.command, text, negate, weight, state)
-        elif isinstance(test, SizeTest):
-            result = self._size_test(test, size, negate, weight, state)
-        else:  # pragma: no cover - exhaustive over Test
-            raise TypeError(test)
+        match test:
+            case VarTest(name=name, pattern=pattern):
+                result = self._regex(pattern, self._named_area(name), flags, negate, weight,
+                                     state, ct, cond.span)
+            case RegexTest(pattern=pattern):
+                result = self._regex(pattern, self.area(*self._default_area(flags)), flags,
+                                     negate, weight, state, ct, cond.span)
+            case ProgramTest(command=command):
+                result = self._program_test(command, self.area(*self._default_area(flags)),
+                                            negate, weight, state)
+            case SizeTest(area=None):
+                # procmail compares the whole mail, From_ line included (item 11)
+                result = self._size_test(test, len(self.message.data), negate, weight, state)
+            case SizeTest(area=name):
+                result = self._size_test(test, len(self._named_area(name)), negate, weight, state)
+            case _:  # pragma: no cover - exhaustive over Test
+                raise TypeError(test)
         if state.score > MAX32:
             state.score = MAX32
         if state.score <= MIN32:
