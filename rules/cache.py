@@ -125,14 +125,37 @@ def _write_cache(cache_dir: str, path: str, key: dict, rc: RcFile) -> None:
         log.debug("cannot write rc cache %s: %s", path, e)
 
 
+_MEMO: dict[tuple, RcFile] = {}
+_MEMO_MAX = 256
+
+
 def load_rc(path: str, *, cache_dir: str | None = None) -> RcFile:
     """Read and parse ``path`` (latin-1), through the cache.  Raises OSError if the rc
-    file cannot be read."""
+    file cannot be read.
+
+    Within one process (the library API delivering many mails, the MTA's delivery
+    workers) an rc file whose key is unchanged is not decoded again: the AST is immutable,
+    so the object loaded earlier for the same file identity and effective uid is reused
+    (only with the default cache directory: an explicit ``cache_dir`` always consults it)."""
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
+        real = os.path.realpath(path)
+        key = _key(real, st)
+        memo_key = (path, os.geteuid(), *key.values())
+        rc = _MEMO.get(memo_key) if cache_dir is None else None
+        if rc is not None:
+            return rc
         data = f.read()
-    real = os.path.realpath(path)
-    key = _key(real, st)
+    rc = _load(path, data, key, cache_dir)
+    if cache_dir is not None:
+        return rc
+    if len(_MEMO) >= _MEMO_MAX:
+        _MEMO.clear()
+    _MEMO[memo_key] = rc
+    return rc
+
+
+def _load(path: str, data: bytes, key: dict, cache_dir: str | None) -> RcFile:
     given = cache_dir is not None
     cdir = cache_dir if given else default_cache_dir()
     trusted = _trusted_dir(cdir, create=not given)
