@@ -24,8 +24,17 @@ DESCRIPTION
     inprocess  in the calling thread, as the server's own user.  The agent changes the
                process-wide cwd (MAILDIR) and umask, so ``executor`` has ONE thread and
                cwd/umask are restored after each delivery: never two at once.
-    auto       fork when root, otherwise inprocess (measured faster on 2 cores for
-               small messages, see tests/mta/test_runner.py::test_delivery_modes_speed).
+    pool       as inprocess, but in ``max_forks`` long-lived worker processes forked
+               when LocalDelivery is made (before any thread exists), one delivery at a
+               time each.  The rc evaluation then runs on another core than the SMTP
+               sessions and never competes with them for the GIL; a request and its
+               result cross a pipe (pickle, length-prefixed).  A worker that dies is
+               replaced; its delivery is a temporary failure (75), as in fork mode.
+               Workers ignore SIGINT/SIGTERM/SIGHUP and finish the delivery in hand;
+               they exit when the server closes their pipe (or dies).
+    auto       fork when root (and dropping), otherwise pool with two workers
+               (tests/benchmarks/bench_mta.py: the GIL shared by SMTP sessions and
+               rule evaluation was the server's bottleneck).
 
     Root with ``[deliver] run_as_root_drop = false`` runs in-process as root; that is
     logged as a warning at start (the embedded default is meant for ordinary users).
@@ -43,9 +52,14 @@ import gc
 import json
 import logging
 import os
+import pickle
 import pwd
+import queue
+import signal
+import struct
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Literal
 
@@ -99,28 +113,43 @@ class LocalDelivery:
         self.config = config
         self.root = os.geteuid() == 0
         if mode == "auto":
-            mode = "fork" if self.root and config.deliver.run_as_root_drop else "inprocess"
+            mode = "fork" if self.root and config.deliver.run_as_root_drop else "pool"
+            if mode == "pool":
+                max_forks = min(max_forks, 2)
         if self.root and config.deliver.run_as_root_drop and mode != "fork":
             mode = "fork"   # never run user recipes as root when asked to drop
-        if mode not in ("fork", "inprocess"):
+        if mode not in ("fork", "inprocess", "pool"):
             raise ValueError(f"unknown delivery mode {mode!r}")
         self.mode = mode
         self.drop = self.root and config.deliver.run_as_root_drop
         if self.root and not self.drop:
             log.warning("running as root with run_as_root_drop = false: recipes run as root")
         workers = 1 if mode == "inprocess" else max(1, max_forks)
-        self.executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix=f"deliver-{mode}")
         self.sendmail = sendmail or f"{sys.executable} -m mta.cli sendmail"
         self._site = None
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self._workers: list[_Worker] = []
+        self._pool_lock = threading.Lock()
+        if mode == "pool":
+            _preload()
+            for _ in range(workers):
+                self._spawn()
+        self.executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix=f"deliver-{mode}")
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
+        with self._pool_lock:
+            workers, self._workers = self._workers, []
+        for w in workers:
+            w.close()
 
     # ------------------------------------------------------------------ entry point
     def deliver(self, req: Request) -> Result:
         try:
             if self.mode == "fork":
                 return self._forked(req)
+            if self.mode == "pool":
+                return self._pooled(req)
             return self._inprocess(req)
         except Exception as exc:  # noqa: BLE001 - a delivery bug must defer, never lose mail
             log.exception("delivery to %s failed unexpectedly", req.recipient)
@@ -137,6 +166,67 @@ class LocalDelivery:
         finally:
             os.chdir(cwd)
             os.umask(mask)
+
+    def _pooled(self, req: Request) -> Result:
+        worker = self._idle.get()
+        try:
+            result = worker.call(req)
+        except (OSError, EOFError, pickle.PickleError) as exc:
+            log.error("delivery worker %d failed (%s); starting another", worker.pid, exc)
+            worker.close()
+            with self._pool_lock:
+                if worker in self._workers:
+                    self._workers.remove(worker)
+            self._spawn()
+            return Result(ExitCode.TEMPFAIL, "delivery process died")
+        self._idle.put(worker)
+        return result
+
+    def _spawn(self) -> None:
+        """Fork one pool worker (see the module docstring, mode ``pool``)."""
+        req_r, req_w = os.pipe()
+        res_r, res_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns
+            code = 0
+            try:
+                _close_inherited({0, 1, 2, req_r, res_w})
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+                    signal.signal(sig, signal.SIG_IGN)
+                signal.set_wakeup_fd(-1)
+                self._serve_pool(req_r, res_w)
+            except BaseException:  # noqa: BLE001 - the worker must exit, never return
+                code = 1
+                try:
+                    log.exception("delivery worker failed")
+                except BaseException:  # noqa: BLE001
+                    pass
+            finally:
+                os._exit(code)
+        os.close(req_r)
+        os.close(res_w)
+        worker = _Worker(pid, req_w, res_r)
+        with self._pool_lock:
+            self._workers.append(worker)
+        self._idle.put(worker)
+
+    def _serve_pool(self, req_r: int, res_w: int) -> None:
+        """The worker's loop: one request in, one Result out, until EOF."""
+        while True:
+            try:
+                req = _recv(req_r)
+            except EOFError:
+                return
+            result = self.deliver_here(req)
+            _send(res_w, result)
+
+    def deliver_here(self, req: Request) -> Result:
+        """In-process delivery that never raises (the pool worker's body)."""
+        try:
+            return self._inprocess(req)
+        except Exception as exc:  # noqa: BLE001 - a delivery bug must defer, never lose mail
+            log.exception("delivery to %s failed unexpectedly", req.recipient)
+            return Result(ExitCode.TEMPFAIL, f"internal error: {exc.__class__.__name__}")
 
     def _forked(self, req: Request) -> Result:
         raw = _read(req)      # as the server: the spool is not the recipient's to read
@@ -324,6 +414,83 @@ def _preload() -> None:
 def _read(req: Request) -> bytes:
     with open(req.message_path, "rb") as fh:
         return fh.read()
+
+
+def _close_inherited(keep: set[int]) -> None:
+    """In a pool worker: close what the server had open (listening sockets, the event
+    loop, the pid file whose flock must die with the server, other workers' pipes),
+    keeping ``keep`` and the log handlers' files."""
+    for handler in logging.getLogger().handlers:
+        stream = getattr(handler, "stream", None)
+        try:
+            keep.add(stream.fileno())
+        except (AttributeError, OSError, ValueError):
+            pass
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+_LEN = struct.Struct("!I")
+
+
+def _send(fd: int, obj: object) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(_LEN.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exactly(fd: int, n: int) -> bytes:
+    chunks = []
+    while n:
+        block = os.read(fd, n)
+        if not block:
+            raise EOFError("pipe closed")
+        chunks.append(block)
+        n -= len(block)
+    return b"".join(chunks)
+
+
+def _recv(fd: int):
+    (n,) = _LEN.unpack(_read_exactly(fd, _LEN.size))
+    return pickle.loads(_read_exactly(fd, n))
+
+
+class _Worker:
+    """The server's end of one pool worker: its pid and two pipes."""
+
+    def __init__(self, pid: int, req_w: int, res_r: int) -> None:
+        self.pid, self.req_w, self.res_r = pid, req_w, res_r
+        self.closed = False
+
+    def call(self, req: Request) -> Result:
+        _send(self.req_w, req)
+        result = _recv(self.res_r)
+        if not isinstance(result, Result):
+            raise EOFError(f"unexpected answer {type(result).__name__}")
+        return result
+
+    def close_fds(self) -> None:
+        if not self.closed:
+            self.closed = True
+            for fd in (self.req_w, self.res_r):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        """Close the pipe (the worker exits after its delivery in hand) and reap it."""
+        self.close_fds()
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
 
 
 class _Refused(Exception):

@@ -1,8 +1,9 @@
 """``postroom serve``: the mail daemon — SMTP receiver and queue runner in one process.
 
 SYNOPSIS
-    postroom serve [--config postroom.toml | --embedded DIR] [--delivery auto|inprocess|fork]
-                   [--forks N] [--no-stderr] [-v]
+    postroom serve [--config postroom.toml | --embedded DIR]
+                   [--delivery auto|inprocess|fork|pool] [--forks N] [--single-process]
+                   [--no-stderr] [-v]
 
 DESCRIPTION
     Runs in the foreground (systemd's Type=simple; samples/postroom.service).  Listens on
@@ -10,12 +11,21 @@ DESCRIPTION
     it with the queue runner (mta.runner).  Maillog lines go to [server] log_file and to
     stderr (unless --no-stderr).
 
+    Two processes: the receiver (this pid, the SMTP sessions) and the queue runner, a
+    child forked at start that is told of each queued message over a pipe (like
+    Postfix's smtpd and qmgr/local): the rule evaluation of deliveries then runs on
+    another core than the SMTP sessions instead of sharing one GIL with them
+    (tests/benchmarks/bench_mta.py).  Signals go to the receiver, which passes SIGHUP
+    and SIGUSR1 on; when the receiver stops or dies the runner sees its pipe close,
+    finishes the deliveries in flight and exits.  A runner that dies stops the daemon
+    (exit 75).  --single-process keeps both in one process.
+
     --embedded DIR   the self-contained default `make run` uses: Config.embedded_default
                      (SMTP on 127.0.0.1:2525, everything under DIR/var), the sample maps
                      installed into DIR/etc, and the demo user's ~/.procmailrc copied from
                      samples/procmailrc when missing.
     --delivery       how local deliveries run (mta.localdelivery); --forks bounds the
-                     concurrent delivery processes in fork mode.
+                     concurrent delivery processes in fork and pool mode.
 
 SIGNALS
     SIGTERM, SIGINT  stop accepting, let sessions inside DATA finish, finish the
@@ -188,18 +198,12 @@ def prepare_embedded(config: Config) -> None:
         log.info("installed %s", rc)
 
 
-async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
-                selector: Sequence[str] = (), ready: Callable[[], None] | None = None) -> int:
-    import asyncio
-
-    from .localdelivery import LocalDelivery, recover_stale_locks
+def prepare_queue(config: Config):
+    """Open the spool (recovering stale claims) and remove dot-locks of deliveries killed
+    with the previous daemon; returns (spool, maps).  Done once, before the runner starts."""
+    from .localdelivery import recover_stale_locks
     from .maps import Maps
-    from .policy import RecipientPolicy
     from .queue import Spool
-    from .routing import Router
-    from .runner import Runner
-    from .smtp.limits import ServerLimits
-    from .smtp.server import SmtpServer
 
     spool = Spool(str(config.server.spool_dir))
     maps = Maps.from_config(config)
@@ -212,32 +216,204 @@ async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
     recover_stale_locks(lock_dirs)
     for d in maps.diagnostics():
         log.warning("%s", d)
+    return spool, maps
+
+
+class _Notifier:
+    """The receiver's end of the queue-runner pipe: one queue id per line, never blocking
+    the event loop (what the pipe cannot take now waits in memory for add_writer)."""
+
+    def __init__(self, loop, fd: int) -> None:
+        self.loop, self.fd = loop, fd
+        self.pending = bytearray()
+        os.set_blocking(fd, False)
+
+    def notify(self, qid: str) -> None:
+        if self.fd < 0:
+            return
+        first = not self.pending
+        self.pending += qid.encode("ascii") + b"\n"
+        if first:
+            self._flush()
+
+    def _flush(self) -> None:
+        try:
+            n = os.write(self.fd, self.pending)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:          # the runner process is gone: it rescans at start
+            log.error("cannot notify the queue runner: %s", exc)
+            self.pending.clear()
+            return
+        del self.pending[:n]
+        if self.pending:
+            self.loop.add_writer(self.fd, self._writable)
+
+    def _writable(self) -> None:
+        self.loop.remove_writer(self.fd)
+        self._flush()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.loop.remove_writer(self.fd)
+            if self.pending:
+                os.set_blocking(self.fd, True)
+                try:
+                    os.write(self.fd, self.pending)
+                except OSError:
+                    pass
+            os.close(self.fd)
+            self.fd = -1
+
+
+async def run_queue_runner(config: Config, notify_fd: int, *, delivery_mode: str = "auto",
+                           forks: int = 4, sendmail: str | None = None,
+                           ready_fd: int | None = None) -> int:
+    """The queue runner process of the split daemon (see ``main``): reads queue ids from
+    ``notify_fd``, delivers, and stops (finishing deliveries in flight) at EOF — the
+    receiver closed the pipe, or died — or on SIGTERM.  SIGINT is ignored: a Ctrl-C
+    reaches the receiver too, which then closes the pipe after its sessions."""
+    import asyncio
+
+    from .localdelivery import LocalDelivery
+    from .maps import Maps
+    from .queue import Spool
+    from .routing import Router
+    from .runner import Runner
+
+    spool = Spool(str(config.server.spool_dir), recover=False)
+    router = Router(config, Maps.from_config(config))
+    delivery = LocalDelivery(config, mode=delivery_mode, max_forks=forks, sendmail=sendmail)
+    runner = Runner(config, spool, router, delivery)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    buf = bytearray()
+    os.set_blocking(notify_fd, False)
+
+    def readable() -> None:
+        try:
+            data = os.read(notify_fd, 65536)
+        except BlockingIOError:
+            return
+        if not data:
+            loop.remove_reader(notify_fd)
+            stop.set()
+            return
+        buf.extend(data)
+        *lines, rest = bytes(buf).split(b"\n")
+        buf[:] = rest
+        for line in lines:
+            if line:
+                runner.notify(line.decode("ascii"))
+
+    def reload() -> None:
+        new_maps = Maps.from_config(config)
+        runner.set_router(Router(config, new_maps))
+
+    def poked() -> None:
+        flush = flush_request_path(config)
+        try:
+            flush.unlink()
+            runner.wake(flush=True)
+            log.info("queue flush requested")
+        except FileNotFoundError:
+            runner.wake()
+
+    loop.add_reader(notify_fd, readable)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGUSR1, poked)
+    if flush_request_path(config).exists():
+        poked()
+    runner_task = asyncio.create_task(runner.run())
+    log.info("queue runner started, delivery=%s, pid %d", delivery.mode, os.getpid())
+    if ready_fd is not None:      # our signal handlers are in place: the receiver may go on
+        os.write(ready_fd, b"r")
+        os.close(ready_fd)
+    await stop.wait()
+    await runner.stop()
+    runner_task.cancel()
+    try:
+        await runner_task
+    except asyncio.CancelledError:
+        pass
+    delivery.close()
+    log.info("queue runner stopped")
+    return 0
+
+
+async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
+                selector: Sequence[str] = (), ready: Callable[[], None] | None = None,
+                runner_pid: int | None = None, notify_fd: int | None = None,
+                prepared=None) -> int:
+    """The daemon's receiver; also its queue runner unless ``runner_pid`` names the
+    separate runner process, which ``notify_fd`` (a pipe) tells about new mail."""
+    import asyncio
+
+    from .maps import Maps
+    from .policy import RecipientPolicy
+    from .routing import Router
+    from .smtp.limits import ServerLimits
+    from .smtp.server import SmtpServer
+
+    spool, maps = prepared if prepared is not None else prepare_queue(config)
     router = Router(config, maps)
     policy = RecipientPolicy(router)
-    sendmail = write_sendmail_wrapper(config, list(selector))
-    delivery = LocalDelivery(config, mode=delivery_mode, max_forks=forks, sendmail=str(sendmail))
-    runner = Runner(config, spool, router, delivery)
+    loop = asyncio.get_running_loop()
+    runner = delivery = notifier = None
+    if runner_pid is None:
+        from .localdelivery import LocalDelivery
+        from .runner import Runner
+        sendmail = write_sendmail_wrapper(config, list(selector))
+        delivery = LocalDelivery(config, mode=delivery_mode, max_forks=forks, sendmail=str(sendmail))
+        runner = Runner(config, spool, router, delivery)
+        on_queued = runner.notify
+    else:
+        assert notify_fd is not None
+        notifier = _Notifier(loop, notify_fd)
+        on_queued = notifier.notify
     lim = config.smtp.limits
     limits = ServerLimits(max_message_size=lim.max_message_size, max_recipients=lim.max_recipients,
                           max_connections=lim.max_connections, greet_pause=lim.greet_pause,
                           idle_timeout=config.smtp.timeouts.command,
                           data_timeout=config.smtp.timeouts.data)
     servers = []
+    stop = asyncio.Event()
+    status = 0
+
+    async def stop_runner_process() -> None:
+        if notifier is not None:
+            notifier.close()                # EOF: the runner finishes and exits
+        if runner_pid is not None:
+            await runner_exit
+
+    runner_exit = None
+    if runner_pid is not None:
+        runner_exit = loop.run_in_executor(None, os.waitpid, runner_pid, 0)
+
+        def runner_died(fut) -> None:
+            nonlocal status
+            if not stop.is_set():
+                log.error("the queue runner process %d exited unexpectedly; stopping", runner_pid)
+                status = 75
+                stop.set()
+        runner_exit.add_done_callback(runner_died)
     try:
         for listener in config.smtp.listeners:
             srv = SmtpServer(hostname=config.server.hostname, policy=policy, spool=spool,
-                             limits=limits, on_queued=runner.notify)
+                             limits=limits, on_queued=on_queued)
             await srv.start(listener.host, listener.port)
             servers.append(srv)
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         for srv in servers:
             await srv.stop()
-        delivery.close()
+        if delivery is not None:
+            delivery.close()
+        stop.set()
+        await stop_runner_process()
         return 75
-
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
 
     def reload() -> None:
         new_maps = Maps.from_config(config)
@@ -245,10 +421,16 @@ async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
             log.warning("%s", d)
         new_router = Router(config, new_maps)
         policy.router = new_router
-        runner.set_router(new_router)
+        if runner is not None:
+            runner.set_router(new_router)
+        else:
+            _signal_runner(runner_pid, signal.SIGHUP)
         log.info("maps reloaded (SIGHUP)")
 
     def poked() -> None:
+        if runner is None:
+            _signal_runner(runner_pid, signal.SIGUSR1)   # it reads the flush request
+            return
         flush = flush_request_path(config)
         try:
             flush.unlink()
@@ -261,25 +443,83 @@ async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGUSR1, poked)
-    if flush_request_path(config).exists():
-        poked()
-    runner_task = asyncio.create_task(runner.run())
+    runner_task = None
+    if runner is not None:
+        if flush_request_path(config).exists():
+            poked()
+        runner_task = asyncio.create_task(runner.run())
     log.info("postroom serve ready: %s, delivery=%s, pid %d",
-             ", ".join(str(lst) for lst in config.smtp.listeners), delivery.mode, os.getpid())
+             ", ".join(str(lst) for lst in config.smtp.listeners),
+             delivery.mode if delivery is not None else f"{delivery_mode} in runner process {runner_pid}",
+             os.getpid())
     if ready is not None:
         ready()
     await stop.wait()
     log.info("stopping: finishing sessions and deliveries in flight")
     await asyncio.gather(*(srv.stop() for srv in servers), return_exceptions=True)
-    await runner.stop()
-    runner_task.cancel()
-    try:
-        await runner_task
-    except asyncio.CancelledError:
-        pass
-    delivery.close()
+    if runner is not None:
+        await runner.stop()
+        runner_task.cancel()
+        try:
+            await runner_task
+        except asyncio.CancelledError:
+            pass
+        delivery.close()
+    else:
+        await stop_runner_process()
     log.info("stopped")
-    return 0
+    return status
+
+
+def _signal_runner(pid: int | None, sig: int) -> None:
+    if pid is not None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _serve_split(config: Config, args: argparse.Namespace, pidfile_fd: int,
+                 ready: Callable[[], None] | None) -> int:
+    """Fork the queue runner process, then run the receiver here (see ``main``)."""
+    import asyncio
+
+    prepared = prepare_queue(config)
+    sendmail = str(write_sendmail_wrapper(config, config_argv(args)))
+    r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:   # the queue runner: never returns
+        code = 70
+        try:
+            # until its own handlers are installed, a forwarded signal must not kill it
+            for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGINT):
+                signal.signal(sig, signal.SIG_IGN)
+            os.close(w)
+            os.close(ready_r)
+            os.close(pidfile_fd)      # the pid file's flock belongs to the receiver
+            code = asyncio.run(run_queue_runner(config, r, delivery_mode=args.delivery,
+                                                forks=args.forks, sendmail=sendmail,
+                                                ready_fd=ready_w))
+        except BaseException:  # noqa: BLE001 - the child must exit, never return
+            log.exception("the queue runner failed")
+        finally:
+            logging.shutdown()
+            os._exit(code)
+    os.close(r)
+    os.close(ready_w)
+    started = os.read(ready_r, 1)
+    os.close(ready_r)
+    if not started:
+        log.error("the queue runner process did not start")
+        os.close(w)
+        os.waitpid(pid, 0)
+        return 75
+    return asyncio.run(serve(config, delivery_mode=args.delivery, forks=args.forks,
+                             selector=config_argv(args), ready=ready, runner_pid=pid,
+                             notify_fd=w, prepared=prepared))
 
 
 def main(argv: Sequence[str]) -> int:
@@ -289,8 +529,10 @@ def main(argv: Sequence[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="postroom serve", description="SMTP receiver and queue runner")
     add_config_arguments(parser)
-    parser.add_argument("--delivery", choices=("auto", "inprocess", "fork"), default="auto")
+    parser.add_argument("--delivery", choices=("auto", "inprocess", "fork", "pool"), default="auto")
     parser.add_argument("--forks", type=int, default=4, help="concurrent delivery processes (fork mode)")
+    parser.add_argument("--single-process", action="store_true",
+                        help="run the queue runner in the receiver's process (default: its own)")
     parser.add_argument("--no-stderr", action="store_true", help="log to the log file only")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(list(argv))
@@ -321,6 +563,8 @@ def main(argv: Sequence[str]) -> int:
                 f"  stop with Ctrl-C\n")
             sys.stdout.flush()
     try:
+        if not args.single_process:
+            return _serve_split(config, args, fd, banner)
         return asyncio.run(serve(config, delivery_mode=args.delivery, forks=args.forks,
                                  selector=config_argv(args), ready=banner))
     finally:
