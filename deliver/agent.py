@@ -75,6 +75,8 @@ class Site:
     spool_dir: str = "/var/mail"
     user_rc: str = ".procmailrc"
     sendmail: str = "/usr/sbin/sendmail"
+    # procmail has no limit; a delivery agent must not be made to hold any amount of mail
+    max_message_size: int = 1 << 30
 
 
 @dataclass(slots=True)

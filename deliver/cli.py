@@ -140,16 +140,25 @@ def _load_rc(path: str):
     return load_rc(path)
 
 
-def _read_stdin() -> bytes:
+class MessageTooLarge(Exception):
+    """The mail on stdin is larger than the site's max_message_size."""
+
+
+def _read_stdin(limit: int) -> bytes:
     """The whole mail, held once.  The blocks go into one growing buffer (io.BytesIO
     grows it in place, and getvalue() hands that buffer over without a copy), so a
-    50 MB mail never occupies 100 MB here as a list of blocks plus their join would."""
+    50 MB mail never occupies 100 MB here as a list of blocks plus their join would.
+    More than ``limit`` bytes is an error, never a silent truncation."""
     fd = sys.stdin.fileno() if sys.stdin is not None else 0
     buf = io.BytesIO()
+    size = 0
     while True:
         block = os.read(fd, 1 << 20)
         if not block:
             break
+        size += len(block)
+        if size > limit:
+            raise MessageTooLarge(f"message larger than {limit} bytes (max_message_size)")
         buf.write(block)
     return buf.getvalue()
 
@@ -182,7 +191,11 @@ def run(argv: Sequence[str]) -> int:
     caller_env = dict(os.environ)
     # The mail travels in a one-element list that its last user pops, so no caller's frame
     # keeps a 50 MB mail alive while the agent works on its own prepared copy.
-    mail = [_read_stdin()]
+    try:
+        mail = [_read_stdin(site.max_message_size)]
+    except MessageTooLarge as err:
+        sys.stderr.write(f"postroom deliver: {err}\n")
+        return ExitCode.DATAERR
     if inv.delivery_mode:
         status = ExitCode.OK
         last = len(inv.recipients) - 1
@@ -211,7 +224,7 @@ def _deliver_forked(inv: Invocation, mail: list[bytes], user, site, caller_env, 
     from .identity import IdentityError, drop_privileges, prepare_spool_mailbox
     if os.geteuid() != 0:
         try:
-            drop_privileges(user)
+            drop_privileges(user, site.spool_dir)
         except IdentityError as err:
             sys.stderr.write(f"procmail: {err}\n")
             return err.code
@@ -220,7 +233,7 @@ def _deliver_forked(inv: Invocation, mail: list[bytes], user, site, caller_env, 
         try:
             if not explain:
                 prepare_spool_mailbox(user, site.spool_dir)
-            drop_privileges(user)
+            drop_privileges(user, site.spool_dir)
         except IdentityError as err:
             sys.stderr.write(f"procmail: {err}\n")
             return err.code
@@ -231,7 +244,7 @@ def _deliver_forked(inv: Invocation, mail: list[bytes], user, site, caller_env, 
         try:
             if not explain:
                 prepare_spool_mailbox(user, site.spool_dir)
-            drop_privileges(user)
+            drop_privileges(user, site.spool_dir)
             code = _deliver(inv, mail, user, site, caller_env, explain)
         except IdentityError as err:
             sys.stderr.write(f"procmail: {err}\n")

@@ -19,10 +19,12 @@ class SettingsError(Exception):
 
 
 _KEYS = {"system_rc", "spool_dir", "user_rc", "sendmail"}
+_INT_KEYS = {"max_message_size"}
 
 
 def load_site(environ: Mapping[str, str]) -> Site:
     values: dict[str, str | None] = {}
+    sizes: dict[str, int] = {}
     config = environ.get("POSTROOM_CONFIG")
     if config:
         import tomllib
@@ -30,6 +32,11 @@ def load_site(environ: Mapping[str, str]) -> Site:
             table = tomllib.load(fh).get("deliver", {})
         base = os.path.dirname(os.path.abspath(config))
         for key, value in table.items():
+            if key in _INT_KEYS:
+                if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                    raise SettingsError(f"{config}: deliver.{key} must be a positive integer")
+                sizes[key] = value
+                continue
             if key not in _KEYS:
                 continue    # other [deliver] keys belong to the MTA (mta.config validates them)
             if not isinstance(value, str):
@@ -40,10 +47,16 @@ def load_site(environ: Mapping[str, str]) -> Site:
                      ("sendmail", "POSTROOM_SENDMAIL")):
         if var in environ:
             values[key] = environ[var]
+    if "POSTROOM_MAX_MESSAGE_SIZE" in environ:
+        try:
+            sizes["max_message_size"] = int(environ["POSTROOM_MAX_MESSAGE_SIZE"])
+        except ValueError:
+            raise SettingsError("POSTROOM_MAX_MESSAGE_SIZE must be an integer") from None
     site = Site()
     if "system_rc" in values:
         site = Site(values["system_rc"] or None, site.spool_dir, site.user_rc, site.sendmail)
     return Site(site.system_rc,
                 values.get("spool_dir") or site.spool_dir,
                 values.get("user_rc") or site.user_rc,
-                values.get("sendmail") or site.sendmail)
+                values.get("sendmail") or site.sendmail,
+                sizes.get("max_message_size", site.max_message_size))
