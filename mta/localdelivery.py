@@ -48,7 +48,10 @@ GUARANTEES
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import fcntl
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -61,7 +64,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Literal
+from typing import Iterator, Literal
 
 from deliver.exitcodes import ExitCode
 
@@ -130,6 +133,17 @@ class LocalDelivery:
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._workers: list[_Worker] = []
         self._pool_lock = threading.Lock()
+        # Pool workers queue on a server-private flock before taking a mailbox's lock, so
+        # two deliveries to one mailbox may run at once (as Postfix's local(8) with
+        # local_destination_concurrency_limit = 2): one evaluates its recipes while the
+        # other appends and fsyncs, and the second waits in the kernel, not by polling
+        # the dot-lock (deliver.locking sleeps 50 ms and more between attempts).
+        self.lock_queue_dir: str | None = None
+        self.per_mailbox = 1
+        if mode == "pool" and workers > 1:
+            self.lock_queue_dir = str(config.server.data_dir / "run" / "locks")
+            os.makedirs(self.lock_queue_dir, mode=0o700, exist_ok=True)
+            self.per_mailbox = 2
         if mode == "pool":
             _preload()
             for _ in range(workers):
@@ -312,7 +326,10 @@ class LocalDelivery:
                          recipients=[user.name], positional=[req.detail] if req.detail else [])
         env = {"TZ": os.environ["TZ"]} if "TZ" in os.environ else {}
         os.makedirs(self.config.deliver.mail_spool, exist_ok=True)
-        outcome = Agent(user, self.site(), load_rc=load_rc).run(inv, raw, env)
+        effects = None
+        if self.lock_queue_dir is not None:
+            effects = _QueuedLockEffects(self.lock_queue_dir, stderr_fd=2, uid=user.uid, rc_loader=load_rc)
+        outcome = Agent(user, self.site(), load_rc=load_rc, effects=effects).run(inv, raw, env)
         status = int(outcome.status)
         if outcome.delivered and status == 0:
             return Result(0, outcome.lastfolder)
@@ -414,6 +431,47 @@ def _preload() -> None:
 def _read(req: Request) -> bytes:
     with open(req.message_path, "rb") as fh:
         return fh.read()
+
+
+def _queued_lock_effects():
+    from deliver.effects import RealEffects
+
+    class QueuedLockEffects(RealEffects):
+        """RealEffects whose ``lock`` first waits for a flock on a server-private file
+        named after the lock (LocalDelivery.lock_queue_dir): deliveries of this server
+        take a mailbox's dot-lock one after the other, in the order they asked."""
+
+        def __init__(self, queue_dir: str, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self._queue_dir = queue_dir
+
+        @contextlib.contextmanager
+        def lock(self, path: str) -> Iterator[bool]:
+            name = hashlib.sha1(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()
+            try:
+                fd = os.open(os.path.join(self._queue_dir, name), os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError:
+                fd = -1          # no queue: the dot-lock alone still excludes
+            try:
+                if fd >= 0:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                with super().lock(path) as ok:
+                    yield ok
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+
+    return QueuedLockEffects
+
+
+_effects_class = None
+
+
+def _QueuedLockEffects(queue_dir: str, **kwargs):
+    global _effects_class
+    if _effects_class is None:
+        _effects_class = _queued_lock_effects()
+    return _effects_class(queue_dir, **kwargs)
 
 
 def _close_inherited(keep: set[int]) -> None:

@@ -23,8 +23,10 @@ DESCRIPTION
          with an owner (owner-LIST) are queued as a new message whose envelope sender is
          the owner, as sendmail does, so their bounces go to the owner.
       2. deliver: local mailboxes, programs and files through mta.localdelivery;
-         deliveries to one mailbox are serialised inside the server (one asyncio lock
-         per user) rather than by polling lock files.  Remote addresses are deferred:
+         deliveries to one mailbox are serialised inside the server rather than by
+         polling lock files: one at a time per user, or two when the delivery pool
+         queues them on the mailbox lock with a kernel flock (LocalDelivery.per_mailbox;
+         one evaluates recipes while the other writes).  Remote addresses are deferred:
          outbound SMTP is not part of this release.
       3. record: delivered; deferred with exponential back-off ([queue] initial doubling
          up to max_backoff); failed for a permanent error, or when the message is older
@@ -176,6 +178,7 @@ class Runner:
         self._inflight: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._mailbox_locks: dict[str, asyncio.Lock] = {}
+        self._mailbox_gates: dict[str, asyncio.Semaphore] = {}
         self._scan_now = True
         self._flush = False
         self._forced: set[str] = set()
@@ -390,8 +393,13 @@ class Runner:
                 if u is None:
                     return Attempt("failed", "5.1.1", "x-unix; user unknown", "5.1.1 User unknown")
                 req = Request("mailbox", sender, rcpt.orcpt or rcpt.address, path, user=u, detail=detail)
-                lock = self._mailbox_locks.setdefault(u.name, asyncio.Lock())
-                async with lock:
+                # At most delivery.per_mailbox deliveries per user at once (1, or 2 when
+                # the delivery queues them on the mailbox lock in the kernel).
+                gate = self._mailbox_gates.get(u.name)
+                if gate is None:
+                    gate = self._mailbox_gates[u.name] = asyncio.Semaphore(
+                        getattr(self.delivery, "per_mailbox", 1))
+                async with gate:
                     result = await self._run(req)
                 return _exit_attempt(result, "local")
             case ProgramDest(command, _):
