@@ -115,10 +115,27 @@ class IncomingMessage:
     Holds the flock on its file from creation to the end, so ``recover`` never mistakes
     a live writer for an abandoned one.  Usable as a context manager: leaving the block
     without ``commit`` aborts.
+
+    ``deferred=True`` (the SMTP receiver's choice) chooses the queue id at once but
+    creates tmp/<qid>/ only when the data outgrows the write buffer, or in ``commit``:
+    a small message then costs the event loop no mkdir and no open, and all of its file
+    system work happens in the thread that commits.  A queue id taken meanwhile by
+    another message (same microsecond, same 24 random bits) is a QueueError.
     """
 
-    def __init__(self, spool: Spool) -> None:
+    def __init__(self, spool: Spool, *, deferred: bool = False) -> None:
         self._spool = spool
+        self._file: BinaryIO | None = None
+        self._pending: bytearray | None = None
+        self._done = False
+        self._created = False
+        self.size = 0
+        self.committed = False
+        if deferred:
+            self.qid = new_qid()
+            self._dir = os.path.join(spool.dirs["tmp"], self.qid)
+            self._pending = bytearray()
+            return
         while True:
             self.qid = new_qid()
             self._dir = os.path.join(spool.dirs["tmp"], self.qid)
@@ -127,27 +144,51 @@ class IncomingMessage:
                 break
             except FileExistsError:  # pragma: no cover - 24 random bits and a clock apart
                 continue
+        self._created = True
+        self._open_file()
+
+    def _open_file(self) -> None:
         fd = os.open(os.path.join(self._dir, MESSAGE), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
-        self._file: BinaryIO | None = os.fdopen(fd, "wb", buffering=_WRITE_BUFFER)
-        self.size = 0
-        self.committed = False
+        self._file = os.fdopen(fd, "wb", buffering=_WRITE_BUFFER)
+
+    def _materialize(self) -> None:
+        """Create tmp/<qid>/message (deferred mode) and write what was buffered."""
+        assert self._pending is not None
+        try:
+            os.mkdir(self._dir, 0o700)
+        except FileExistsError as exc:   # pragma: no cover - see the class docstring
+            raise QueueError(f"{self.qid}: queue id already in use") from exc
+        self._created = True
+        self._open_file()
+        assert self._file is not None
+        pending, self._pending = self._pending, None
+        self._file.write(pending)
 
     def write(self, data: bytes) -> None:
-        if self._file is None:
+        if self._done:
             raise QueueError(f"{self.qid}: write after commit/abort")
         try:
-            self._file.write(data)
+            if self._pending is not None:
+                self._pending += data
+                if len(self._pending) > _WRITE_BUFFER:
+                    self._materialize()
+            else:
+                assert self._file is not None
+                self._file.write(data)
         except OSError as exc:
             raise QueueError(f"{self.qid}: cannot write message: {exc}") from exc
         self.size += len(data)
 
     def commit(self, envelope: Envelope) -> str:
         """Make the message durable and visible in incoming/; return its queue id."""
-        if self._file is None:
+        if self._done:
             raise QueueError(f"{self.qid}: commit after commit/abort")
         spool = self._spool
         try:
+            if self._pending is not None:
+                self._materialize()
+            assert self._file is not None
             self._file.flush()
             os.fsync(self._file.fileno())
             _write_file_synced(os.path.join(self._dir, ENVELOPE), envelope.to_json(), exclusive=True)
@@ -164,10 +205,12 @@ class IncomingMessage:
     def abort(self) -> None:
         """Throw the partial message away (it was never visible outside tmp/)."""
         self._close()
-        if not self.committed:
+        if not self.committed and self._created:
             shutil.rmtree(self._dir, ignore_errors=True)
 
     def _close(self) -> None:
+        self._done = True
+        self._pending = None
         if self._file is not None:
             f, self._file = self._file, None
             try:
@@ -280,9 +323,9 @@ class Spool:
             self.recover()
 
     # --- receiving ------------------------------------------------------------------
-    def new_message(self) -> IncomingMessage:
+    def new_message(self, *, deferred: bool = False) -> IncomingMessage:
         try:
-            return IncomingMessage(self)
+            return IncomingMessage(self, deferred=deferred)
         except OSError as exc:
             raise QueueError(f"cannot create a queue file: {exc}") from exc
 

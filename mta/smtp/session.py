@@ -325,7 +325,8 @@ class Session:
             self._bad(R.NO_VALID_RCPTS)
             return
         try:
-            msg = self.server.spool.new_message()
+            # deferred: tmp/<qid>/ is made in the commit thread, not on the event loop
+            msg = self.server.spool.new_message(deferred=True)
         except QueueError as exc:
             log.error("cannot create queue file: %s", exc)
             self.reply(R.TEMP_LOCAL)
