@@ -68,6 +68,8 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -114,18 +116,15 @@ class ParseContext:
 _CONTEXT: ContextVar[ParseContext] = ContextVar("rules.grammar.context")
 
 
-class parsing_context:
-    """``with parsing_context(text, path) as ctx:`` around ``RC_FILE.parse_string``."""
-
-    def __init__(self, text: str, path: str) -> None:
-        self.ctx = ParseContext(text, path)
-
-    def __enter__(self) -> ParseContext:
-        self._token = _CONTEXT.set(self.ctx)
-        return self.ctx
-
-    def __exit__(self, *exc: object) -> None:
-        _CONTEXT.reset(self._token)
+@contextmanager
+def parsing_context(text: str, path: str) -> Iterator[ParseContext]:
+    """``with parsing_context(text, path) as ctx:`` around ``RC_FILE.parse_string``:
+    the parse actions of this parse see ``ctx``, and only they."""
+    token = _CONTEXT.set(ParseContext(text, path))
+    try:
+        yield _CONTEXT.get()
+    finally:
+        _CONTEXT.reset(token)
 
 
 # ------------------------------------------------------------------ flat tokens
@@ -251,7 +250,6 @@ _COMMENT = r"[ \t]*#[^\n]*\n?"
 
 NAME = _regex(r"[A-Za-z_][A-Za-z0-9_]*", "NAME")            # alphanum, not numeric first
 blanks = _layout(r"[ \t]*", "blanks")
-gap = _layout(_GAP, "gap")
 blank_line = _layout(_BLANK_LINE, "blank_line")
 comment = _layout(_COMMENT, "comment")
 filler = _layout(rf"(?:{_BLANK_LINE}|{_COMMENT})*+[ \t]*", "filler")   # commint
@@ -260,7 +258,8 @@ line_end = _layout(rf"{_GAP}(?:#[^\n]*)?\n?", "line_end")
 spaced_word = _regex(rf"{_GAP}(?P<word>{_SH_WORD})", "spaced_word", as_match=True)
 logical_line = _regex(r"(?:[^\n]*\\\n)*[^\n]*\n?", "logical_line")
 
-def _on_sh_word(s: str, loc: int, toks: pp.ParseResults) -> _Word:
+
+def _on_spaced_word(s: str, loc: int, toks: pp.ParseResults) -> _Word:
     m = toks[0]
     return _Word(m.start("word"), m.end("word"),
                  m.group("usq") is not None or m.group("udq") is not None)
@@ -277,7 +276,7 @@ def _on_logical_line(s: str, loc: int, toks: pp.ParseResults) -> str:
                    for ln in lines)
 
 
-spaced_word.add_parse_action(_on_sh_word)
+spaced_word.add_parse_action(_on_spaced_word)
 logical_line.add_parse_action(_on_logical_line)
 
 line_words = (pp.ZeroOrMore(spaced_word) + line_end).set_name("line_words")
@@ -296,7 +295,8 @@ def _on_line_words(s: str, loc: int, toks: pp.ParseResults) -> _Words:
 line_words.add_parse_action(_on_line_words)
 
 # ------------------------------------------------------------------ statements
-assignment = (NAME + _layout(rf"[ \t]*={_GAP}", "'='") + pp.Opt(comment_rest | spaced_word)
+assignment = (NAME + _layout(rf"[ \t]*={_GAP}", "'='")
+              + pp.Opt(comment_rest | spaced_word)
               + _layout(r"[ \t\n]?", "separator")).set_name("assignment")
 unset = (NAME + _layout(r"(?=[ \t\n])[ \t]*", "blank")).set_name("unset")
 skipped_word = NAME.copy().set_name("skipped_word")
@@ -319,6 +319,7 @@ def _on_unset(s: str, loc: int, toks: pp.ParseResults) -> Assignment:
 
 
 def _skipped(loc: int, text: str) -> list:
+    """procmail logs ``Skipped "text"`` and goes on after it (gobenv's failure)."""
     ctx = _CONTEXT.get()
     return [Skipped(text, ctx.span(loc)),
             ctx.warn(loc, f'Skipped "{text}": expected an assignment NAME=value, '
