@@ -57,6 +57,20 @@ log = logging.getLogger(__name__)
 MAX_LOCKSIZE = 16          # procmail's config.h: larger files are never taken for locks
 LOCK_MODE = 0o400          # procmail's lock files: read-only, content "0"
 _FIRST_POLL = 0.05
+_FRESH = 0.1               # seconds: a claim file this young needs no utime(2)
+_LIFETIME = timedelta(days=365)   # flufl's own lifetime-based breaking is off (_releasetime)
+_host: tuple[str, str] = ("", "")
+
+
+def _fqdn() -> str:
+    """socket.getfqdn(), as flufl.lock names claim files, looked up once per node name
+    (uname(2) is a system call; getfqdn() reads /etc/hosts or asks a resolver)."""
+    global _host
+    node = os.uname().nodename
+    if _host[0] != node:
+        import socket
+        _host = (node, socket.getfqdn())
+    return _host[1]
 
 # Lock files this process holds (absolute paths): a mailbox append inside a ``:0:`` recipe
 # must not wait for the lock its own recipe took (procmail: "Deadlock attempted on").
@@ -84,27 +98,49 @@ class _ProcmailStyleLock(flufl.lock.Lock):
     """flufl.lock's link protocol, with procmail's lock-file shape and stale-lock policy."""
 
     def __init__(self, lockfile: str, policy: LockPolicy) -> None:
-        super().__init__(lockfile, lifetime=timedelta(days=365))
+        # flufl's __init__ minus its socket.getfqdn() (a resolver lookup, most of the cost
+        # of a lock): the same attributes, the host name cached per node name.
+        self._hostname = _fqdn()
+        self._default_timeout = None
+        self._lockfile = lockfile
+        self.lifetime = _LIFETIME
+        self._separator = flufl.lock.SEP
+        self._set_claimfile()
+        self._retry_errnos = []
         self._policy = policy
         self._wait = _FIRST_POLL
+        self._written = -1.0               # time.monotonic() of the last claim file made
         self.forced: list[str] = []        # "Forcing lock on" events, for the caller's log
 
     # -- the lock file's shape --------------------------------------------------------
     def _write(self) -> None:
-        """A fresh claim file: content "0", mode 0400 (reopening a 0400 file would fail)."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._claimfile)
+        """A fresh claim file: content "0", mode 0400 (reopening a 0400 file would fail).
+        A claim file left by an earlier attempt of this object is removed first (the name
+        is random per object, so there is none to remove on the first attempt)."""
+        if self._written >= 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._claimfile)
         fd = os.open(self._claimfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, LOCK_MODE)
         try:
             os.write(fd, b"0")
             os.fchmod(fd, LOCK_MODE)       # whatever the umask
         finally:
             os.close(fd)
+        self._written = time.monotonic()
 
     def _touch(self, filename: str | None = None) -> None:
-        """Stamp with *now*, never the future: procmail ages locks by their mtime."""
+        """Stamp with *now*, never the future: procmail ages locks by their mtime.
+        flufl touches the claim file right after making it, again after the link and
+        once more on unlock; within _FRESH seconds of making it the mtime already is
+        "now" and the utime(2) calls are skipped (a lock that waited is stamped anew)."""
+        if filename is None and time.monotonic() - self._written < _FRESH:
+            return
+        self._stamp(filename or self._claimfile)
+
+    @staticmethod
+    def _stamp(path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.utime(filename or self._claimfile, None)
+            os.utime(path, None)
 
     @property
     def _linkcount(self) -> int:
@@ -131,7 +167,7 @@ class _ProcmailStyleLock(flufl.lock.Lock):
     def _fs_now(self) -> float:
         """The file system's clock, read from our freshly touched claim file."""
         try:
-            self._touch()
+            self._stamp(self._claimfile)
             return os.stat(self._claimfile).st_mtime
         except OSError:
             return time.time()
