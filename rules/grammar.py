@@ -403,15 +403,18 @@ def _take_forced(s: str, loc: int, toks: pp.ParseResults) -> bool:
 
 
 def _on_condition(s: str, loc: int, toks: pp.ParseResults) -> _CondLine:
-    return _CondLine(toks[-1], loc)
+    """The condition's span is its ``*`` (or, for a forced line, its first
+    non-blank character): the lead token is the blanks, ``*`` and blanks before the
+    text."""
+    lead: str = toks[0]
+    return _CondLine(toks[1], loc + len(lead) - len(lead.lstrip(" \t")))
 
 
-_star_line = (_regex(r"\*[ \t]*", "'*'") + logical_line).add_parse_action(_on_condition)
-_forced_line = (_regex(r"\*?[ \t]*", "'*'?") + logical_line).add_parse_action(
-    _on_condition)
-condition = (blanks + _star_line).set_name("condition")
+condition = (_regex(r"[ \t]*\*[ \t]*", "'*'") + logical_line
+             ).set_name("condition").add_parse_action(_on_condition)
 forced_condition = (pp.Empty().add_condition(_take_forced, call_during_try=True)
-                    + blanks + _forced_line).set_name("forced_condition")
+                    + _regex(r"[ \t]*\*?[ \t]*", "'*'?") + logical_line
+                    ).set_name("forced_condition").add_parse_action(_on_condition)
 
 # ------------------------------------------------------------------ actions
 def _marker(kind: str):
