@@ -4,6 +4,7 @@
 SYNOPSIS
     python tests/benchmarks/bench_mta.py [--messages 2000] [--sessions 10] [--size 2048]
                                          [--latency-samples 20] [--only a,b,c] [--json FILE]
+                                         [--postroom-repo DIR] [--postroom-arg ARG]
 
 DESCRIPTION
     Three configurations, measured in the same invocation because the machine is noisy
@@ -117,7 +118,7 @@ def run_postroom(args: argparse.Namespace, user: str, work: Path) -> Row:
     base = Path(tempfile.mkdtemp(prefix="postroom-", dir=work))
     base.chmod(0o755)
     port = free_port()
-    pr = PostroomInstance(base, port, user, RC, python=args.python, repo=REPO,
+    pr = PostroomInstance(base, port, user, RC, python=args.python, repo=Path(args.postroom_repo),
                           extra_args=tuple(args.postroom_arg))
     pr.setup()
     try:
@@ -169,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the results as JSON to this file")
     parser.add_argument("--python", default=str(REPO / ".venv" / "bin" / "python"),
                         help="the interpreter that runs postroom serve")
+    parser.add_argument("--postroom-repo", default=str(REPO),
+                        help="run postroom from this checkout (before/after comparisons)")
     parser.add_argument("--postroom-arg", action="append", default=[],
                         help="extra argument for postroom serve (repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directories")
