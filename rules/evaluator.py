@@ -40,6 +40,7 @@ MAX32 = 2147483647.0
 MIN32 = -2147483647.0
 MAX_INCLUDE_DEPTH = 32   # procmail is limited only by memory; a loop must not be
 MIN_LINEBUF = 128
+_MEMO_MAX = 4096         # entries in the per-AST-object memos below (then cleared)
 
 
 class End(enum.Enum):
@@ -67,7 +68,24 @@ _PROCMAIL_DIAG = re.compile(r'^(Skipped "[^"\n]*"|Missing closing brace|Closing 
                             r'|Missing action|Incomplete recipe)')
 
 
+_DIAGS: dict[int, tuple[RcFile, tuple[tuple[int, int, str], ...]]] = {}
+
+
 def _file_diags(rc: RcFile) -> list[tuple[int, int, str]]:
+    """procmail's own log lines for ``rc``, latest first (a fresh list: it is consumed).
+    Computed once per RcFile object: the AST is immutable and the library API and the
+    MTA's workers run the same cached object for every mail."""
+    hit = _DIAGS.get(id(rc))
+    if hit is not None and hit[0] is rc:
+        return list(hit[1])
+    out = _compute_diags(rc)
+    if len(_DIAGS) >= _MEMO_MAX:
+        _DIAGS.clear()
+    _DIAGS[id(rc)] = (rc, tuple(out))
+    return out
+
+
+def _compute_diags(rc: RcFile) -> list[tuple[int, int, str]]:
     skipped_at = {(i.span.line, i.span.col) for i in _walk(rc.items) if isinstance(i, Skipped)}
     out = []
     for d in rc.diagnostics:
@@ -116,6 +134,7 @@ class Evaluator:
         self.frames: list[_Frame] = []
         self.trace: list[RecipeTrace] = []
         self._areas: dict[tuple[bool, bool], bytes] = {}
+        self._linebuf_memo: tuple[str | None, int] = (None, 2048)
         effects.environment(self.vars)
 
     # ------------------------------------------------------------------ driving
@@ -143,7 +162,9 @@ class Evaluator:
                     continue
                 item = frame.items[frame.index]
                 frame.index += 1
-                self._flush_diags(self._file_frame(), _read_upto(item))
+                file_frame = frame if frame.kind != "block" else self._file_frame()
+                if file_frame is not None and file_frame.diags:
+                    self._flush_diags(file_frame, _read_upto(item))
                 match item:
                     case Assignment():
                         self._assign(item)
@@ -201,10 +222,16 @@ class Evaluator:
         return out
 
     def _linebuf(self) -> int:
+        raw = self.vars.get("LINEBUF", "2048")
+        cached = self._linebuf_memo
+        if cached[0] == raw:
+            return cached[1]
         try:
-            return max(MIN_LINEBUF, int(self.vars.get("LINEBUF", "2048")))
+            value = max(MIN_LINEBUF, int(raw))
         except ValueError:
-            return 2048
+            value = 2048
+        self._linebuf_memo = (raw, value)
+        return value
 
     def _overflow(self, value: str) -> bool:
         if len(value) <= self._linebuf():
@@ -255,24 +282,24 @@ class Evaluator:
     # ------------------------------------------------------------------ recipes
 
     def _recipe(self, recipe: Recipe) -> None:
-        flags = recipe.flags
-        tr = RecipeTrace(recipe.span, "".join(sorted(f.value for f in flags)), chained=True)
+        fl = _flag_facts(recipe.flags)
+        tr = RecipeTrace(recipe.span, fl.text, chained=True)
         self.trace.append(tr)
         ok = True
-        if Flag.ON_ERROR in flags:
+        if fl.on_error:
             ok = ok and self.prevcond and not self.lastsucc
-        if Flag.ELSE in flags:
+        if fl.else_:
             ok = ok and not self.prevcond
-        if Flag.CHAIN_SUCCEEDED in flags:
+        if fl.chain_succeeded:
             ok = ok and self.lastcond and self.lastsucc
-        if Flag.CHAIN_MATCHED in flags:
+        if fl.chain_matched:
             ok = ok and self.lastcond
         tr.chained = ok
         matched = self._conditions(recipe, ok, tr)
         tr.matched = matched
-        if Flag.CHAIN_MATCHED not in flags and Flag.CHAIN_SUCCEEDED not in flags:
+        if not fl.chain_matched and not fl.chain_succeeded:
             self.lastcond = matched
-        if not self.prevcond or Flag.ELSE not in flags:
+        if not self.prevcond or not fl.else_:
             self.prevcond = matched
         if not matched:
             return
@@ -283,7 +310,7 @@ class Evaluator:
         succeeded, delivering = self._act(recipe, action, tr)
         tr.succeeded = succeeded
         self.lastsucc = succeeded
-        if succeeded and delivering and Flag.COPY not in flags:
+        if succeeded and delivering and not fl.copy:
             tr.delivered = True
             raise _Stop(End.DELIVERED)
 
@@ -315,6 +342,7 @@ class Evaluator:
         clone.frames.append(frame)
         clone.trace = self.trace
         clone._areas = dict(self._areas)
+        clone._linebuf_memo = self._linebuf_memo
         saved_cwd = os.getcwd()
         self.effects.environment(clone.vars)
         try:
@@ -339,16 +367,13 @@ class Evaluator:
         return text
 
     def _default_area(self, flags: frozenset[Flag]) -> tuple[bool, bool]:
-        h, b = Flag.HEADER in flags, Flag.BODY in flags
-        if not h and not b:
-            h = True
-        return h, b
+        return _flag_facts(flags).area
 
     def _conditions(self, recipe: Recipe, ok: bool, tr: RecipeTrace) -> bool:
         state = _Score()
         for cond in recipe.conditions:
             if not ok:
-                tr.conditions.append(ConditionTrace(cond.span, _cond_text(cond), None))
+                tr.conditions.append(ConditionTrace(cond.span, _cached_cond_text(cond), None))
                 continue
             ok = self._condition(cond, recipe.flags, state, tr)
         score = state.score
@@ -365,7 +390,7 @@ class Evaluator:
         if cond.weight is not None:
             weight = cond.weight
         test = cond.test
-        ct = ConditionTrace(cond.span, _cond_text(cond), None)
+        ct = ConditionTrace(cond.span, _cached_cond_text(cond), None)
         if isinstance(test, ExpandTest):
             try:
                 text = expand.expand_quoted(test.text, self.lookup, self.backquote)
@@ -735,6 +760,52 @@ def _display_text(text: str, words: list[str], expand_words) -> str:
     before = text[:at]
     head = expand_words(before) if before.strip() else []
     return " ".join(head or []) + (" " if before[-1:] in (" ", "\t") else "")
+
+
+@dataclass(frozen=True, slots=True)
+class _FlagFacts:
+    """What the evaluator asks of a recipe's flags, answered once per flag set."""
+
+    text: str                       # the letters, sorted (the trace's ``flags``)
+    on_error: bool
+    else_: bool
+    chain_succeeded: bool
+    chain_matched: bool
+    copy: bool
+    area: tuple[bool, bool]         # (header, body) searched by default
+
+
+_FLAG_FACTS: dict[frozenset[Flag], _FlagFacts] = {}
+
+
+def _flag_facts(flags: frozenset[Flag]) -> _FlagFacts:
+    facts = _FLAG_FACTS.get(flags)
+    if facts is None:
+        h, b = Flag.HEADER in flags, Flag.BODY in flags
+        facts = _FlagFacts("".join(sorted(f.value for f in flags)), Flag.ON_ERROR in flags,
+                           Flag.ELSE in flags, Flag.CHAIN_SUCCEEDED in flags,
+                           Flag.CHAIN_MATCHED in flags, Flag.COPY in flags,
+                           (h or not b, b))
+        if len(_FLAG_FACTS) >= _MEMO_MAX:
+            _FLAG_FACTS.clear()
+        _FLAG_FACTS[flags] = facts
+    return facts
+
+
+_COND_TEXT: dict[int, tuple[Condition, str]] = {}
+
+
+def _cached_cond_text(cond: Condition) -> str:
+    """``_cond_text`` once per Condition object (the AST is immutable and reused for
+    every mail); the entry holds the object, so its id cannot be reused meanwhile."""
+    hit = _COND_TEXT.get(id(cond))
+    if hit is not None and hit[0] is cond:
+        return hit[1]
+    text = _cond_text(cond)
+    if len(_COND_TEXT) >= _MEMO_MAX:
+        _COND_TEXT.clear()
+    _COND_TEXT[id(cond)] = (cond, text)
+    return text
 
 
 def _cond_text(cond: Condition) -> str:
