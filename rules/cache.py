@@ -139,12 +139,14 @@ def load_rc(path: str, *, cache_dir: str | None = None) -> RcFile:
     (only with the default cache directory: an explicit ``cache_dir`` always consults it)."""
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
-        real = os.path.realpath(path)
-        key = _key(real, st)
-        memo_key = (path, os.geteuid(), *key.values())
+        # The memo needs no realpath (an lstat per path component): the open file's
+        # identity and times name the contents, and the AST depends only on those and
+        # on ``path`` (rc.path).  The on-disk cache is keyed by the real path.
+        memo_key = (path, os.geteuid(), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, VERSION)
         rc = _MEMO.get(memo_key) if cache_dir is None else None
         if rc is not None:
             return rc
+        key = _key(os.path.realpath(path), st)
         data = f.read()
     rc = _load(path, data, key, cache_dir)
     if cache_dir is not None:
