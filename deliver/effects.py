@@ -75,6 +75,7 @@ class RealEffects:
         self._uid = os.geteuid() if uid is None else uid
         self._rc_loader = rc_loader
         self.last_size = 0
+        self._policy_memo: tuple[tuple[str | None, ...], LockPolicy] | None = None
         os.umask(self._umask)
         self._bridge = _LogBridge(self)
         logging.getLogger("deliver").addHandler(self._bridge)
@@ -178,11 +179,17 @@ class RealEffects:
     # ------------------------------------------------------------------ locks
 
     def _policy(self) -> LockPolicy:
+        """The lock policy from the variables; rebuilt only when one of them changed
+        (asked for on every save and lock, the variables rarely change in between)."""
         v = self.vars
-        return LockPolicy(lockext=v.get("LOCKEXT", ".lock"),
-                          locktimeout=_int(v.get("LOCKTIMEOUT"), 1024),
-                          locksleep=_int(v.get("LOCKSLEEP"), 8),
-                          suspend=_int(v.get("SUSPEND"), 16))
+        raw = (v.get("LOCKEXT", ".lock"), v.get("LOCKTIMEOUT"), v.get("LOCKSLEEP"), v.get("SUSPEND"))
+        cached = self._policy_memo
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        policy = LockPolicy(lockext=raw[0], locktimeout=_int(raw[1], 1024),
+                            locksleep=_int(raw[2], 8), suspend=_int(raw[3], 16))
+        self._policy_memo = (raw, policy)
+        return policy
 
     def _acquire(self, path: str) -> DotLock | None:
         """Take a procmail-compatible lock; None (after procmail's log line) on failure,
@@ -362,18 +369,25 @@ def format_abstract(message: bytes, folder: str, size: int) -> str:
     return "".join(out)
 
 
+_DETAB = {c: " " for c in (*range(32), 0x7F)}
+
+
 def _detab(text: str) -> str:
     """procmail's detab(): control characters (tab, CR, a program's newline) show as
     blanks, so one abstract stays one line per field."""
-    return "".join(" " if ord(c) < 32 or c == "\x7f" else c for c in text)
+    return text.translate(_DETAB)
 
 
 def _subject_line(header: bytes, start: int) -> str | None:
-    pos = start
-    while pos < len(header):
-        nl = header.find(b"\n", pos)
-        end = len(header) if nl < 0 else nl
-        if header[pos:pos + 8].lower() == b"subject:":
-            return header[pos:end].decode("latin-1")
-        pos = end + 1
-    return None
+    """The first line from ``start`` on that begins with ``Subject:`` (any case), without
+    its newline.  One lowered copy of the header and a find, not a loop over lines."""
+    low = header.lower()
+    if low.startswith(b"subject:", start):
+        pos = start
+    else:
+        at = low.find(b"\nsubject:", start)
+        if at < 0:
+            return None
+        pos = at + 1
+    nl = header.find(b"\n", pos)
+    return header[pos:len(header) if nl < 0 else nl].decode("latin-1")
