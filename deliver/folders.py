@@ -117,7 +117,7 @@ def deliver_to_folders(
             stored = dirfolder.deliver_dir(path, data, umask=umask, msgprefix=msgprefix)
     shown = [stored]
     skipped: list[str] = []
-    ino = os.stat(stored).st_ino
+    ino = os.stat(stored).st_ino if others else 0     # only the links below need it
     for name in others:
         okind, opath = _split(name)
         okind = okind or DIR
