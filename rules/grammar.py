@@ -472,8 +472,8 @@ forward.add_parse_action(_on_forward)
 pipe.add_parse_action(_on_pipe)
 capture.add_parse_action(_on_capture)
 
-action = (blanks + (incomplete | forward | pipe | capture
-                               | block_open | folder)).set_name("action")
+action = (blanks + (incomplete | forward | pipe | capture | block_open | folder)
+          ).set_name("action")
 missing_action = (blanks + pp.FollowedBy(pp.Literal(":"))
                   .add_parse_action(_marker("missing"))).set_name("missing_action")
 
