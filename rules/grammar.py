@@ -96,8 +96,8 @@ class ParseContext:
 
     text: str
     path: str
-    starts: list[int] = field(default_factory=list)
-    forced_left: int = 0
+    starts: list[int] = field(init=False)     # offset of each line's first char
+    forced_left: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.starts = [0] + [m.end() for m in re.finditer("\n", self.text)]
