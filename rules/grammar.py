@@ -9,7 +9,7 @@ the first alternative that matches, as pyparsing's MatchFirst does)::
   rc_file       := (filler item)* filler END
   item          := recipe | close_brace | statement
   statement     := assignment | unset | skipped_word | skipped_line
-  assignment    := NAME [ \t]* "=" gap (comment_rest | spaced_word)? [ \t\n]?
+  assignment    := NAME [ \t]* "=" gap (spaced_word | comment_rest)? [ \t\n]?
   unset         := NAME &[ \t\n] blanks              (a bare NAME unsets it)
   skipped_word  := NAME                                (Skipped, e.g. the x of x-y)
   skipped_line  := [^\n]+ "\n"?                      (Skipped: the rest of the line)
@@ -24,11 +24,11 @@ the first alternative that matches, as pyparsing's MatchFirst does)::
   forced_condition := blanks "*"? [ \t]* logical_line   (``:N``: the next N lines)
   missing_action:= blanks &":"        (after a blank line: "Missing action", and the
                                        next item is the recipe at that colon)
-  action        := blanks ( END                          (Incomplete recipe)
-                          | "!" line_words               (Forward)
-                          | "|" logical_line             (Pipe)
-                          | capture                      (Pipe with capture)
+  action        := blanks ( "|" logical_line             (Pipe)
                           | "{" [ \t\n]                 (block_open)
+                          | capture                      (Pipe with capture)
+                          | "!" line_words               (Forward)
+                          | END                          (Incomplete recipe)
                           | line_words )                 (Folder)
   capture       := NAME [ \t]* "=" [ \t]* ( "|" logical_line
                                            | "!" line_words )     (refused)
@@ -296,7 +296,7 @@ line_words.add_parse_action(_on_line_words)
 
 # ------------------------------------------------------------------ statements
 assignment = (NAME + _layout(rf"[ \t]*={_GAP}", "'='")
-              + pp.Opt(comment_rest | spaced_word)
+              + pp.Opt(spaced_word | comment_rest)
               + _layout(r"[ \t\n]?", "separator")).set_name("assignment")
 unset = (NAME + _layout(r"(?=[ \t\n])[ \t]*", "blank")).set_name("unset")
 skipped_word = NAME.copy().set_name("skipped_word")
@@ -472,8 +472,8 @@ forward.add_parse_action(_on_forward)
 pipe.add_parse_action(_on_pipe)
 capture.add_parse_action(_on_capture)
 
-action = (blanks + (incomplete | forward | pipe | capture | block_open | folder)
-          ).set_name("action")
+action = (blanks + (pipe | block_open | capture | forward | incomplete | folder)
+          ).set_name("action")        # only folder must come last (it takes anything)
 missing_action = (blanks + pp.FollowedBy(pp.Literal(":"))
                   .add_parse_action(_marker("missing"))).set_name("missing_action")
 
