@@ -1,0 +1,280 @@
+"""`postroom serve` as two processes (receiver + queue runner), with real signals.
+
+The daemon runs as a real subprocess on 127.0.0.1 (tests/mta/test_serve.py's Daemon);
+the process tree is read from /proc (``/proc/PID/task/TID/children``), so the tests see
+exactly what an administrator sees with ``ps --forest``:
+
+    receiver (the pid in DATA/run/postroom.pid, the SMTP sessions)
+      └─ queue runner (forked at start, fed queue ids over a pipe)
+           └─ delivery pool workers (mta.localdelivery mode ``pool``)
+
+Covered: both processes exist; SIGKILL of the runner stops the daemon with 75 and the
+mail it had acknowledged is delivered after a restart; SIGHUP is passed on to the
+runner (an aliases change that the maps' own stat check cannot see takes effect);
+SIGTERM lets the delivery in flight finish and both processes exit 0; --single-process
+still works end to end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from test_serve import PY, Daemon, wait_for
+
+
+# --------------------------------------------------------------------------- /proc helpers
+
+def children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (every thread's children list)."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return []
+    for tid in tasks:
+        try:
+            out += [int(p) for p in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        except FileNotFoundError:
+            continue
+    return sorted(set(out))
+
+
+def descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    todo = children(pid)
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children(p)
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def ppid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for an absent reaper counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def kill_all(pids: list[int]) -> None:
+    """SIGKILL processes these tests made (by pid; already gone is fine)."""
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def slow_worker(runner: int, what: str = "sleep") -> tuple[int, list[int]]:
+    """The pool worker (a child of ``runner``) that runs ``what`` right now, and the
+    processes under it."""
+    for worker in children(runner):
+        below = descendants(worker)
+        if any(what in cmdline(p) for p in below):
+            return worker, below
+    raise LookupError(what)
+
+
+# --------------------------------------------------------------------------- the daemon
+
+class ProcDaemon(Daemon):
+    """test_serve's Daemon, started with extra `postroom serve` options."""
+
+    def start(self, *options: str) -> "ProcDaemon":   # type: ignore[override]
+        mark = self.log_text().count("postroom serve ready")
+        self.proc = subprocess.Popen([PY, "-m", "mta.cli", "serve", "--config", str(self.config),
+                                      "--no-stderr", *options], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        wait_for(lambda: self.log_text().count("postroom serve ready") > mark or self.proc.poll() is not None,
+                 20, "the daemon to start")
+        assert self.proc.poll() is None, self.proc.stderr.read().decode() if self.proc.stderr else ""
+        return self
+
+    def runner(self) -> int:
+        """The queue runner's pid: the receiver's only child."""
+        assert self.proc is not None
+        kids = children(self.proc.pid)
+        assert len(kids) == 1, [cmdline(k) for k in kids]
+        return kids[0]
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.stderr:
+                self.proc.stderr.close()
+            self.proc = None
+
+
+@pytest.fixture
+def pdaemon(tmp_path: Path):
+    made: list[ProcDaemon] = []
+    strays: list[int] = []
+
+    def make(**kw) -> ProcDaemon:
+        root = tmp_path / f"d{len(made)}"
+        root.mkdir()
+        d = ProcDaemon(root, **kw)
+        made.append(d)
+        return d
+
+    make.strays = strays          # type: ignore[attr-defined]
+    yield make
+    for d in made:
+        if d.proc is not None:
+            tree = descendants(d.proc.pid)
+            d.proc.kill()
+            d.proc.wait()
+            kill_all(tree)
+    kill_all(strays)
+
+
+def rewrite_same_stamp(path: Path, text: str) -> None:
+    """Replace ``path``'s contents in place keeping inode, size and mtime_ns: the maps'
+    own change detection (mta.maps.mapfile: dev, inode, size, mtime_ns) cannot see it,
+    only a reload (SIGHUP) can."""
+    st = path.stat()
+    data = text.encode()
+    assert len(data) == st.st_size
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- tests
+
+def test_two_processes_and_sighup_reaches_the_runner(pdaemon) -> None:
+    d = pdaemon(users={"alice": "", "carol": ""}, aliases="list: alice\n").start()
+    receiver = d.proc.pid
+    assert (d.root / "var" / "run" / "postroom.pid").read_text().strip() == str(receiver)
+    runner = d.runner()
+    assert ppid(runner) == receiver and "mta.cli serve" in cmdline(runner)
+    # delivery auto without dropping privileges: a pool of two workers under the runner
+    workers = children(runner)
+    assert len(workers) == 2 and all(ppid(w) == runner for w in workers)
+    assert f"in runner process {runner}" in d.log_text()
+
+    assert d.send(["list@example.com"], "one") == {}
+    assert d.wait_subjects(d.inbox("alice"), 1) == ["one"]
+    # an edit the maps cannot notice by themselves: still alice without a reload ...
+    rewrite_same_stamp(d.root / "aliases", "list: carol\n")
+    assert d.send(["list@example.com"], "two") == {}
+    assert d.wait_subjects(d.inbox("alice"), 2) == ["one", "two"]
+    # ... and carol after SIGHUP to the receiver, which passes it on to the runner
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "maps reloaded" in d.log_text(), what="reload")
+    time.sleep(0.2)   # the runner's handler runs on its own loop
+    assert d.send(["list@example.com"], "three") == {}
+    assert d.wait_subjects(d.inbox("carol"), 1) == ["three"]
+    assert d.subjects(d.inbox("alice")) == ["one", "two"]
+    assert d.runner() == runner and children(runner) == workers   # nothing restarted
+    assert d.stop() == 0
+
+
+def test_runner_killed_exits_75_and_acknowledged_mail_is_delivered_after_restart(pdaemon) -> None:
+    d = pdaemon(users={"alice": "", "bob": ""}).start()
+    runner = d.runner()
+    workers = children(runner)
+    os.kill(runner, signal.SIGSTOP)          # a hung runner: the receiver still says 250
+    try:
+        assert d.send(["alice@example.com"], "acked 1") == {}
+        assert d.send(["bob@example.com", "alice@example.com"], "acked 2") == {}
+    finally:
+        os.kill(runner, signal.SIGKILL)
+    assert d.wait(15) == 75
+    assert "exited unexpectedly" in d.log_text()
+    wait_for(lambda: not any(alive(p) for p in [runner, *workers]), 10, "the old processes to go")
+    assert not listening(d.port)
+    assert d.subjects(d.inbox("alice")) == [] and d.subjects(d.inbox("bob")) == []
+    out = d.cli("mailq").stdout
+    assert "(2 requests)" in out, out
+
+    d.start()
+    assert sorted(d.wait_subjects(d.inbox("alice"), 2)) == ["acked 1", "acked 2"]
+    assert d.wait_subjects(d.inbox("bob"), 1) == ["acked 2"]
+    wait_for(lambda: d.cli("mailq").stdout == "Mail queue is empty\n", what="empty queue")
+    assert d.stop() == 0
+
+
+def test_sigterm_finishes_the_delivery_in_flight_then_both_exit_0(pdaemon) -> None:
+    d = pdaemon(users={"alice": ":0 wc\n| (cat >/dev/null; sleep 2)\n"}).start()
+    runner = d.runner()
+    workers = children(runner)
+    assert d.send(["alice@example.com"], "in flight") == {}
+    worker, below = wait_for(lambda: _try_slow_worker(runner), 10, "the slow delivery")
+    pdaemon.strays.extend(below)
+    t0 = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait(30) == 0
+    # it waited for the recipe (sleep 2) and the mailbox write, not killed them
+    assert time.monotonic() - t0 > 1.0
+    assert d.subjects(d.inbox("alice")) == ["in flight"]
+    assert d.cli("mailq").stdout == "Mail queue is empty\n"
+    assert not alive(runner)
+    wait_for(lambda: not any(alive(p) for p in workers), 10, "the pool workers to exit")
+    log = d.log_text()
+    assert log.count("queue runner stopped") == 1 and "stat=Sent" in log
+    # the runner's last words come before the receiver's
+    assert log.index("queue runner stopped") < log.rindex("stopped\n")
+
+
+def _try_slow_worker(runner: int):
+    try:
+        return slow_worker(runner)
+    except LookupError:
+        return None
+
+
+def test_single_process_end_to_end(pdaemon) -> None:
+    d = pdaemon(users={"alice": "MAILDIR=$HOME\n:0:\n* ^Subject:.*urgent\nurgent\n", "carol": ""},
+                aliases="list: alice\n").start("--single-process")
+    receiver = d.proc.pid
+    # no runner process: the receiver's children are the pool's workers themselves
+    workers = children(receiver)
+    assert len(workers) == 2 and all(children(w) == [] for w in workers)
+    log = d.log_text()
+    assert "delivery=pool" in log and "in runner process" not in log
+    assert d.send(["alice@example.com"], "urgent: a") == {}
+    assert d.send(["list@example.com"], "b") == {}
+    assert d.wait_subjects(d.home("alice") / "urgent", 1) == ["urgent: a"]
+    assert d.wait_subjects(d.inbox("alice"), 1) == ["b"]
+    rewrite_same_stamp(d.root / "aliases", "list: carol\n")
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "maps reloaded" in d.log_text(), what="reload")
+    assert d.send(["list@example.com"], "c") == {}
+    assert d.wait_subjects(d.inbox("carol"), 1) == ["c"]
+    assert children(receiver) == workers
+    assert d.stop() == 0
+    assert not any(alive(p) for p in workers)
