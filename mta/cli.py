@@ -1,6 +1,7 @@
 """``postroom``: one command, many jobs (sendmail's and procmail's command names).
 
     postroom deliver ...        the local delivery agent (procmail's command line)
+    postroom deliverd [--socket PATH] [--max-children N]   warm server for `deliver`
     postroom explain -u USER MESSAGE   dry run of USER's recipes against MESSAGE
     postroom check RCFILE...    lint procmailrc files
     postroom demo               deliver samples/messages through samples/procmailrc
@@ -25,6 +26,11 @@ if TYPE_CHECKING:              # typing costs milliseconds a process; annotation
 def _deliver(argv: Sequence[str]) -> int:
     from deliver.cli import main
     return main(argv)
+
+
+def _deliverd(argv: Sequence[str]) -> int:
+    from deliver.deliverd import main
+    return main(list(argv))
 
 
 def _explain(argv: Sequence[str]) -> int:
@@ -69,6 +75,7 @@ def _newaliases(argv: Sequence[str]) -> int:
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "deliver": _deliver,
+    "deliverd": _deliverd,
     "explain": _explain,
     "check": _check,
     "demo": _demo,

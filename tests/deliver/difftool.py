@@ -55,6 +55,17 @@ COMPARISON
     a LOGABSTRACT `Folder:` line, the `[pid]` of `procmail: [pid]` log
     lines and the program's own pid, and the temp paths.
 
+VIA DELIVERD
+    POSTROOM_DIFF_VIA_DELIVERD=1: the postroom side goes through the warm delivery server.
+    start_deliverd() runs `postroom deliverd` as root on a temp socket, with a launcher
+    built like the real one (deliver.fastclient.launcher_script) whose default socket is
+    that temp socket, so the delivery's environment is exactly the direct run's.  The
+    server is outside each run's private mount namespace; its delivery child joins the
+    client's namespaces (setns on the client's pidfd) before becoming the client, so it
+    sees the bind-mounted home and spool as the client does.  Programs a delivery left
+    running are the server's descendants (child subreaper), and are waited for like the
+    session's stragglers of a direct run.
+
 ERRORS
     HarnessError when the case folder is malformed or the isolation cannot be set up;
     a program that does not finish within RUN_TIMEOUT seconds is killed and recorded as
@@ -213,10 +224,121 @@ def procmail_command() -> list[str]:
 
 
 def postroom_command() -> list[str]:
-    """The command under test; POSTROOM_DIFF_AGAINST=procmail swaps in procmail itself."""
+    """The command under test; POSTROOM_DIFF_AGAINST=procmail swaps in procmail itself;
+    while a start_deliverd() server runs, its launcher (delivery through the server)."""
     if os.environ.get("POSTROOM_DIFF_AGAINST", "") == "procmail":
         return procmail_command()
+    if DELIVERD is not None:
+        return [str(DELIVERD.launcher), "deliver"]
     return [str(VENV_BIN / "postroom"), "deliver"]
+
+
+def via_deliverd_requested() -> bool:
+    return os.environ.get("POSTROOM_DIFF_VIA_DELIVERD", "") == "1"
+
+
+@dataclasses.dataclass
+class Deliverd:
+    """A running `postroom deliverd` and the launcher that talks to it."""
+
+    proc: subprocess.Popen
+    directory: Path
+    socket: Path
+    launcher: Path
+    log: Path
+
+    def served(self) -> int:
+        """Deliveries the server has forked so far (its --verbose log)."""
+        return self.log.read_bytes().count(b" serves pid ")
+
+    def descendants(self) -> list[int]:
+        """Live, non-zombie processes below the server (its delivery children and the
+        programs they left running, which the subreaper server adopts)."""
+        parents: dict[int, int] = {}
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/stat", "rb") as f:
+                    s = f.read()
+            except OSError:
+                continue
+            fields = s[s.rfind(b")") + 2:].split()
+            if fields and fields[0] != b"Z":
+                parents[int(d)] = int(fields[1])
+        out = []
+        for pid in parents:
+            p, seen = pid, 0
+            while p in parents and seen < 64:
+                p, seen = parents[p], seen + 1
+                if p == self.proc.pid:
+                    out.append(pid)
+                    break
+        return out
+
+    def wait_idle(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while (left := self.descendants()):
+            if time.monotonic() > deadline:
+                for pid in left:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                return
+            time.sleep(0.003)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+#: the server postroom_command() goes through, while start_deliverd()'s lasts
+DELIVERD: Deliverd | None = None
+
+
+def make_launcher(path: Path, socket_path: str) -> None:
+    """A `postroom` launcher like `make venv`'s, defaulting to ``socket_path``."""
+    import sysconfig
+    from deliver.fastclient import launcher_script
+    paths = list(dict.fromkeys([str(REPO)] + [sysconfig.get_paths()[k] for k in ("purelib", "platlib")]))
+    path.write_text(launcher_script(str(VENV_BIN / "python"), paths, socket_path))
+    os.chmod(path, 0o755)
+
+
+def start_deliverd(max_children: int = 8) -> Deliverd:
+    """Run `postroom deliverd` as root on a socket in a fresh 0755 directory; return once
+    it accepts connections.  Raises HarnessError if it does not come up."""
+    if os.geteuid() != 0:
+        raise HarnessError("the via-deliverd mode starts the server as root")
+    directory = Path(tempfile.mkdtemp(prefix="prdeliverd-"))
+    os.chmod(directory, 0o755)
+    sock, launcher, log = directory / "deliverd.sock", directory / "postroom", directory / "log"
+    make_launcher(launcher, str(sock))
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen([str(launcher), "deliverd", "--socket", str(sock), "--verbose"],
+                                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, cwd="/")
+    d = Deliverd(proc, directory, sock, launcher, log)
+    deadline = time.monotonic() + 30
+    import socket as socketmod
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise HarnessError(f"deliverd exited {proc.returncode}: {log.read_text()[-2000:]}")
+        probe = socketmod.socket(socketmod.AF_UNIX, socketmod.SOCK_STREAM)
+        try:
+            probe.connect(str(sock))
+            return d
+        except OSError:
+            time.sleep(0.05)
+        finally:
+            probe.close()
+    d.stop()
+    raise HarnessError("deliverd did not start listening within 30 s")
 
 
 # ---------------------------------------------------------------------------------------
@@ -490,6 +612,8 @@ def run_case(
             os.killpg(proc.pid, signal.SIGKILL)
             _out, err = proc.communicate()
         _wait_for_session(proc.pid, STRAGGLER_TIMEOUT)
+        if DELIVERD is not None and list(command) == postroom_command():
+            DELIVERD.wait_idle(STRAGGLER_TIMEOUT)
         ended = time.time()
         new = tuple(k for k in list_paths(roots) if k not in seen)
         seen.update(new)

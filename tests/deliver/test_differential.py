@@ -5,6 +5,10 @@ Each folder under tests/deliver/cases/ is run twice in fresh isolated homes - on
 (files, modes, bytes, exit statuses, stderr) must agree after normalising what legitimately
 varies (see difftool.py for the folder conventions and the normalisations).
 
+POSTROOM_DIFF_VIA_DELIVERD=1 runs the postroom side through `postroom deliverd` (started as
+root for this module, see difftool "VIA DELIVERD"): the server's children must behave
+byte for byte like direct runs.
+
 POSTROOM_DIFF_AGAINST=procmail runs procmail on both sides: every case must then pass, which
 proves the normalisation sound.  The self-check tests below prove the other direction: a
 result that differs by one byte, one mode bit, one exit status is reported.
@@ -27,6 +31,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 import difftool  # noqa: E402
 
 CASES = difftool.case_names()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def via_deliverd():
+    """With POSTROOM_DIFF_VIA_DELIVERD=1, a server for the whole module."""
+    if not difftool.via_deliverd_requested():
+        yield None
+        return
+    server = difftool.start_deliverd()
+    difftool.DELIVERD = server
+    try:
+        yield server
+    finally:
+        difftool.DELIVERD = None
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +80,13 @@ def test_case(name: str, test_user_can_run_venv: None) -> None:
     command = difftool.postroom_command()
     assert command[0] == difftool.PROCMAIL or os.access(command[0], os.X_OK), (
         f"{command[0]} is not installed yet (pip install -e . provides the postroom script)")
+    served = difftool.DELIVERD.served() if difftool.DELIVERD is not None else 0
     a, b = run_both(case)
     problems = difftool.compare(a, b)
+    if difftool.DELIVERD is not None:
+        # Proof that the server did every delivery, not the client's in-process fallback.
+        assert difftool.DELIVERD.served() - served == len(case.messages), \
+            difftool.DELIVERD.log.read_text()[-3000:]
     readme = (case.path / "README").read_text().strip() if (case.path / "README").exists() else ""
     # A deliberate, documented difference (README "Differences from procmail") is named in
     # the case's `postroom-differs` file.  It is an expected failure only while the
