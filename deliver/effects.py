@@ -34,6 +34,7 @@ MAX_SUBJECT_SHOW = 78
 MAX_FOLDER_SHOW = 60
 TAB = 8
 ABSTRACT_COLUMN = 72
+_DELIVER_LOG = logging.getLogger("deliver")    # the bridge's logger, looked up once
 
 
 def _int(value: str | None, default: int) -> int:
@@ -78,7 +79,7 @@ class RealEffects:
         self._policy_memo: tuple[tuple[str | None, ...], LockPolicy] | None = None
         os.umask(self._umask)
         self._bridge = _LogBridge(self)
-        logging.getLogger("deliver").addHandler(self._bridge)
+        _DELIVER_LOG.addHandler(self._bridge)
 
     # ------------------------------------------------------------------ environment
 
@@ -141,7 +142,7 @@ class RealEffects:
         return socket.gethostname()
 
     def close(self) -> None:
-        logging.getLogger("deliver").removeHandler(self._bridge)
+        _DELIVER_LOG.removeHandler(self._bridge)
         self.global_lock(None)
         for lock in list(self._held.values()):
             lock.release()
@@ -230,6 +231,8 @@ class RealEffects:
             self._global = (path, lock)
 
     def _is_locked(self, path: str) -> bool:
+        if not self._held and self._global is None:
+            return False                   # the usual case: no abspath (getcwd) needed
         key = os.path.abspath(path)
         if key in self._held:
             return True
