@@ -238,6 +238,7 @@ class DotLock:
         self.path = path
         self.policy = policy
         self._lock: _ProcmailStyleLock | None = None
+        self._key = ""
 
     @property
     def forced(self) -> list[str]:
@@ -267,13 +268,14 @@ class DotLock:
                 err.errno = exc.errno       # type: ignore[attr-defined]
                 raise err from exc
         self._lock = lock
-        _held.add(os.path.abspath(self.path))
+        self._key = os.path.abspath(self.path)    # as held; release uses the same key
+        _held.add(self._key)
 
     def release(self) -> None:
         lock, self._lock = self._lock, None
         if lock is None:
             return
-        _held.discard(os.path.abspath(self.path))
+        _held.discard(self._key)
         try:
             with spool_group():
                 lock.unlock()
