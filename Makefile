@@ -10,7 +10,7 @@ PYTHON ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || command -v
 VENV := .venv
 VPY := $(VENV)/bin/python
 TEST_USER ?= prtest
-APT_PACKAGES := procmail swaks python3-venv
+APT_PACKAGES := procmail swaks python3-venv strace
 IS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo yes)
 
 .PHONY: run test bench venv compile test-deps clean check-samples

@@ -174,25 +174,33 @@ class _ProcmailStyleLock(flufl.lock.Lock):
 
     def _sleep(self) -> None:
         """Called by flufl between attempts: break a stale lock (procmail's rule) or wait."""
-        if self._break_if_stale():
-            time.sleep(self._policy.suspend)
+        broken = self._break_if_stale()
+        if broken:
+            if broken == "stale":          # procmail's pause after forcing a slow owner out;
+                time.sleep(self._policy.suspend)   # a dead owner has nothing to finish
             self._wait = _FIRST_POLL
             return
         time.sleep(self._wait)
         self._wait = min(self._wait * 2, max(self._policy.locksleep, _FIRST_POLL))
 
-    def _break_if_stale(self) -> bool:
-        timeout = self._policy.locktimeout
-        if not timeout:
-            return False
+    def _break_if_stale(self) -> str | None:
+        """Break the lock when nobody can hold it any more: "orphaned" when its claim
+        file names a dead process on this host (a killed delivery: waiting LOCKTIMEOUT,
+        1024 s, would stall the mailbox for nothing), "stale" when it is older than
+        LOCKTIMEOUT (procmail's rule, the only one for procmail's and mutt's plain lock
+        files).  None when the lock stays."""
         try:
             st = os.lstat(self._lockfile)
         except FileNotFoundError:
-            return False
+            return None
         if stat.S_ISDIR(st.st_mode) or st.st_size > MAX_LOCKSIZE:
-            return False
-        if not timeout < self._fs_now() - st.st_mtime:
-            return False
+            return None
+        reason = "orphaned" if st.st_nlink >= 2 and self._owner_is_dead(st) else None
+        if reason is None:
+            timeout = self._policy.locktimeout
+            if not timeout or not timeout < self._fs_now() - st.st_mtime:
+                return None
+            reason = "stale"
         try:                               # still the same file? (stat..unlink is a race)
             again = os.lstat(self._lockfile)
             if (again.st_ino, again.st_mtime) != (st.st_ino, st.st_mtime):
@@ -200,15 +208,36 @@ class _ProcmailStyleLock(flufl.lock.Lock):
             claims = self._foreign_claims(st)
             os.unlink(self._lockfile)
         except FileNotFoundError:
-            return False
+            return None
         except OSError as exc:
             log.warning('Forced unlock denied on "%s": %s', self._lockfile, exc.strerror)
-            return False
+            return None
         log.warning('Forcing lock on "%s"', self._lockfile)
         self.forced.append(self._lockfile)
         for claim in claims:
             with contextlib.suppress(OSError):
                 os.unlink(claim)
+        return reason
+
+    def _owner_is_dead(self, st: os.stat_result) -> bool:
+        """True when every claim file of the lock (``<lock>|<host>|<pid>|<n>``) names this
+        host and a process that no longer exists.  A live or foreign owner, a reused pid
+        that happens to be alive, or an unreadable name all keep the lock."""
+        claims = self._foreign_claims(st)
+        if not claims:
+            return False
+        base = os.path.basename(self._lockfile) + self._separator
+        for claim in claims:
+            fields = os.path.basename(claim)[len(base):].split(self._separator)
+            if len(fields) != 3 or fields[0] != self._hostname or not fields[1].isdigit():
+                return False
+            try:
+                os.kill(int(fields[1]), 0)
+                return False
+            except ProcessLookupError:
+                continue
+            except OSError:               # EPERM: alive, someone else's
+                return False
         return True
 
     def _foreign_claims(self, st: os.stat_result) -> list[str]:

@@ -202,3 +202,39 @@ def test_implicit_lockfile_names_match_procmail(prdir):
     with open(seen) as f:
         assert "out.lock" in f.read().split()
     assert implicit_lockfile("ls -a x; cat >> out", program=True) == "out.lock"
+
+
+def _killed_holder(lockfile: str) -> None:
+    """A separate process takes a postroom lock and is SIGKILLed while holding it."""
+    import signal
+    import sys
+    code = (f"import sys, time; sys.path.insert(0, {REPO!r})\n"
+            "from deliver.locking import DotLock, LockPolicy\n"
+            f"DotLock({lockfile!r}, LockPolicy()).acquire()\n"
+            "print('held', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_lock_of_a_killed_postroom_process_is_broken_without_waiting(prdir):
+    # LOCKTIMEOUT stays at procmail's 1024 s; a 20 s policy.timeout turns a wait into a
+    # LockError, so the test fails (rather than hangs) if the orphan were not recognised.
+    lockfile = os.path.join(prdir, "box.lock")
+    _killed_holder(lockfile)
+    assert os.path.exists(lockfile)                        # left behind by the kill
+    lock = DotLock(lockfile, LockPolicy(locktimeout=1024, locksleep=0.2, suspend=30, timeout=20))
+    with lock:
+        assert lock.forced == [lockfile]
+    assert sorted(os.listdir(prdir)) == []                 # lock and both claim files gone
+
+
+def test_plain_lock_file_is_not_taken_for_an_orphan(prdir):
+    # procmail's and mutt's lock files carry no owner: only LOCKTIMEOUT may break them
+    lockfile = os.path.join(prdir, "box.lock")
+    with open(lockfile, "w") as fh:
+        fh.write("0")
+    with pytest.raises(LockError):
+        DotLock(lockfile, LockPolicy(locktimeout=1024, locksleep=0.1, timeout=1)).acquire()
+    assert os.path.exists(lockfile)
