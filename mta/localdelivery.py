@@ -118,7 +118,7 @@ class LocalDelivery:
         if mode == "auto":
             mode = "fork" if self.root and config.deliver.run_as_root_drop else "pool"
             if mode == "pool":
-                max_forks = min(max_forks, 2)
+                max_forks = min(max_forks, 3)
         if self.root and config.deliver.run_as_root_drop and mode != "fork":
             mode = "fork"   # never run user recipes as root when asked to drop
         if mode not in ("fork", "inprocess", "pool"):
@@ -143,7 +143,9 @@ class LocalDelivery:
         if mode == "pool" and workers > 1:
             self.lock_queue_dir = str(config.server.data_dir / "run" / "locks")
             os.makedirs(self.lock_queue_dir, mode=0o700, exist_ok=True)
-            self.per_mailbox = 2
+            # Two at once per mailbox, but always one worker left for everyone else: a
+            # user whose recipes are slow must not hold up other users' mail.
+            self.per_mailbox = min(2, workers - 1)
         if mode == "pool":
             _preload()
             for _ in range(workers):

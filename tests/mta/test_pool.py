@@ -42,7 +42,7 @@ def test_pool_delivers_and_replaces_a_killed_worker(tmp_path: Path) -> None:
     strays: list[int] = []
     try:
         pool = [w.pid for w in ld._workers]
-        assert len(pool) == 2 and set(pool) <= set(children(os.getpid())) and ld.per_mailbox == 2
+        assert len(pool) == 2 and set(pool) <= set(children(os.getpid())) and ld.per_mailbox == 1
         alice = site.runner_router.maps.users.lookup("alice")
         bob = site.runner_router.maps.users.lookup("bob")
         paths = [_queued_message(site, f"m{i}") for i in range(4)]

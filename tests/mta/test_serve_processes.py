@@ -181,9 +181,9 @@ def test_two_processes_and_sighup_reaches_the_runner(pdaemon) -> None:
     assert (d.root / "var" / "run" / "postroom.pid").read_text().strip() == str(receiver)
     runner = d.runner()
     assert ppid(runner) == receiver and "mta.cli serve" in cmdline(runner)
-    # delivery auto without dropping privileges: a pool of two workers under the runner
+    # delivery auto without dropping privileges: a pool of three workers under the runner
     workers = children(runner)
-    assert len(workers) == 2 and all(ppid(w) == runner for w in workers)
+    assert len(workers) == 3 and all(ppid(w) == runner for w in workers)
     assert f"in runner process {runner}" in d.log_text()
 
     assert d.send(["list@example.com"], "one") == {}
@@ -263,7 +263,7 @@ def test_single_process_end_to_end(pdaemon) -> None:
     receiver = d.proc.pid
     # no runner process: the receiver's children are the pool's workers themselves
     workers = children(receiver)
-    assert len(workers) == 2 and all(children(w) == [] for w in workers)
+    assert len(workers) == 3 and all(children(w) == [] for w in workers)
     log = d.log_text()
     assert "delivery=pool" in log and "in runner process" not in log
     assert d.send(["alice@example.com"], "urgent: a") == {}
