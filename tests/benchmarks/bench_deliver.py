@@ -11,6 +11,11 @@ Three measurements, each a ratio against procmail measured in the same run:
    message (which goes first alternates too), ROUNDS rounds; both run as the unprivileged
    TEST_USER.  Target: postroom's wall time per message <= 2x procmail's.  Baselines:
    `python -c pass` (plain, and -I -S) spawned the same way.
+   A third side, "via deliverd", is the same launcher handing each message to a warm
+   `postroom deliverd` (deliver/deliverd.py, started as root for the run on a temp socket,
+   named to the client by $POSTROOM_DELIVERD); it alternates with the other two and is
+   checked for the same folders.  The direct side is the launcher with no server running
+   (it tries the default socket, finds none and delivers in process), as in production.
 2. The same messages through the library API in one process (deliver.agent.Agent.run in
    a loop, as TEST_USER): target >= 10x procmail's messages per second from (1).
 3. One 50 MB message delivered to an mbox: peak RSS of the child (ru_maxrss from wait4)
@@ -353,6 +358,26 @@ class Bench:
         os.chmod(self.rc, 0o600)
         self.env = {"HOME": self.home, "PATH": "/usr/local/bin:/usr/bin:/bin",
                     "LOGNAME": TEST_USER, "USER": TEST_USER, "SHELL": "/bin/sh", "TZ": "UTC"}
+        self.deliverd: subprocess.Popen | None = None
+        self.socket = self.root / "deliverd" / "deliverd.sock"
+
+    def start_deliverd(self) -> None:
+        """`postroom deliverd` as root on a socket in a root-owned 0755 directory."""
+        self.socket.parent.mkdir(mode=0o755)
+        os.chmod(self.socket.parent, 0o755)
+        self.deliverd = subprocess.Popen([str(POSTROOM), "deliverd", "--socket", str(self.socket),
+                                          "--max-children", "4"], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, cwd="/")
+        deadline = time.monotonic() + 30
+        while not self.socket.exists():
+            if self.deliverd.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("postroom deliverd did not start")
+            time.sleep(0.05)
+
+    def env_for(self, prog: str) -> dict[str, str]:
+        if prog == "deliverd":
+            return {**self.env, "POSTROOM_DELIVERD": str(self.socket)}
+        return self.env
 
     def tree(self, name: str) -> Path:
         d = self.root / name
@@ -368,14 +393,14 @@ class Bench:
         head = [PROCMAIL] if prog == "procmail" else [str(POSTROOM), "deliver"]
         return head + [f"BENCHDIR={tree}", str(self.rc)]
 
-    def spawn(self, argv: list[str], data: bytes) -> tuple[float, int, int]:
+    def spawn(self, argv: list[str], data: bytes, env: dict[str, str] | None = None) -> tuple[float, int, int]:
         """Run ``argv`` as TEST_USER with ``data`` on stdin: (seconds, status, maxrss KB)."""
         with tempfile.TemporaryFile() as stdin:
             stdin.write(data)
             stdin.seek(0)
             t0 = time.perf_counter()
             p = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 env=self.env, cwd="/", user=self.uid, group=self.gid, extra_groups=[])
+                                 env=env or self.env, cwd="/", user=self.uid, group=self.gid, extra_groups=[])
             err = p.stderr.read()
             _, status, ru = os.wait4(p.pid, 0)
             elapsed = time.perf_counter() - t0
@@ -386,6 +411,9 @@ class Bench:
         return elapsed, p.returncode, ru.ru_maxrss
 
     def cleanup(self) -> None:
+        if self.deliverd is not None:
+            self.deliverd.terminate()
+            self.deliverd.wait(30)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -402,33 +430,37 @@ def _summary_of_tree(tree: Path) -> dict[str, object]:
 
 def check_same_work(b: Bench, messages: list[bytes]) -> str:
     """Deliver everything once through both; the folders must match (and warm the caches)."""
-    trees = {prog: b.tree(f"check-{prog}") for prog in ("procmail", "postroom")}
+    trees = {prog: b.tree(f"check-{prog}") for prog in ("procmail", "postroom", "deliverd")}
     for msg in messages:
         for prog, tree in trees.items():
-            b.spawn(b.argv(prog, tree), msg)
+            b.spawn(b.argv(prog, tree), msg, b.env_for(prog))
     got = {prog: _summary_of_tree(tree) for prog, tree in trees.items()}
-    if got["procmail"] != got["postroom"]:
-        diff = sorted(k for k in set(got["procmail"]) | set(got["postroom"])
-                      if got["procmail"].get(k) != got["postroom"].get(k))
-        raise SystemExit(f"procmail and postroom filed the messages differently: {diff}")
+    for side in ("postroom", "deliverd"):
+        if got["procmail"] != got[side]:
+            diff = sorted(k for k in set(got["procmail"]) | set(got[side])
+                          if got["procmail"].get(k) != got[side].get(k))
+            raise SystemExit(f"procmail and postroom ({side}) filed the messages differently: {diff}")
     folders = {k: (v if isinstance(v, int) else v.count(b"\nFrom ") + v.startswith(b"From "))
                for k, v in got["procmail"].items() if k != "procmail.log"}
     return ", ".join(f"{k}:{v}" for k, v in folders.items())
 
 
 def per_process(b: Bench, messages: list[bytes], rounds: int) -> dict[str, float]:
-    """Median ms per message for procmail, postroom and the python baselines."""
-    per: dict[str, list[float]] = {"procmail": [], "postroom": []}
-    round_means: dict[str, list[float]] = {"procmail": [], "postroom": []}
+    """Median ms per message for procmail, postroom (direct and via deliverd) and the
+    python baselines."""
+    per: dict[str, list[float]] = {"procmail": [], "postroom": [], "deliverd": []}
+    round_means: dict[str, list[float]] = {k: [] for k in per}
     # The trees of check_same_work, so every folder exists already: procmail sleeps a
     # second after its first write to a file whose atime equals its mtime (a new one).
     trees = {prog: b.root / f"check-{prog}" for prog in per}
     for r in range(rounds):
         sums = {prog: 0.0 for prog in per}
         for i, msg in enumerate(messages):
-            order = ("procmail", "postroom") if (i + r) % 2 == 0 else ("postroom", "procmail")
+            sides = ("procmail", "postroom", "deliverd")
+            k = (i + r) % 3
+            order = sides[k:] + sides[:k]          # who goes first rotates
             for prog in order:
-                t, _, _ = b.spawn(b.argv(prog, trees[prog]), msg)
+                t, _, _ = b.spawn(b.argv(prog, trees[prog]), msg, b.env_for(prog))
                 per[prog].append(t)
                 sums[prog] += t
         for prog in per:
@@ -544,14 +576,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# bench_deliver: {len(messages)} messages, {sizes[0]}-{sizes[-1]} bytes "
               f"(median {sizes[len(sizes) // 2]}), 30-recipe rc, user {TEST_USER}")
         print(f"# reproduce: cd {REPO} && {cmd}")
+        b.start_deliverd()
         filed = check_same_work(b, messages)
         print(f"same folders, same bytes from both: {filed}")
         pp = per_process(b, messages, args.rounds)
         ratio1 = pp["postroom_ms"] / pp["procmail_ms"]
         print(f"1. per process  procmail {pp['procmail_ms']:.2f} ms/msg   postroom {pp['postroom_ms']:.2f} ms/msg"
               f"   ratio {ratio1:.2f}x (target <= 2.00)  {'PASS' if ratio1 <= 2 else 'FAIL'}")
+        ratio_d = pp["deliverd_ms"] / pp["procmail_ms"]
+        print(f"   via deliverd postroom {pp['deliverd_ms']:.2f} ms/msg   ratio {ratio_d:.2f}x (target <= 2.00)"
+              f"  {'PASS' if ratio_d <= 2 else 'FAIL'}   (direct {pp['postroom_ms']:.2f} ms/msg, same messages)")
         print(f"   (round means: procmail {pp['procmail_round_mean_ms']:.2f}, postroom "
-              f"{pp['postroom_round_mean_ms']:.2f}; baselines: python -c pass {pp['python -c pass_ms']:.2f} ms, "
+              f"{pp['postroom_round_mean_ms']:.2f}, via deliverd {pp['deliverd_round_mean_ms']:.2f}; baselines: python -c pass {pp['python -c pass_ms']:.2f} ms, "
               f"python -I -S -c pass {pp['python -I -S -c pass_ms']:.2f} ms)")
         print(f"   (postroom deliver through pip's console-script wrapper {pp['pip wrapper_ms']:.2f} ms, "
               f"through the lean launcher {pp['lean launcher_ms']:.2f} ms, same messages)")
@@ -566,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
               f"   limit {big['limit_mb']:.0f} MB   procmail {big['procmail_rss_mb']:.1f} MB  {'PASS' if ok3 else 'FAIL'}")
         ok = ratio1 <= 2 and ratio2 >= 10 and ok3
         summary = {"bench": "deliver", "ok": ok, "command": cmd,
-                   "per_process": {**pp, "ratio": ratio1},
+                   "per_process": {**pp, "ratio": ratio1, "ratio_deliverd": ratio_d},
                    "in_process": {"postroom_msgs_per_s": rate, "procmail_msgs_per_s": procmail_rate,
                                   "ratio": ratio2},
                    "big_message": big}

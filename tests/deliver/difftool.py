@@ -251,6 +251,12 @@ class Deliverd:
         """Deliveries the server has forked so far (its --verbose log)."""
         return self.log.read_bytes().count(b" serves pid ")
 
+    def child_for(self, client_pid: int) -> int | None:
+        """The pid of the delivery child that served ``client_pid`` (the latest)."""
+        found = re.findall(rb"child (\d+) serves pid " + str(client_pid).encode() + rb" ",
+                           self.log.read_bytes())
+        return int(found[-1]) if found else None
+
     def descendants(self) -> list[int]:
         """Live, non-zombie processes below the server (its delivery children and the
         programs they left running, which the subreaper server adopts)."""
@@ -612,12 +618,16 @@ def run_case(
             os.killpg(proc.pid, signal.SIGKILL)
             _out, err = proc.communicate()
         _wait_for_session(proc.pid, STRAGGLER_TIMEOUT)
+        pid = proc.pid
         if DELIVERD is not None and list(command) == postroom_command():
             DELIVERD.wait_idle(STRAGGLER_TIMEOUT)
+            # The delivering process is the server's child: its pid is "the program's
+            # own pid" that normalise_pids replaces (procmail's $$, lock names ...).
+            pid = DELIVERD.child_for(proc.pid) or pid
         ended = time.time()
         new = tuple(k for k in list_paths(roots) if k not in seen)
         seen.update(new)
-        runs.append(Run(proc.returncode, err, proc.pid, started, ended, new))
+        runs.append(Run(proc.returncode, err, pid, started, ended, new))
     tree = snapshot(roots)
     result = SideResult(tuple(command), tuple(runs), tree, str(workdir))
     shutil.rmtree(workdir, ignore_errors=True)

@@ -239,9 +239,9 @@ def test_server_refuses_other_uid_when_not_root(home: Path) -> None:
 
 
 def test_request_codec_roundtrip_and_rejects() -> None:
-    raw = fastclient.encode_request(["-f", "x@y", "r\xe9c"], 0o027, {b"A": b"1=2", b"B": b""})
+    raw = fastclient.encode_request(["-f", "x@y", "r\xe9c", "\udcff"], 0o027, {b"A": b"1=2", b"B": b""})
     req = parse_request(raw)
-    assert req.argv == ["-f", "x@y", "r\xe9c"] and req.umask == 0o027
+    assert req.argv == ["-f", "x@y", "r\xe9c", "\udcff"] and req.umask == 0o027
     assert req.environ == [(b"A", b"1=2"), (b"B", b"")]
     for bad in (b"", b"XXXX\0\0\0\0", raw[:-1], raw + b"x", b"PRD1\0\0\0\x03999"):
         with pytest.raises(ProtocolError):
@@ -254,5 +254,4 @@ def test_client_imports_almost_nothing() -> None:
             "print(' '.join(sorted(set(sys.modules) - before)))") % str(difftool.REPO)
     out = subprocess.run([str(difftool.VENV_BIN / "python"), "-I", "-S", "-c", code],
                          capture_output=True, text=True, check=True).stdout.split()
-    assert set(out) <= {"deliver", "deliver.fastclient", "_socket", "os", "os.path", "posixpath",
-                        "genericpath", "stat", "_stat", "_collections_abc", "abc"}, out
+    assert set(out) <= {"deliver", "deliver.fastclient", "_socket"}, out
