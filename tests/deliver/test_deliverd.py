@@ -255,3 +255,32 @@ def test_client_imports_almost_nothing() -> None:
     out = subprocess.run([str(difftool.VENV_BIN / "python"), "-I", "-S", "-c", code],
                          capture_output=True, text=True, check=True).stdout.split()
     assert set(out) <= {"deliver", "deliver.fastclient", "_socket"}, out
+
+
+def test_garbage_and_silent_clients_do_not_hurt_the_server(server, home: Path) -> None:
+    """Bad magic is refused, a client that connects and says nothing is simply left
+    pending, and a real delivery still goes through meanwhile."""
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.connect(str(server.socket))
+    bad = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bad.connect(str(server.socket))
+    bad.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    bad.settimeout(5)
+    assert bad.recv(1) == b"R"
+    bad.close()
+    rc = write_rc(home, f"MAILDIR={home}\n:0:\ninbox\n")
+    before = server.served()
+    p = deliver(server, [str(rc)], timeout=10)
+    assert p.returncode == 0 and server.served() == before + 1
+    silent.close()
+
+
+def test_sigterm_stops_listening_and_removes_the_socket() -> None:
+    d = difftool.start_deliverd(max_children=1)
+    try:
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(10) == 0
+        assert not d.socket.exists()
+        assert b"stopped" in d.log.read_bytes()
+    finally:
+        d.stop()
