@@ -311,13 +311,7 @@ async def run_queue_runner(config: Config, notify_fd: int, *, delivery_mode: str
         runner.set_router(Router(config, new_maps))
 
     def poked() -> None:
-        flush = flush_request_path(config)
-        try:
-            flush.unlink()
-            runner.wake(flush=True)
-            log.info("queue flush requested")
-        except FileNotFoundError:
-            runner.wake()
+        _wake_runner(config, runner)
 
     loop.add_reader(notify_fd, readable)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -341,6 +335,18 @@ async def run_queue_runner(config: Config, notify_fd: int, *, delivery_mode: str
     delivery.close()
     log.info("queue runner stopped")
     return 0
+
+
+def _wake_runner(config: Config, runner) -> None:
+    """SIGUSR1: a queue flush when `postroom queue flush` left its request file, else
+    just a rescan of what is due."""
+    flush = flush_request_path(config)
+    try:
+        flush.unlink()
+        runner.wake(flush=True)
+        log.info("queue flush requested")
+    except FileNotFoundError:
+        runner.wake()
 
 
 async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
@@ -431,13 +437,7 @@ async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
         if runner is None:
             _signal_runner(runner_pid, signal.SIGUSR1)   # it reads the flush request
             return
-        flush = flush_request_path(config)
-        try:
-            flush.unlink()
-            runner.wake(flush=True)
-            log.info("queue flush requested")
-        except FileNotFoundError:
-            runner.wake()
+        _wake_runner(config, runner)
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
