@@ -295,7 +295,10 @@ class LocalDelivery:
                 prepare_spool_mailbox(user, str(self.config.deliver.mail_spool))
             else:
                 user = _nobody()
-            drop_privileges(user)
+            # a mailbox delivery keeps the spool's group for its dot-locks (saved gid only,
+            # deliver.spoolgroup); program and file destinations get nothing extra
+            spool = str(self.config.deliver.mail_spool) if req.kind == "mailbox" else None
+            drop_privileges(user, spool)
         except IdentityError as exc:
             raise _Refused(str(exc), exc.code) from exc
 
