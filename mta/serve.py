@@ -326,6 +326,14 @@ async def run_queue_runner(config: Config, notify_fd: int, *, delivery_mode: str
         os.write(ready_fd, b"r")
         os.close(ready_fd)
     await stop.wait()
+    await _stop_runner(runner, runner_task, delivery)
+    log.info("queue runner stopped")
+    return 0
+
+
+async def _stop_runner(runner, runner_task, delivery) -> None:
+    """Finish the deliveries in flight, end the runner's task, close the delivery pool."""
+    import asyncio
     await runner.stop()
     runner_task.cancel()
     try:
@@ -333,8 +341,6 @@ async def run_queue_runner(config: Config, notify_fd: int, *, delivery_mode: str
     except asyncio.CancelledError:
         pass
     delivery.close()
-    log.info("queue runner stopped")
-    return 0
 
 
 def _wake_runner(config: Config, runner) -> None:
@@ -458,13 +464,7 @@ async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
     log.info("stopping: finishing sessions and deliveries in flight")
     await asyncio.gather(*(srv.stop() for srv in servers), return_exceptions=True)
     if runner is not None:
-        await runner.stop()
-        runner_task.cancel()
-        try:
-            await runner_task
-        except asyncio.CancelledError:
-            pass
-        delivery.close()
+        await _stop_runner(runner, runner_task, delivery)
     else:
         await stop_runner_process()
     log.info("stopped")

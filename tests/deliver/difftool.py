@@ -260,18 +260,7 @@ class Deliverd:
     def descendants(self) -> list[int]:
         """Live, non-zombie processes below the server (its delivery children and the
         programs they left running, which the subreaper server adopts)."""
-        parents: dict[int, int] = {}
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                with open(f"/proc/{d}/stat", "rb") as f:
-                    s = f.read()
-            except OSError:
-                continue
-            fields = s[s.rfind(b")") + 2:].split()
-            if fields and fields[0] != b"Z":
-                parents[int(d)] = int(fields[1])
+        parents = {pid: int(fields[1]) for pid, fields in _live_processes()}
         out = []
         for pid in parents:
             p, seen = pid, 0
@@ -493,7 +482,13 @@ def snapshot(roots: Mapping[str, Path]) -> dict[str, Entry]:
 def _session_members(sid: int) -> list[int]:
     """Live pids whose session id is `sid` (proc(5): state is field 3, session field 6
     of /proc/<pid>/stat)."""
-    found = []
+    return [pid for pid, fields in _live_processes() if len(fields) > 3 and int(fields[3]) == sid]
+
+
+def _live_processes():
+    """(pid, the fields of /proc/<pid>/stat after the command name) for every process
+    that is not a zombie: a zombie has finished its work, and orphans are reaped by pid 1
+    whenever it likes.  Field 0 is the state, 1 the parent, 3 the session (proc(5))."""
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -502,11 +497,9 @@ def _session_members(sid: int) -> list[int]:
                 s = f.read()
         except OSError:
             continue
-        fields = s[s.rfind(b")") + 2 :].split()
-        # a zombie has finished its work; orphans are reaped by pid 1 whenever it likes
-        if len(fields) > 3 and int(fields[3]) == sid and fields[0] != b"Z":
-            found.append(int(d))
-    return found
+        fields = s[s.rfind(b")") + 2:].split()
+        if fields and fields[0] != b"Z":
+            yield int(d), fields
 
 
 def _wait_for_session(sid: int, timeout: float) -> None:
