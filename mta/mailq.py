@@ -54,22 +54,25 @@ def format_listing(root: str, entries: list[EnvelopeInfo]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _config(args: argparse.Namespace):
+def _config(args: argparse.Namespace, prog: str):
+    """The selected configuration, or None after saying why on stderr (exit 78)."""
+    from .config import ConfigError
     from .serve import select_config
-    return select_config(args.config, args.embedded)
+    try:
+        return select_config(args.config, args.embedded)
+    except ConfigError as exc:
+        sys.stderr.write(f"{prog}: {exc}\n")
+        return None
 
 
 def mailq_main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
-    from .config import ConfigError
     from .queue import Spool
     from .serve import add_config_arguments
     parser = argparse.ArgumentParser(prog="postroom mailq", description="list the mail queue")
     add_config_arguments(parser)
     args = parser.parse_args(list(argv))
-    try:
-        config = _config(args)
-    except ConfigError as exc:
-        sys.stderr.write(f"postroom mailq: {exc}\n")
+    config = _config(args, "postroom mailq")
+    if config is None:
         return 78
     spool = Spool(str(config.server.spool_dir), recover=False)
     entries = spool.list()
@@ -81,7 +84,6 @@ def mailq_main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
 
 
 def queue_main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
-    from .config import ConfigError
     from .queue import QueueBusy, QueueError, Spool, UnknownMessage
     from .queue.errors import InvalidQueueId
     from .serve import add_config_arguments, poke
@@ -95,10 +97,8 @@ def queue_main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
         args = parser.parse_args(list(argv))
     except SystemExit as exc:
         return 64 if exc.code else 0
-    try:
-        config = _config(args)
-    except ConfigError as exc:
-        sys.stderr.write(f"postroom queue: {exc}\n")
+    config = _config(args, "postroom queue")
+    if config is None:
         return 78
     spool = Spool(str(config.server.spool_dir), recover=False)
     if args.action == "flush":
