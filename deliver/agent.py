@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 from rules.ast import RcFile
 from rules.evaluator import End, Evaluator

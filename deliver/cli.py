@@ -169,9 +169,7 @@ def _site():
 
 
 def run(argv: Sequence[str]) -> int:
-    from .agent import Agent
-    from .identity import (IdentityError, current_user, drop_privileges, lookup_user,
-                           prepare_spool_mailbox)
+    from .identity import IdentityError, current_user, lookup_user
     try:
         inv, explain = parse_args(argv)
     except _Version:

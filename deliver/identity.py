@@ -18,7 +18,6 @@ import stat
 
 from .agent import User
 from .exitcodes import ExitCode
-from .spoolgroup import spool_group  # noqa: F401 - part of this module's story
 
 
 class IdentityError(Exception):
@@ -75,7 +74,8 @@ def drop_privileges(user: User, spool_dir: str | None = None) -> None:
 
     ``spool_dir``: when it is group-writable (Debian's /var/mail is root:mail 2775), its
     group is kept as the *saved* gid only, the way procmail is setgid mail: the agent
-    raises it just around creating and removing dot-lock files (``spool_group``).
+    raises it just around creating and removing dot-lock files
+    (``deliver.spoolgroup.spool_group``).
     exec() resets the saved gid to the effective one, so no program a recipe starts
     can ever regain the group.
     """

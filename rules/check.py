@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from .ast import (Assignment, Block, Condition, Diagnostic, ExpandTest, Flag, Folder, Forward,
+from .ast import (Assignment, Block, Condition, ExpandTest, Flag, Folder, Forward,
                   Item, Pipe, RcFile, Recipe, RegexTest, Skipped, Span, VarTest)
 from .errors import RegexError
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import json
 import mailbox
 import os
 import pwd
@@ -369,19 +368,16 @@ def test_root_drops_to_the_recipient(make_site, tmp_path: Path) -> None:
     assert [m["Subject"] for m in site.messages(site.inbox("alice"))] == ["as user"]
 
 
-def test_delivery_modes_speed(make_site, capsys) -> None:
-    """Measure in-process (serialised) against forked deliveries; both must be complete."""
+def test_delivery_modes_deliver_everything(make_site) -> None:
+    """In-process (serialised) and forked deliveries of the same load are both complete and
+    land with the right user.  (Their speed is measured by tests/benchmarks, not here.)"""
     rc = "".join(f":0\n* ^Subject: nomatch{i}\nfolder{i}\n" for i in range(20))
-    results = {}
     for mode in ("inprocess", "fork"):
         site = make_site(users={f"u{i}": rc for i in range(4)}, mode=mode)
         n = 60
         for i in range(n):
             site.queue([f"u{i % 4}@example.com"], subject=f"s{i}", body="x" * 2000 + "\n")
-        t0 = time.perf_counter()
         site.drain()
-        results[mode] = n / (time.perf_counter() - t0)
-        assert sum(len(site.messages(site.inbox(f"u{i}"))) for i in range(4)) == n
-    with capsys.disabled():
-        print(f"\n  local delivery, 20-recipe rc, 4 users: "
-              + ", ".join(f"{m} {r:.0f} msg/s" for m, r in results.items()))
+        for u in range(4):
+            subjects = sorted(m["Subject"] for m in site.messages(site.inbox(f"u{u}")))
+            assert subjects == sorted(f"s{i}" for i in range(n) if i % 4 == u), mode
