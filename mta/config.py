@@ -32,6 +32,7 @@ ERRORS
 from __future__ import annotations
 
 import math
+import os
 import re
 import socket
 import tomllib
@@ -105,6 +106,15 @@ class SmtpConfig:
     listeners: tuple[Listener, ...] = (Listener("127.0.0.1", 25),)
     limits: SmtpLimits = field(default_factory=SmtpLimits)
     timeouts: SmtpTimeouts = field(default_factory=SmtpTimeouts)
+    # Receiver processes sharing the listening sockets (as Postfix runs many smtpd);
+    # 0 = one per CPU, at most 4.  mta.serve explains why more than one.
+    processes: int = 0
+
+    def receiver_processes(self) -> int:
+        """How many receiver processes ``postroom serve`` runs (never more than the
+        connection limit, so every process may hold at least one session)."""
+        n = self.processes or min(4, os.cpu_count() or 1)
+        return max(1, min(n, self.limits.max_connections))
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,8 +428,9 @@ def _build(data: Mapping[str, Any], file: str, base: Path, path: Path | None) ->
     t = SmtpTimeouts()
     timeouts = SmtpTimeouts(command=tmo.duration("command", t.command), data=tmo.duration("data", t.data))
     tmo.finish()
+    processes = s.integer("processes", defaults.processes)
     s.finish()
-    smtp = SmtpConfig(listeners=listeners, limits=limits, timeouts=timeouts)
+    smtp = SmtpConfig(listeners=listeners, limits=limits, timeouts=timeouts, processes=processes)
 
     s = top.sub("queue")
     q = QueueConfig()

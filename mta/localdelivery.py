@@ -131,6 +131,7 @@ class LocalDelivery:
         self.sendmail = sendmail or f"{sys.executable} -m mta.cli sendmail"
         self._site = None
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self._aidle = None            # asyncio.Queue[_Worker] once deliver_async is used
         self._workers: list[_Worker] = []
         self._pool_lock = threading.Lock()
         # Pool workers queue on a server-private flock before taking a mailbox's lock, so
@@ -198,6 +199,44 @@ class LocalDelivery:
         self._idle.put(worker)
         return result
 
+    async def deliver_async(self, req: Request) -> Result:
+        """``deliver`` for an event loop (the runner).  In pool mode the request and the
+        result cross the worker's pipes on the loop itself (add_reader), with no thread:
+        a thread per delivery cost the runner more CPU in GIL hand-offs (futex storms,
+        tests/benchmarks/bench_mta.py) than the delivery's own bookkeeping.  Other modes
+        run ``deliver`` on ``executor``.  Use one of the two entry points per instance:
+        the first call here moves the idle pool to the loop's queue."""
+        import asyncio
+        if self.mode != "pool":
+            return await asyncio.get_running_loop().run_in_executor(self.executor, self.deliver, req)
+        if self._aidle is None:
+            self._aidle = asyncio.Queue()
+            while True:
+                try:
+                    self._aidle.put_nowait(self._idle.get_nowait())
+                except queue.Empty:
+                    break
+        worker = await self._aidle.get()
+        try:
+            result = await worker.call_async(req)
+        except asyncio.CancelledError:
+            worker.close_fds()        # it exits after the delivery in hand; not reused
+            raise
+        except (OSError, EOFError, pickle.PickleError) as exc:
+            log.error("delivery worker %d failed (%s); starting another", worker.pid, exc)
+            worker.close()
+            with self._pool_lock:
+                if worker in self._workers:
+                    self._workers.remove(worker)
+            self._spawn()
+            return Result(ExitCode.TEMPFAIL, "delivery process died")
+        except Exception as exc:  # noqa: BLE001 - a delivery bug must defer, never lose mail
+            log.exception("delivery to %s failed unexpectedly", req.recipient)
+            self._aidle.put_nowait(worker)
+            return Result(ExitCode.TEMPFAIL, f"internal error: {exc.__class__.__name__}")
+        self._aidle.put_nowait(worker)
+        return result
+
     def _spawn(self) -> None:
         """Fork one pool worker (see the module docstring, mode ``pool``)."""
         req_r, req_w = os.pipe()
@@ -224,7 +263,10 @@ class LocalDelivery:
         worker = _Worker(pid, req_w, res_r)
         with self._pool_lock:
             self._workers.append(worker)
-        self._idle.put(worker)
+        if self._aidle is not None:
+            self._aidle.put_nowait(worker)
+        else:
+            self._idle.put(worker)
 
     def _serve_pool(self, req_r: int, res_w: int) -> None:
         """The worker's loop: one request in, one Result out, until EOF."""
@@ -534,6 +576,48 @@ class _Worker:
     def call(self, req: Request) -> Result:
         _send(self.req_w, req)
         result = _recv(self.res_r)
+        if not isinstance(result, Result):
+            raise EOFError(f"unexpected answer {type(result).__name__}")
+        return result
+
+    async def call_async(self, req: Request) -> Result:
+        """``call`` on the running loop: the request is written at once (a few hundred
+        bytes into an idle worker's empty pipe never blocks), the answer is collected by
+        an add_reader callback."""
+        import asyncio
+        loop = asyncio.get_running_loop()
+        _send(self.req_w, req)
+        fut: asyncio.Future[bytes] = loop.create_future()
+        buf = bytearray()
+
+        def readable() -> None:
+            try:
+                block = os.read(self.res_r, 65536)
+            except OSError as exc:
+                loop.remove_reader(self.res_r)
+                if not fut.done():
+                    fut.set_exception(exc)
+                return
+            if not block:
+                loop.remove_reader(self.res_r)
+                if not fut.done():
+                    fut.set_exception(EOFError("pipe closed"))
+                return
+            buf.extend(block)
+            if len(buf) >= _LEN.size and len(buf) >= _LEN.size + _LEN.unpack_from(buf)[0]:
+                loop.remove_reader(self.res_r)
+                if not fut.done():
+                    fut.set_result(bytes(buf))
+
+        loop.add_reader(self.res_r, readable)
+        try:
+            frame = await fut
+        finally:
+            loop.remove_reader(self.res_r)
+        (n,) = _LEN.unpack_from(frame)
+        if len(frame) != _LEN.size + n:
+            raise EOFError("unexpected bytes after the answer")
+        result = pickle.loads(frame[_LEN.size:])
         if not isinstance(result, Result):
             raise EOFError(f"unexpected answer {type(result).__name__}")
         return result

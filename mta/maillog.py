@@ -85,16 +85,41 @@ def log_delivery(qid: str, *, to: str, received_at: float, started: float, maile
     maillog.log(level, "%s: %s", qid, ", ".join(parts))
 
 
+class MaillogFormatter(logging.Formatter):
+    """LOG_FORMAT with the timestamp formatted once per second, not once per line: a
+    daemon writes several lines per message, and strftime was a visible share of the
+    receiver's CPU (tests/benchmarks/bench_mta.py)."""
+
+    def __init__(self) -> None:
+        super().__init__(LOG_FORMAT, datefmt="%b %d %H:%M:%S")
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime(self.datefmt or "%b %d %H:%M:%S", time.localtime(second))
+            self._second = second
+        return self._stamp
+
+
 def setup_logging(log_file: Path | None, *, stderr: bool = True,
                   level: int = logging.INFO) -> list[logging.Handler]:
     """Attach the daemon's handlers to the root logger; returns them (for removal).
 
     The log file's directory is created; a file that cannot be opened is reported on
     stderr and logging continues there (a broken log must not stop mail).
+
+    The daemon's lines carry no thread name, source file or line: the logging HOWTO's
+    "Optimization" settings skip collecting them (the caller's frame walk is the
+    costliest part of a log call).
     """
+    logging._srcfile = None            # noqa: SLF001 - the documented switch (HOWTO)
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.setLevel(level)
-    fmt = logging.Formatter(LOG_FORMAT, datefmt="%b %d %H:%M:%S")
+    fmt = MaillogFormatter()
     handlers: list[logging.Handler] = []
     if log_file is not None:
         try:

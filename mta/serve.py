@@ -1,4 +1,4 @@
-"""``postroom serve``: the mail daemon — SMTP receiver and queue runner in one process.
+"""``postroom serve``: the mail daemon — SMTP receivers and the queue runner.
 
 SYNOPSIS
     postroom serve [--config postroom.toml | --embedded DIR]
@@ -11,14 +11,23 @@ DESCRIPTION
     it with the queue runner (mta.runner).  Maillog lines go to [server] log_file and to
     stderr (unless --no-stderr).
 
-    Two processes: the receiver (this pid, the SMTP sessions) and the queue runner, a
-    child forked at start that is told of each queued message over a pipe (like
-    Postfix's smtpd and qmgr/local): the rule evaluation of deliveries then runs on
-    another core than the SMTP sessions instead of sharing one GIL with them
-    (tests/benchmarks/bench_mta.py).  Signals go to the receiver, which passes SIGHUP
-    and SIGUSR1 on; when the receiver stops or dies the runner sees its pipe close,
-    finishes the deliveries in flight and exits.  A runner that dies stops the daemon
-    (exit 75).  --single-process keeps both in one process.
+    Processes, like Postfix's smtpd and qmgr/local:
+
+      receiver        this pid (in DATA/run/postroom.pid): SMTP sessions; binds the
+                      listeners, forks the others, receives signals and passes them on
+      receivers       [smtp] processes - 1 more (default: one per CPU, at most 4), all
+                      accepting from the same listening sockets; [smtp.limits]
+                      max_connections bounds them together (mta.smtp.sessioncount)
+      queue runner    forked at start, told of each queued message over a pipe; its
+                      delivery pool's workers run the recipes (mta.localdelivery)
+
+    Each receiver commits a message's fsyncs on its own event loop (a commit thread cost
+    more in GIL hand-offs than it saved), so concurrency comes from several receiver
+    processes, and rule evaluation runs on other cores than the SMTP sessions
+    (tests/benchmarks/bench_mta.py).  When the main receiver stops or dies, the other
+    receivers see their lifeline pipe close and stop, then the runner sees its pipe
+    close, finishes the deliveries in flight and exits.  A runner or receiver that dies
+    stops the daemon (exit 75).  --single-process keeps everything in one process.
 
     --embedded DIR   the self-contained default `make run` uses: Config.embedded_default
                      (SMTP on 127.0.0.1:2525, everything under DIR/var), the sample maps
@@ -53,6 +62,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -358,9 +368,22 @@ def _wake_runner(config: Config, runner) -> None:
 async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
                 selector: Sequence[str] = (), ready: Callable[[], None] | None = None,
                 runner_pid: int | None = None, notify_fd: int | None = None,
-                prepared=None) -> int:
-    """The daemon's receiver; also its queue runner unless ``runner_pid`` names the
-    separate runner process, which ``notify_fd`` (a pipe) tells about new mail."""
+                prepared=None, sockets: Sequence[socket.socket] | None = None,
+                receivers: Sequence[int] = (), session_count=None, index: int = 0,
+                lifeline_fd: int | None = None) -> int:
+    """One receiver process.  Three roles:
+
+    * the whole daemon (``notify_fd`` None): its queue runner runs in this process;
+    * the main receiver of the split daemon (``runner_pid`` set): tells the runner of new
+      mail through ``notify_fd``, supervises the runner and the other receivers
+      (``receivers``), passes signals on, and stops them in order;
+    * another receiver (``notify_fd`` set, no ``runner_pid``): sessions only; it stops
+      on SIGTERM or when the main receiver's ``lifeline_fd`` pipe closes (it died).
+
+    ``sockets`` are listening sockets bound by the main receiver before it forked (one
+    per listener, shared by every receiver); without them each listener is bound here.
+    ``session_count`` (mta.smtp.sessioncount) makes max_connections a bound on all the
+    receivers together; ``index`` is this receiver's number (0: the main one)."""
     import asyncio
 
     from .maps import Maps
@@ -374,7 +397,7 @@ async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
     policy = RecipientPolicy(router)
     loop = asyncio.get_running_loop()
     runner = delivery = notifier = None
-    if runner_pid is None:
+    if notify_fd is None:
         from .localdelivery import LocalDelivery
         from .runner import Runner
         sendmail = write_sendmail_wrapper(config, list(selector))
@@ -382,40 +405,61 @@ async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
         runner = Runner(config, spool, router, delivery)
         on_queued = runner.notify
     else:
-        assert notify_fd is not None
         notifier = _Notifier(loop, notify_fd)
         on_queued = notifier.notify
     lim = config.smtp.limits
     limits = ServerLimits(max_message_size=lim.max_message_size, max_recipients=lim.max_recipients,
-                          max_connections=lim.max_connections, greet_pause=lim.greet_pause,
+                          max_connections=lim.max_connections,
+                          greet_pause=lim.greet_pause,
                           idle_timeout=config.smtp.timeouts.command,
                           data_timeout=config.smtp.timeouts.data)
     servers = []
     stop = asyncio.Event()
     status = 0
 
-    async def stop_runner_process() -> None:
-        if notifier is not None:
-            notifier.close()                # EOF: the runner finishes and exits
-        if runner_pid is not None:
-            await runner_exit
+    def watch(pid: int, what: str) -> asyncio.Future[None]:
+        """Reap ``pid`` when it exits (a pidfd on the loop, no thread); an exit before
+        we are stopping stops the daemon with 75."""
+        exited: asyncio.Future[None] = loop.create_future()
+        pidfd = os.pidfd_open(pid)
 
-    runner_exit = None
-    if runner_pid is not None:
-        runner_exit = loop.run_in_executor(None, os.waitpid, runner_pid, 0)
-
-        def runner_died(fut) -> None:
+        def reap() -> None:
             nonlocal status
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            exited.set_result(None)
             if not stop.is_set():
-                log.error("the queue runner process %d exited unexpectedly; stopping", runner_pid)
+                log.error("the %s process %d exited unexpectedly; stopping", what, pid)
                 status = 75
                 stop.set()
-        runner_exit.add_done_callback(runner_died)
+        loop.add_reader(pidfd, reap)
+        return exited
+
+    runner_exit = watch(runner_pid, "queue runner") if runner_pid is not None else None
+    receiver_exits = [watch(pid, "receiver") for pid in receivers]
+    if lifeline_fd is not None:
+        loop.add_reader(lifeline_fd, stop.set)      # EOF: the main receiver is gone
+
+    async def stop_children() -> None:
+        for pid in receivers:
+            _signal_runner(pid, signal.SIGTERM)
+        if receiver_exits:
+            await asyncio.gather(*receiver_exits)
+        if notifier is not None:
+            notifier.close()                # the last writer gone: EOF, the runner finishes
+        if runner_exit is not None:
+            await runner_exit
+
     try:
-        for listener in config.smtp.listeners:
+        for i, listener in enumerate(config.smtp.listeners):
             srv = SmtpServer(hostname=config.server.hostname, policy=policy, spool=spool,
-                             limits=limits, on_queued=on_queued)
-            await srv.start(listener.host, listener.port)
+                             limits=limits, on_queued=on_queued, session_count=session_count,
+                             slot=index * len(config.smtp.listeners) + i)
+            await srv.start(listener.host, listener.port, sock=sockets[i] if sockets else None)
             servers.append(srv)
     except OSError as exc:
         log.error("cannot listen: %s", exc)
@@ -424,7 +468,7 @@ async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
         if delivery is not None:
             delivery.close()
         stop.set()
-        await stop_runner_process()
+        await stop_children()
         return 75
 
     def reload() -> None:
@@ -437,6 +481,8 @@ async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
             runner.set_router(new_router)
         else:
             _signal_runner(runner_pid, signal.SIGHUP)
+        for pid in receivers:
+            _signal_runner(pid, signal.SIGHUP)
         log.info("maps reloaded (SIGHUP)")
 
     def poked() -> None:
@@ -454,20 +500,24 @@ async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
         if flush_request_path(config).exists():
             poked()
         runner_task = asyncio.create_task(runner.run())
-    log.info("postroom serve ready: %s, delivery=%s, pid %d",
-             ", ".join(str(lst) for lst in config.smtp.listeners),
-             delivery.mode if delivery is not None else f"{delivery_mode} in runner process {runner_pid}",
-             os.getpid())
+    if lifeline_fd is None:
+        log.info("postroom serve ready: %s, delivery=%s, pid %d%s",
+                 ", ".join(str(lst) for lst in config.smtp.listeners),
+                 delivery.mode if delivery is not None else f"{delivery_mode} in runner process {runner_pid}",
+                 os.getpid(),
+                 f", receivers {os.getpid()} {' '.join(map(str, receivers))}" if receivers else "")
     if ready is not None:
         ready()
     await stop.wait()
-    log.info("stopping: finishing sessions and deliveries in flight")
+    if lifeline_fd is None:
+        log.info("stopping: finishing sessions and deliveries in flight")
     await asyncio.gather(*(srv.stop() for srv in servers), return_exceptions=True)
     if runner is not None:
         await _stop_runner(runner, runner_task, delivery)
     else:
-        await stop_runner_process()
-    log.info("stopped")
+        await stop_children()
+    if lifeline_fd is None:
+        log.info("stopped")
     return status
 
 
@@ -517,9 +567,57 @@ def _serve_split(config: Config, args: argparse.Namespace, pidfile_fd: int,
         os.close(w)
         os.waitpid(pid, 0)
         return 75
-    return asyncio.run(serve(config, delivery_mode=args.delivery, forks=args.forks,
-                             selector=config_argv(args), ready=ready, runner_pid=pid,
-                             notify_fd=w, prepared=prepared))
+    try:
+        sockets = [_listen(lst) for lst in config.smtp.listeners]
+    except OSError as exc:
+        log.error("cannot listen: %s", exc)
+        os.close(w)                   # EOF: the runner exits
+        os.waitpid(pid, 0)
+        return 75
+    from .smtp.sessioncount import SessionCount
+    n = config.smtp.receiver_processes()
+    session_count = SessionCount(n * len(config.smtp.listeners))
+    lifeline_r, lifeline_w = os.pipe()
+    receivers = []
+    for index in range(1, n):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        child = os.fork()
+        if child == 0:   # another receiver: never returns
+            code = 70
+            try:
+                # until serve() installs its handlers, a forwarded signal must not kill it
+                for sig in (signal.SIGHUP, signal.SIGUSR1):
+                    signal.signal(sig, signal.SIG_IGN)
+                os.close(lifeline_w)
+                os.close(pidfile_fd)
+                code = asyncio.run(serve(config, selector=config_argv(args), notify_fd=w,
+                                         prepared=prepared, sockets=sockets,
+                                         session_count=session_count, index=index,
+                                         lifeline_fd=lifeline_r))
+            except BaseException:  # noqa: BLE001 - the child must exit, never return
+                log.exception("a receiver process failed")
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        receivers.append(child)
+    os.close(lifeline_r)
+    try:
+        return asyncio.run(serve(config, delivery_mode=args.delivery, forks=args.forks,
+                                 selector=config_argv(args), ready=ready, runner_pid=pid,
+                                 notify_fd=w, prepared=prepared, sockets=sockets,
+                                 receivers=receivers, session_count=session_count))
+    finally:
+        os.close(lifeline_w)
+
+
+def _listen(listener) -> socket.socket:
+    """A listening socket for ``listener``, bound before the receivers fork so that
+    they all accept from it (the kernel hands each connection to one of them)."""
+    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+    sock = socket.create_server((listener.host, listener.port), family=family, backlog=128)
+    sock.setblocking(False)
+    return sock
 
 
 def main(argv: Sequence[str]) -> int:

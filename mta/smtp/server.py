@@ -1,12 +1,14 @@
 """mta.smtp.server — the SMTP listener: accepts connections and runs one Session each.
 
 ``SmtpServer(hostname=, policy=, spool=, limits=, on_queued=)``; ``await start(host,
-port)`` listens (port 0 picks a free port, the actual address is returned); ``await
+port)`` listens (port 0 picks a free port, the actual address is returned), or ``await
+start(host, port, sock=listening_socket)`` accepts from a socket bound earlier; ``await
 stop()`` stops accepting, tells idle sessions ``421 4.3.2`` and lets sessions inside DATA
 finish their transaction.
 
 Guarantees: at most ``limits.max_connections`` sessions run at once — one more gets
-``421 4.3.2`` and is closed; a session's unexpected exception is logged and closes only
+``421 4.3.2`` and is closed (counted across the daemon's receiver processes when a
+``SessionCount`` is given); a session's unexpected exception is logged and closes only
 that connection.  Policy decisions are made by the ``SessionPolicy`` passed in (the
 protocol layer knows no maps); the default reply texts come from mta.reply.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
@@ -26,6 +29,7 @@ from ..reply import TOO_MANY_CONNECTIONS
 from ..verdict import Verdict
 from .limits import ServerLimits
 from .session import Session
+from .sessioncount import SessionCount
 
 log = logging.getLogger("mta.smtp")
 
@@ -47,12 +51,17 @@ class SmtpServer:
     """One SMTP listener sharing a spool, a policy and limits across its sessions."""
 
     def __init__(self, *, hostname: str, policy: SessionPolicy, spool: Spool,
-                 limits: ServerLimits, on_queued: Callable[[str], None] | None = None) -> None:
+                 limits: ServerLimits, on_queued: Callable[[str], None] | None = None,
+                 session_count: SessionCount | None = None, slot: int = 0) -> None:
         self.hostname = hostname
         self.policy = policy
         self.spool = spool
         self.limits = limits
         self.on_queued = on_queued
+        # Shared with the daemon's other receiver processes (mta.smtp.sessioncount):
+        # max_connections then bounds them all together.  None: this server alone.
+        self.session_count = session_count
+        self.slot = slot
         self._server: asyncio.Server | None = None
         self._sessions: dict[asyncio.Task[None], Session] = {}
         self.closing = False
@@ -61,11 +70,20 @@ class SmtpServer:
     def active_sessions(self) -> int:
         return len(self._sessions)
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        self._server = await asyncio.start_server(self._accept, host, port, backlog=128)
+    async def start(self, host: str, port: int, *, sock: socket.socket | None = None) -> tuple[str, int]:
+        """Listen on host:port, or on ``sock``, a listening socket bound before the
+        daemon forked its receiver processes (they all accept from it)."""
+        if sock is not None:
+            self._server = await asyncio.start_server(self._accept, sock=sock)
+        else:
+            self._server = await asyncio.start_server(self._accept, host, port, backlog=128)
         addr = self._server.sockets[0].getsockname()
         log.info("listening on %s:%d", addr[0], addr[1])
         return addr[0], addr[1]
+
+    def _publish(self) -> None:
+        if self.session_count is not None:
+            self.session_count.set(self.slot, len(self._sessions))
 
     async def stop(self) -> None:
         self.closing = True
@@ -82,7 +100,8 @@ class SmtpServer:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("unknown", 0)
-        if self.closing or len(self._sessions) >= self.limits.max_connections:
+        held = self.session_count.total() if self.session_count else len(self._sessions)
+        if self.closing or held >= self.limits.max_connections:
             log.warning("too many connections, refusing [%s]", peer[0])
             try:
                 writer.write(TOO_MANY_CONNECTIONS.lines())
@@ -96,12 +115,14 @@ class SmtpServer:
         task = asyncio.current_task()
         assert task is not None
         self._sessions[task] = session
+        self._publish()
         try:
             await session.run()
         except Exception:
             log.exception("session with [%s] failed", peer[0])
         finally:
             del self._sessions[task]
+            self._publish()
             writer.close()
             try:
                 await writer.wait_closed()

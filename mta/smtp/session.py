@@ -325,7 +325,7 @@ class Session:
             self._bad(R.NO_VALID_RCPTS)
             return
         try:
-            # deferred: tmp/<qid>/ is made in the commit thread, not on the event loop
+            # deferred: tmp/<qid>/ is made at commit, not for every DATA that fails
             msg = self.server.spool.new_message(deferred=True)
         except QueueError as exc:
             log.error("cannot create queue file: %s", exc)
@@ -371,7 +371,11 @@ class Session:
             body=self.mail_params.get("BODY", "").upper() or None,
             smtputf8="SMTPUTF8" in self.mail_params, message_id=rx.message_id)
         try:
-            qid = await asyncio.to_thread(msg.commit, env)
+            # On the loop, not in a thread: a worker thread doing five GIL-releasing
+            # syscalls while the loop runs Python cost more CPU in GIL hand-offs (futex
+            # storms, bench_mta.py) than the fsyncs themselves.  Other sessions wait the
+            # fsyncs out; concurrency comes from several receiver processes (mta.serve).
+            qid = msg.commit(env)
         except QueueError as exc:
             log.error("%s: cannot queue: %s", msg.qid, exc)
             return R.TEMP_LOCAL

@@ -17,6 +17,7 @@ import mailbox
 import os
 import signal
 import smtplib
+import threading
 from pathlib import Path
 
 from deliver.exitcodes import ExitCode
@@ -67,6 +68,61 @@ def test_pool_delivers_and_replaces_a_killed_worker(tmp_path: Path) -> None:
             ld.deliver, [Request("mailbox", "s@example.org", "alice@example.com", p, user=alice) for p in paths]))
         assert [r.status for r in results] == [0, 0]
         assert len(site.messages(site.inbox("alice"))) == 6
+    finally:
+        ld.close()
+        kill_all(strays)
+    assert not any(alive(p) for p in pool)
+
+
+def test_pool_deliver_async_on_the_loop_and_a_killed_worker(tmp_path: Path) -> None:
+    """The runner's entry point: the same pool driven from an event loop with no thread
+    (LocalDelivery.deliver_async), concurrent deliveries, and a worker killed mid-way."""
+    import asyncio
+    site = Site(tmp_path, users={"alice": "", "bob": SLOW}, mode="inprocess")
+    site.delivery.close()
+    ld = LocalDelivery(site.config, mode="pool", max_forks=2)
+    strays: list[int] = []
+    pool = [w.pid for w in ld._workers]
+    alice = site.runner_router.maps.users.lookup("alice")
+    bob = site.runner_router.maps.users.lookup("bob")
+
+    async def scenario() -> None:
+        reqs = [Request("mailbox", "s@example.org", "alice@example.com", _queued_message(site, f"a{i}"),
+                        user=alice) for i in range(5)]
+        results = await asyncio.gather(*(ld.deliver_async(r) for r in reqs))
+        assert [r.status for r in results] == [0] * 5
+        assert threading_count_unchanged()
+        slow = asyncio.create_task(ld.deliver_async(
+            Request("mailbox", "s@example.org", "bob@example.com", _queued_message(site, "slow"), user=bob)))
+        found = None
+        for _ in range(200):
+            found = _find(pool)
+            if found:
+                break
+            await asyncio.sleep(0.05)
+        assert found, "the slow recipe never started"
+        worker, below = found
+        strays.extend(below)
+        os.kill(worker, signal.SIGKILL)
+        result = await asyncio.wait_for(slow, 10)
+        assert result.status == ExitCode.TEMPFAIL and "died" in result.text
+        now = [w.pid for w in ld._workers]
+        assert len(now) == 2 and worker not in now
+        after = await asyncio.gather(*(ld.deliver_async(Request(
+            "mailbox", "s@example.org", "alice@example.com", _queued_message(site, f"b{i}"), user=alice))
+            for i in range(3)))
+        assert [r.status for r in after] == [0, 0, 0]
+
+    threads_before = threading.active_count()
+
+    def threading_count_unchanged() -> bool:
+        return threading.active_count() == threads_before
+
+    try:
+        asyncio.run(scenario())
+        subjects = sorted(m["Subject"] for m in site.messages(site.inbox("alice")))
+        assert subjects == ["a0", "a1", "a2", "a3", "a4", "b0", "b1", "b2"]
+        assert not os.path.exists(site.inbox("bob"))
     finally:
         ld.close()
         kill_all(strays)

@@ -47,7 +47,8 @@ class Daemon:
     """An installation under ``root`` and its `postroom serve` process."""
 
     def __init__(self, root: Path, *, users: dict[str, str], aliases: str = "",
-                 virtusertable: str = "", queue: str = 'initial = "1s"\n') -> None:
+                 virtusertable: str = "", queue: str = 'initial = "1s"\n', smtp: str = "",
+                 limits: str = "") -> None:
         self.root = root
         self.port = free_port()
         uid, gid = os.getuid(), os.getgid()
@@ -58,8 +59,8 @@ class Daemon:
         self.config = root / "postroom.toml"
         self.config.write_text(
             f'[server]\nhostname = "{HOST}"\nlog_file = "var/log/maillog"\n'
-            f'[smtp]\nlisteners = ["127.0.0.1:{self.port}"]\n'
-            '[smtp.limits]\ngreet_pause = 0\n'
+            f'[smtp]\nlisteners = ["127.0.0.1:{self.port}"]\n{smtp}'
+            f'[smtp.limits]\ngreet_pause = 0\n{limits}'
             '[maps]\nlocal_host_names = "local-host-names"\nvirtusertable = "virtusertable"\n'
             'aliases = "aliases"\nusers = "users"\n'
             '[deliver]\nsystem_rc = "no-system-rc"\nmail_spool = "var/mail"\nrun_as_root_drop = false\n'

@@ -18,6 +18,7 @@ still works end to end.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -112,11 +113,18 @@ class ProcDaemon(Daemon):
         return self
 
     def runner(self) -> int:
-        """The queue runner's pid: the receiver's only child."""
+        """The queue runner's pid: the receiver's child that the log names as such (the
+        others are receiver processes)."""
         assert self.proc is not None
         kids = children(self.proc.pid)
-        assert len(kids) == 1, [cmdline(k) for k in kids]
-        return kids[0]
+        named = [int(m) for m in re.findall(r"queue runner started, delivery=\S+, pid (\d+)", self.log_text())]
+        assert named and named[-1] in kids, (named, [cmdline(k) for k in kids])
+        return named[-1]
+
+    def receivers(self) -> list[int]:
+        """The other receiver processes: the main receiver's children but the runner."""
+        runner = self.runner()
+        return [k for k in children(self.proc.pid) if k != runner]
 
     def wait(self, timeout: float = 30) -> int:
         assert self.proc is not None
@@ -278,3 +286,81 @@ def test_single_process_end_to_end(pdaemon) -> None:
     assert children(receiver) == workers
     assert d.stop() == 0
     assert not any(alive(p) for p in workers)
+
+
+# --------------------------------------------------------------------------- receivers
+
+def _banner(port: int) -> tuple[socket.socket, bytes]:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return s, s.recv(200)
+
+
+def test_receiver_processes_share_the_listener_and_one_connection_limit(pdaemon) -> None:
+    d = pdaemon(users={"alice": ""}, smtp="processes = 3\n", limits="max_connections = 4\n").start()
+    runner = d.runner()
+    receivers = d.receivers()
+    assert len(receivers) == 2 and all("mta.cli serve" in cmdline(p) for p in receivers)
+    assert len(children(runner)) == 3      # the pool stays under the one runner
+    # max_connections bounds all receivers together (mta.smtp.sessioncount): four
+    # sessions are served wherever the kernel hands them, the fifth is refused ...
+    held = [_banner(d.port) for _ in range(4)]
+    try:
+        assert all(b.startswith(b"220 ") for _, b in held), [b for _, b in held]
+        extra, banner = _banner(d.port)
+        extra.close()
+        assert banner.startswith(b"421 4.3.2"), banner
+        # ... and a freed slot is usable again
+        held.pop()[0].close()
+        ok = None
+        for _ in range(50):
+            s, banner = _banner(d.port)
+            s.close()
+            if banner.startswith(b"220 "):
+                ok = banner
+                break
+            time.sleep(0.1)                # the closed session's slot is published on its exit
+        assert ok, "a freed connection slot was never reused"
+    finally:
+        for s, _ in held:
+            s.close()
+    # mail from every receiver reaches the one runner; the log shows who received it
+    for i in range(12):
+        assert d.send(["alice@example.com"], f"m{i}") == {}
+    assert sorted(d.wait_subjects(d.inbox("alice"), 12)) == sorted(f"m{i}" for i in range(12))
+    pids = set(re.findall(r"mta\.smtp\[(\d+)\]: \w+: from=<", d.log_text()))
+    assert pids <= {str(p) for p in [d.proc.pid, *receivers]} and pids
+    assert d.stop() == 0
+    assert not any(alive(p) for p in [runner, *receivers])
+
+
+def test_main_receiver_killed_takes_the_whole_daemon_down(pdaemon) -> None:
+    """SIGKILL of the pid in postroom.pid: the other receivers see their lifeline pipe
+    close, the runner then sees its queue pipe close; nothing is left listening and a
+    new daemon starts on the same port."""
+    d = pdaemon(users={"alice": ""}, smtp="processes = 2\n").start()
+    runner = d.runner()
+    receivers = d.receivers()
+    workers = children(runner)
+    assert len(receivers) == 1
+    assert d.send(["alice@example.com"], "before") == {}
+    assert d.wait_subjects(d.inbox("alice"), 1) == ["before"]
+    d.proc.kill()
+    d.proc.wait()
+    d.proc = None
+    wait_for(lambda: not any(alive(p) for p in [runner, *receivers, *workers]), 15,
+             "the receivers, the runner and its workers to exit")
+    assert not listening(d.port)
+    d.start()
+    assert d.send(["alice@example.com"], "after") == {}
+    assert d.wait_subjects(d.inbox("alice"), 2) == ["before", "after"]
+    assert d.stop() == 0
+
+
+def test_an_extra_receiver_dying_stops_the_daemon_with_75(pdaemon) -> None:
+    d = pdaemon(users={"alice": ""}, smtp="processes = 2\n").start()
+    runner = d.runner()
+    (receiver,) = d.receivers()
+    os.kill(receiver, signal.SIGKILL)
+    assert d.wait(15) == 75
+    assert f"the receiver process {receiver} exited unexpectedly" in d.log_text()
+    wait_for(lambda: not alive(runner), 10, "the runner to exit")
