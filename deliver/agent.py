@@ -7,6 +7,9 @@ assignments, choose the rc files (the given ones, or in delivery mode the system
 ~/.procmailrc), refuse rc files that others could have written, run the evaluator, then
 fall back to $DEFAULT and $ORGMAIL, log the abstract, run TRAP and settle the exit code.
 
+``Agent.run_many`` delivers a batch of mails with one group commit (deliver.groupcommit):
+a mail is durable when its outcome is returned, and the outcomes come after one sync.
+
 Guarantees:
   * The exit status is a sysexits code: 0 delivered, 73 (75 with -t) when nothing could
     be written, EXITCODE when the rc sets it.  An unexpected exception is the caller's to
@@ -21,10 +24,11 @@ $DEFAULT instead of silently dropping the mail; the system rc never runs as root
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 from rules.ast import RcFile
 from rules.evaluator import End, Evaluator
@@ -33,6 +37,9 @@ from rules.message import Message
 from .effects import RealEffects, format_abstract
 from .exitcodes import ExitCode
 from .fromline import prepare_message
+from .groupcommit import GroupCommit
+
+_log = logging.getLogger(__name__)
 
 PROCMAIL_VERSION = "3.23pre"
 SHELLMETAS = "&|<>~;?*["
@@ -153,6 +160,7 @@ class Agent:
         self.load_rc = load_rc
         self.effects = effects or RealEffects(stderr_fd=stderr_fd, uid=user.uid, rc_loader=load_rc)
         self._stderr_fd = stderr_fd
+        self._fresh_own_effects = effects is None     # made here and not used yet
 
     # ------------------------------------------------------------------ rc files
 
@@ -188,7 +196,45 @@ class Agent:
 
     # ------------------------------------------------------------------ the run
 
+    def run_many(self, jobs: Iterable[tuple[Invocation, bytes, dict[str, str]]]) -> list[Outcome]:
+        """Deliver several mails in a row with one group commit (deliver.groupcommit).
+
+        Each job is what ``run`` takes; each is delivered exactly as ``run`` would (fresh
+        RealEffects per mail, the agent's own ``effects`` are not used), except that the
+        fsyncs are deferred to one sync of the touched file systems after the last mail
+        and the lock claim files are reused.  The outcomes, in job order, are returned
+        only after that sync: a mail is durable when its outcome is returned.  A mail
+        whose deferred sync or Maildir link failed gets status 75 (delivered=False), as
+        does one whose delivery raised (the exception is logged): the caller retries it.
+        """
+        if self._fresh_own_effects:
+            self.effects.close()              # never used: drop its log handler
+        saved = self.effects
+        group = GroupCommit()
+        outcomes: list[Outcome] = []
+        try:
+            for index, (inv, raw, caller_env) in enumerate(jobs):
+                group.begin(index)
+                self.effects = RealEffects(stderr_fd=self._stderr_fd, uid=self.user.uid,
+                                           rc_loader=self.load_rc, group=group)
+                try:
+                    outcomes.append(self.run(inv, raw, caller_env))
+                except Exception:  # noqa: BLE001 - one mail must not sink the batch
+                    _log.exception("delivery %d of a batch failed", index)
+                    self.effects.close()
+                    outcomes.append(Outcome(ExitCode.TEMPFAIL, False))
+            failed = group.commit()
+        finally:
+            group.close()
+            self.effects = saved
+            self._fresh_own_effects = False
+        for index in failed:
+            outcomes[index] = Outcome(ExitCode.TEMPFAIL, False, outcomes[index].lastfolder,
+                                      outcomes[index].trace)
+        return outcomes
+
     def run(self, inv: Invocation, raw: bytes, caller_env: dict[str, str]) -> Outcome:
+        self._fresh_own_effects = False
         eff = self.effects
         if inv.berkeley and isinstance(eff, RealEffects):
             eff.berkeley = True

@@ -52,8 +52,9 @@ def fsync_dir(path: str) -> None:
             os.close(fd)
 
 
-def write_new_file(path: str, data: bytes, mode: int) -> os.stat_result:
-    """Create ``path`` exclusively with ``mode``, write ``data``, fsync; remove it on error."""
+def write_new_file(path: str, data: bytes, mode: int, *, fsync: bool = True) -> os.stat_result:
+    """Create ``path`` exclusively with ``mode``, write ``data``, fsync (unless ``fsync`` is
+    False: a group commit syncs it later); remove it on error."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     except OSError as exc:
@@ -63,7 +64,8 @@ def write_new_file(path: str, data: bytes, mode: int) -> os.stat_result:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if fsync:
+            os.fsync(fd)
         return os.fstat(fd)
     except OSError as exc:
         with contextlib.suppress(OSError):

@@ -26,6 +26,7 @@ from rules.effects import Command, ProgramResult, SaveResult
 from . import programs
 from .errors import DeliveryError, LockError
 from .folders import deliver_to_folders
+from .groupcommit import GroupCommit
 from .locking import DotLock, LockPolicy
 from .mboxformat import program_bytes
 
@@ -64,8 +65,10 @@ class RealEffects:
     """Effects for a real delivery, run as the recipient (never as root: see agent)."""
 
     def __init__(self, *, stderr_fd: int = 2, uid: int | None = None,
-                 rc_loader=None, berkeley: bool = False) -> None:
+                 rc_loader=None, berkeley: bool = False,
+                 group: GroupCommit | None = None) -> None:
         self.berkeley = berkeley
+        self.group = group               # a batch's deferred syncs (Agent.run_many)
         self.vars: Mapping[str, str] = {}
         self._stderr_fd = stderr_fd
         self._log_fd = stderr_fd
@@ -195,7 +198,7 @@ class RealEffects:
     def _acquire(self, path: str) -> DotLock | None:
         """Take a procmail-compatible lock; None (after procmail's log line) on failure,
         and the delivery goes on unlocked as procmail's does."""
-        lock = DotLock(path, self._policy())
+        lock = DotLock(path, self._policy(), claims=None if self.group is None else self.group.claims)
         try:
             lock.acquire()
         except LockError:
@@ -250,7 +253,7 @@ class RealEffects:
             result = deliver_to_folders(
                 list(folders), data, raw=raw, umask=self._umask, policy=self._policy(),
                 msgprefix=self.vars.get("MSGPREFIX", "msg."), lock_mbox=not already,
-                berkeley=self.berkeley)
+                berkeley=self.berkeley, group=self.group)
         except DeliveryError as err:
             self.log(f'procmail: Error while writing to "{err.path or folders[0]}"\n')
             return SaveResult(False)

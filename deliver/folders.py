@@ -17,6 +17,10 @@ o+x allowed, every message file and mbox written gets o+x (20).
 Formats: mbox = mboxformat.mbox_bytes (escaping, final newline, unless ``raw``); MH and
 directory = program_bytes (``raw``: nothing added); Maildir = maildir_bytes (no From_ line).
 
+With ``group`` (deliver.groupcommit, Agent.run_many) the fsyncs of an mbox append and of a
+Maildir message are left to the batch's commit; a Maildir reached together with other
+names is still synced at once.
+
 Returns a FolderResult: the names LASTFOLDER shows (``md/new/<file>``, ``mh/7``, ``dir/msg.X``,
 ``box``), the bytes written and the first folder's kind.  Raises MailboxError (temporary=True
 for ENOSPC, EDQUOT, EFBIG, EIO and lock timeouts; nothing partial is left behind).
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 
 from . import dirfolder, maildir, mh
 from .errors import MailboxError
+from .groupcommit import GroupCommit
 from .locking import LockPolicy
 from .mbox import append_mbox
 from .mboxformat import maildir_bytes, mbox_bytes, rewrite_content_length, program_bytes
@@ -84,6 +89,7 @@ def deliver_to_folders(
     hostname: str | None = None,
     spool_checks: bool = False,
     berkeley: bool = False,
+    group: GroupCommit | None = None,
 ) -> FolderResult:
     """Deliver ``message`` to ``names`` (one action line); see the module docstring."""
     if not names:
@@ -102,12 +108,13 @@ def deliver_to_folders(
             log.warning('Skipped "%s"', name)
         data = mbox_bytes(message, raw=raw, berkeley=berkeley)
         size = append_mbox(path, data, policy=policy, umask=umask, lock=lock_mbox,
-                           spool_checks=spool_checks)
+                           spool_checks=spool_checks, group=group)
         return FolderResult((path,), size, MBOX, skipped)
 
     if kind == MAILDIR:
         data = maildir_bytes(message, berkeley=berkeley)
-        stored = maildir.deliver_maildir(path, data, umask=umask, hostname=hostname)
+        stored = maildir.deliver_maildir(path, data, umask=umask, hostname=hostname,
+                                         group=None if others else group)
     else:
         data = (rewrite_content_length(message, berkeley=berkeley) if raw
                 else program_bytes(message, berkeley=berkeley))

@@ -20,7 +20,9 @@ procmail, mutt, Postfix local(8) and postroom all exclude one another on the sam
   LOCKSLEEP (procmail always sleeps LOCKSLEEP); ``policy.timeout`` bounds the total wait;
 * a missing directory is retried ``policy.retries`` times, LOCKSLEEP apart, as procmail
   does ("about a minute"); other creation errors fail at once;
-* leaving the ``with`` block always removes the lock and the claim file, even on error.
+* leaving the ``with`` block always removes the lock and the claim file, even on error;
+  in a batch (``DotLock(..., claims=...)``, deliver.groupcommit) the claim file is kept,
+  unlinked, for the next lock of the same file and stamped anew when reused.
 
 ``fcntl_locked(fd)`` holds a POSIX record lock on the whole open file (fcntl F_SETLKW, as
 procmail's fdlock() and mutt do) for the duration of a ``with`` block.
@@ -97,7 +99,8 @@ class LockPolicy:
 class _ProcmailStyleLock(flufl.lock.Lock):
     """flufl.lock's link protocol, with procmail's lock-file shape and stale-lock policy."""
 
-    def __init__(self, lockfile: str, policy: LockPolicy) -> None:
+    def __init__(self, lockfile: str, policy: LockPolicy,
+                 claims: dict[str, str] | None = None) -> None:
         # flufl's __init__ minus its socket.getfqdn() (a resolver lookup, most of the cost
         # of a lock): the same attributes, the host name cached per node name.
         self._hostname = _fqdn()
@@ -105,7 +108,12 @@ class _ProcmailStyleLock(flufl.lock.Lock):
         self._lockfile = lockfile
         self.lifetime = _LIFETIME
         self._separator = flufl.lock.SEP
-        self._set_claimfile()
+        self._claims = claims              # a batch's kept claim files (deliver.groupcommit)
+        kept = None if claims is None else claims.get(lockfile)
+        if kept is None:
+            self._set_claimfile()
+        else:
+            self._claimfile = kept
         self._retry_errnos = []
         self._policy = policy
         self._wait = _FIRST_POLL
@@ -120,6 +128,8 @@ class _ProcmailStyleLock(flufl.lock.Lock):
         if self._written >= 0:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._claimfile)
+        elif self._claims is not None and self._reuse_claim():
+            return
         fd = os.open(self._claimfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, LOCK_MODE)
         try:
             os.write(fd, b"0")
@@ -127,6 +137,44 @@ class _ProcmailStyleLock(flufl.lock.Lock):
         finally:
             os.close(fd)
         self._written = time.monotonic()
+        if self._claims is not None:
+            self._claims[self._lockfile] = self._claimfile
+
+    def _reuse_claim(self) -> bool:
+        """A batch keeps its claim file between locks (creating an inode is the dearest
+        step of a lock): reuse it when it is still ours and unlinked — a plain file of at
+        most MAX_LOCKSIZE bytes with one link — stamped with *now*, since the lock's age
+        is its mtime.  Anything else (removed, still linked to a lock) gets a fresh name."""
+        assert self._claims is not None
+        if self._claims.get(self._lockfile) != self._claimfile:
+            return False
+        try:
+            st = os.lstat(self._claimfile)
+            usable = stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_size <= MAX_LOCKSIZE
+            if usable:
+                os.utime(self._claimfile, None)
+        except OSError:
+            usable = False
+        if not usable:
+            del self._claims[self._lockfile]
+            self._set_claimfile()
+            return False
+        self._written = time.monotonic()
+        return True
+
+    def unlock(self, *, unconditionally: bool = False) -> None:
+        """flufl's unlock, but a batch's claim file stays for the next lock."""
+        if self._claims is None:
+            super().unlock(unconditionally=unconditionally)
+            return
+        if not self._is_locked_no_refresh():
+            if self._claims.get(self._lockfile) == self._claimfile:
+                del self._claims[self._lockfile]      # the caller removes the claim file
+            if not unconditionally:
+                raise flufl.lock.NotLockedError("Already unlocked")
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._lockfile)
 
     def _touch(self, filename: str | None = None) -> None:
         """Stamp with *now*, never the future: procmail ages locks by their mtime.
@@ -260,12 +308,16 @@ class DotLock:
     """A procmail-compatible lock file at ``path``, held for a ``with`` block.
 
     Raises LockError on failure (see the module docstring); never leaves ``path`` or a
-    claim file behind once the block is left.
+    claim file behind once the block is left — except, with ``claims`` (a batch's dict
+    of lock file -> claim file, deliver.groupcommit), the claim file, which is kept there
+    unlinked for the next lock of the same file and removed by the batch's owner.
     """
 
-    def __init__(self, path: str, policy: LockPolicy = LockPolicy()) -> None:
+    def __init__(self, path: str, policy: LockPolicy = LockPolicy(), *,
+                 claims: dict[str, str] | None = None) -> None:
         self.path = path
         self.policy = policy
+        self._claims = claims
         self._lock: _ProcmailStyleLock | None = None
         self._key = ""
 
@@ -275,7 +327,7 @@ class DotLock:
         return self._lock.forced if self._lock else []
 
     def acquire(self) -> None:
-        lock = _ProcmailStyleLock(self.path, self.policy)
+        lock = _ProcmailStyleLock(self.path, self.policy, self._claims)
         timeout = None if self.policy.timeout is None else timedelta(seconds=self.policy.timeout)
         tries = 0
         while True:

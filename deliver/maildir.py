@@ -23,6 +23,7 @@ import time
 
 from .dirfolder import fsync_dir, message_mode, write_new_file
 from .errors import MailboxError
+from .groupcommit import GroupCommit
 
 SUBDIRS = ("new", "cur", "tmp")       # procmail's order of creation
 _serial = itertools.count()
@@ -64,21 +65,30 @@ def ensure_maildir(path: str, umask: int) -> bool:
                for p in (path, *(os.path.join(path, d) for d in SUBDIRS)))
 
 
-def _claim_tmp(path: str, data: bytes, umask: int, hostname: str | None) -> tuple[str, str]:
+def _claim_tmp(path: str, data: bytes, umask: int, hostname: str | None,
+               fsync: bool = True) -> tuple[str, str, os.stat_result]:
     while True:
         name = unique_name(hostname)
         tmp = os.path.join(path, "tmp", name)
         try:
-            write_new_file(tmp, data, message_mode(umask))
-            return name, tmp
+            st = write_new_file(tmp, data, message_mode(umask), fsync=fsync)
+            return name, tmp, st
         except MailboxError as exc:
             if not isinstance(exc.__cause__, FileExistsError):
                 raise
 
 
-def deliver_maildir(path: str, data: bytes, *, umask: int, hostname: str | None = None) -> str:
-    """Store ``data`` (already formatted) in ``path/new``; returns the new file's path."""
-    name, tmp = _claim_tmp(path, data, umask, hostname)
+def deliver_maildir(path: str, data: bytes, *, umask: int, hostname: str | None = None,
+                    group: GroupCommit | None = None) -> str:
+    """Store ``data`` (already formatted) in ``path/new``; returns the new file's path.
+    With a ``group`` the file stays in tmp/ unsynced and is linked to the returned name
+    by the group's commit (deliver.groupcommit)."""
+    if group is not None:
+        name, tmp, st = _claim_tmp(path, data, umask, hostname, fsync=False)
+        dest = os.path.join(path, "new", name)
+        group.link_later(tmp, dest, st.st_dev)
+        return dest
+    name, tmp, _st = _claim_tmp(path, data, umask, hostname)
     try:
         dest = os.path.join(path, "new", name)
         while True:                        # link, not rename: never replace a message

@@ -33,6 +33,7 @@ import os
 import stat
 
 from .errors import LockError, MailboxError
+from .groupcommit import GroupCommit
 from .locking import DotLock, LockPolicy, fcntl_locked, is_held
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,11 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def append_mbox(path: str, data: bytes, *, policy: LockPolicy = LockPolicy(), umask: int = 0o077,
-                lock: bool = True, spool_checks: bool = False) -> int:
-    """Append ``data`` to the mbox ``path`` (see the module docstring); returns len(data)."""
+                lock: bool = True, spool_checks: bool = False,
+                group: GroupCommit | None = None) -> int:
+    """Append ``data`` to the mbox ``path`` (see the module docstring); returns len(data).
+    With a ``group`` the fsync is left to the group's commit (deliver.groupcommit) and the
+    dot-lock reuses the group's claim file."""
     if path == os.devnull:
         return len(data)                   # procmail: "save the effort on /dev/null"
     if spool_checks:
@@ -107,7 +111,7 @@ def append_mbox(path: str, data: bytes, *, policy: LockPolicy = LockPolicy(), um
         parent = os.path.dirname(path) or "."
         if lock and policy.lockext and not is_held(lockfile) and os.path.isdir(parent):
             try:
-                stack.enter_context(DotLock(lockfile, policy))
+                stack.enter_context(DotLock(lockfile, policy, claims=None if group is None else group.claims))
             except LockError as exc:
                 if exc.temporary:
                     raise MailboxError(str(exc), temporary=True, path=path) from exc
@@ -130,7 +134,10 @@ def append_mbox(path: str, data: bytes, *, policy: LockPolicy = LockPolicy(), um
         old_size = os.lseek(fd, 0, os.SEEK_END)
         try:
             _write_all(fd, data)
-            os.fsync(fd)
+            if group is None:
+                os.fsync(fd)
+            else:
+                group.wrote(fd, st)
         except OSError as exc:
             _truncate_back(fd, path, old_size)
             err = MailboxError.from_oserror("Error while writing to", path, exc)
