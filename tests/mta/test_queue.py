@@ -45,7 +45,7 @@ def run_child(code: str, *args: str, **kw) -> subprocess.Popen[str]:
 
 def test_commit_is_visible_whole(tmp_path):
     spool = Spool(str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == ["active", "corrupt", "deferred", "hold", "incoming", "tmp"]
+    assert sorted(os.listdir(tmp_path)) == ["active", "corrupt", "deferred", "free", "hold", "incoming", "tmp"]
     m = spool.new_message()
     m.write(b"Subject: t\n\n")
     assert listing(spool, "incoming") == [] and listing(spool, "tmp") == [m.qid]
@@ -153,6 +153,62 @@ def test_claim_is_exclusive_and_finish_routes_by_state(tmp_path):
     c.envelope.recipients[2].mark_delivered()
     assert c.finish() == "done"
     assert all(listing(spool, s) == [] for s in ("incoming", "active", "deferred", "tmp"))
+
+
+def _deliver_all(spool: Spool, qid: str) -> None:
+    c = spool.claim(qid)
+    for r in c.envelope.recipients:
+        r.mark_delivered()
+    assert c.finish() == "done"
+
+
+def test_finished_directories_are_recycled_and_fully_rewritten(tmp_path, monkeypatch):
+    spool = Spool(str(tmp_path))
+    long_body = b"Subject: long\n\n" + b"x" * 10000 + b"\n"
+    first = put(spool, long_body, "a@x.example", "b@x.example", "c@x.example")
+    inode = os.stat(os.path.join(spool.dirs["incoming"], first)).st_ino
+    _deliver_all(spool, first)
+    assert os.listdir(spool.free_dir) == [first]        # kept, not deleted
+    time.sleep(0.11)                                     # past the listing rate limit
+    second = put(spool, b"Subject: short\n\nhi\n", "d@x.example")
+    d = os.path.join(spool.dirs["incoming"], second)
+    assert os.stat(d).st_ino == inode and os.listdir(spool.free_dir) == []
+    # nothing of the longer message or its three-recipient envelope is left behind
+    assert Path(d, "message").read_bytes() == b"Subject: short\n\nhi\n"
+    e = Envelope.from_json(Path(d, "envelope.json").read_bytes())
+    assert [r.address for r in e.recipients] == ["d@x.example"]
+    assert sorted(os.listdir(d)) == ["envelope.json", "message"]
+    c = spool.claim(second)
+    assert c.open_message().read() == b"Subject: short\n\nhi\n"
+    c.envelope.recipients[0].mark_delivered()
+    c.finish()
+    # another Spool object (another process) takes what this one recycled
+    other = Spool(str(tmp_path), recover=False)
+    third = put(other, b"m3\n")
+    assert os.stat(os.path.join(spool.dirs["incoming"], third)).st_ino == inode
+    # free/ is bounded: beyond FREE_LIMIT a finished entry is deleted
+    monkeypatch.setattr("mta.queue.spool.FREE_LIMIT", 0)
+    _deliver_all(other, third)
+    assert os.listdir(spool.free_dir) == [] and all(
+        listing(spool, s) == [] for s in ("incoming", "active", "deferred", "tmp"))
+
+
+def test_a_recycled_directory_just_taken_is_not_recovered(tmp_path):
+    """Between taking a directory from free/ and locking its message file a writer holds
+    no lock; its old mtime must not make ``recover`` think it abandoned (ctime is new)."""
+    spool = Spool(str(tmp_path))
+    _deliver_all(spool, put(spool))
+    old = time.time() - 3600
+    (name,) = os.listdir(spool.free_dir)
+    os.utime(os.path.join(spool.free_dir, name), (old, old))
+    taken = os.path.join(spool.dirs["tmp"], "X" + name)
+    time.sleep(0.11)                                     # past the listing rate limit
+    assert spool._take_free(taken)                       # the rename, no lock yet
+    assert os.stat(taken).st_mtime < time.time() - 3000
+    assert Spool(str(tmp_path)).recover(tmp_grace=5.0)["tmp"] == 0
+    assert os.path.isdir(taken)
+    assert Spool(str(tmp_path)).recover(tmp_grace=0.0)["tmp"] == 1    # really abandoned
+    assert not os.path.exists(taken)
 
 
 CLAIMER = """
