@@ -81,12 +81,17 @@ def _fsync_dir(path: str) -> None:
 
 
 def _write_file_synced(path: str, data: bytes, *, exclusive: bool) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    """Write ``data`` as the whole of ``path`` and fsync it.  An existing file is
+    overwritten in place and then cut to length rather than truncated first: its blocks
+    are reused instead of freed and allocated again (a recycled directory's files)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else 0)
     fd = os.open(path, flags, 0o600)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+        if not exclusive:
+            os.ftruncate(fd, len(data))
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -183,8 +188,9 @@ class IncomingMessage:
         self._created = True
 
     def _open_file(self) -> None:
-        # A recycled directory still holds the previous message: truncate it (no new inode).
-        mode = os.O_TRUNC if self._reused else os.O_EXCL
+        # A recycled directory still holds the previous message: it is overwritten in
+        # place and cut to length at commit (no new inode, its blocks reused).
+        mode = 0 if self._reused else os.O_EXCL
         fd = os.open(os.path.join(self._dir, MESSAGE), os.O_WRONLY | os.O_CREAT | mode, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._file = os.fdopen(fd, "wb", buffering=_WRITE_BUFFER)
@@ -226,6 +232,8 @@ class IncomingMessage:
                 self._materialize()
             assert self._file is not None
             self._file.flush()
+            if self._reused:
+                os.ftruncate(self._file.fileno(), self._file.tell())
             os.fsync(self._file.fileno())
             _write_file_synced(os.path.join(self._dir, ENVELOPE), envelope.to_json(),
                                exclusive=not self._reused)
