@@ -319,7 +319,7 @@ class ClaimedMessage:
                 self._move_out("tmp", sync=False)
                 _remove_entry(os.path.join(self.spool.dirs["tmp"], self.qid))
             self._unlock()
-            log.info("%s: removed", self.qid)
+            log.debug("%s: removed", self.qid)
             return "done"
         self.save()
         state = "incoming" if any(r.state == "pending" for r in self.envelope.recipients) else "deferred"

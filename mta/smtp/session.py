@@ -103,7 +103,9 @@ class Session:
 
     # --- main loop ------------------------------------------------------------------------
     async def run(self) -> None:
-        log.info("connect from [%s]", self.client_ip)
+        # Only the from= and to= lines are logged per message, as sendmail does; a
+        # line per connect and disconnect (Postfix) is for -v.
+        log.debug("connect from [%s]", self.client_ip)
         try:
             if not await self._greet():
                 await self.flush()
@@ -125,7 +127,7 @@ class Session:
             log.info("lost connection from %s", self.relay)
         except (ConnectionError, asyncio.TimeoutError) as exc:
             log.info("connection from %s ended: %s", self.relay, exc.__class__.__name__)
-        log.info("disconnect from %s", self.relay)
+        log.debug("disconnect from %s", self.relay)
 
     async def _greet(self) -> bool:
         pause = self.limits.greet_pause
