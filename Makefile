@@ -10,7 +10,7 @@ PYTHON ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || command -v
 VENV := .venv
 VPY := $(VENV)/bin/python
 TEST_USER ?= prtest
-APT_PACKAGES := procmail swaks python3-venv strace
+APT_PACKAGES := procmail swaks python3-venv strace gcc libc6-dev
 IS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo yes)
 
 .PHONY: run test bench venv compile test-deps clean check-samples
@@ -37,21 +37,23 @@ compile: $(VENV)/.installed
 # ~15 ms per process (Debian's sitecustomize, the editable install's import finder and
 # its pathlib) - more than procmail's whole delivery.  `python -IS` skips site and ignores
 # PYTHON* variables (safer for an MDA, too); the paths site would have added are written
-# into the launcher.  `postroom deliver` first tries the warm server (`postroom deliverd`,
-# deliver/deliverd.py) through deliver/fastclient.py, which imports almost nothing, and
-# delivers in process when no server answers.  DELIVERD_SOCKET is the socket it tries
-# when $POSTROOM_DELIVERD is unset (empty: never).  Every other subcommand works as before.
+# into the launcher (.venv/bin/postroom-python).  .venv/bin/postroom is the native client
+# (deliver/client/postroom-deliver.c, built with the system cc by deliver/clientbuild.py;
+# never committed): `postroom deliver` hands the delivery to the warm server (`postroom
+# deliverd`, deliver/deliverd.py) without starting Python at all, and execs the Python
+# launcher when no server answers and for every other subcommand.  Without a C compiler
+# .venv/bin/postroom is the Python launcher, whose deliver/fastclient.py does the same
+# hand-over at Python's start-up cost.  DELIVERD_SOCKET is the socket tried when
+# $POSTROOM_DELIVERD is unset (empty: never).
 DELIVERD_SOCKET ?= /run/postroom/deliverd.sock
-$(VENV)/.launcher: $(VENV)/.installed deliver/fastclient.py Makefile
+$(VENV)/.launcher: $(VENV)/.installed deliver/fastclient.py deliver/clientbuild.py deliver/client/postroom-deliver.c Makefile
 	@$(VPY) -c 'import os, sys, sysconfig, mta; \
-	from deliver.fastclient import launcher_script; \
+	from deliver.clientbuild import install_launchers; \
 	paths = [os.path.dirname(os.path.dirname(os.path.abspath(mta.__file__)))]; \
 	paths += [sysconfig.get_paths()[k] for k in ("purelib", "platlib")]; \
 	paths = list(dict.fromkeys(paths)); \
-	script = launcher_script(os.path.abspath(sys.executable), paths, "$(DELIVERD_SOCKET)"); \
-	target = os.path.join(os.path.dirname(sys.executable), "postroom"); \
-	open(target + ".tmp", "w").write(script); os.chmod(target + ".tmp", 0o755); \
-	os.replace(target + ".tmp", target)'
+	kind = install_launchers(os.path.dirname(sys.executable), os.path.abspath(sys.executable), paths, "$(DELIVERD_SOCKET)"); \
+	print("postroom launcher:", "native client + Python" if kind == "c" else "Python only (no C compiler)")'
 	@touch $@
 
 venv: $(VENV)/.installed $(VENV)/.launcher compile

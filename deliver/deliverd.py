@@ -60,6 +60,7 @@ import time
 from array import array
 from dataclasses import dataclass, field
 
+from . import zygote
 from .errors import DeliveryError
 from .fastclient import ACCEPTED, DEFAULT_SOCKET, EXITED, KILLED, MAGIC, REFUSED, TEMPFAIL
 
@@ -86,6 +87,9 @@ PR_SET_CHILD_SUBREAPER = 36
 # setns(2) with a pidfd joins several namespaces at once (Linux 5.8).  Not the user
 # namespace (the credentials are set explicitly) and not the pid namespace.
 JOIN_NAMESPACES = 0x00020000 | 0x04000000 | 0x08000000 | 0x40000000   # NEWNS|UTS|IPC|NET
+NAMESPACES = ("mnt", "uts", "ipc", "net")          # the same four, as /proc/PID/ns names
+ZYGOTE_IDLE = 300.0              # seconds an unused zygote lives (--zygote-idle)
+MAX_ZYGOTES = 64                 # the least recently used one goes beyond this
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -237,6 +241,45 @@ def run_child(peer: Peer, request: Request, fds: list[int], deliver) -> int:
     return int(deliver(request.argv))
 
 
+def serve_job(data: bytes, fds: list[int], deliver) -> int:
+    """A delivery in a zygote's child (deliver.zygote), already the caller: ``fds`` are
+    stdin, stdout, stderr and cwd.  As run_child; then the caller's stdio is released
+    (/dev/null on 0-2), so that the zygote can report the status before this process's
+    exit tears its memory down."""
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.set_wakeup_fd(-1)
+    os.setsid()
+    code = TEMPFAIL
+    try:
+        request = parse_request(data)
+        adopt(request, fds[:4])
+        code = int(deliver(request.argv))
+    except BaseException:  # noqa: BLE001 - reported as 75, like any child
+        log.exception("delivery in a zygote child failed")
+    code = code & 0xFF if code >= 0 else TEMPFAIL
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    return code
+
+
+def describe_request(data: bytes) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of a request, for the zygote's rc warmer."""
+    request = parse_request(data)
+    env: dict[str, str] = {}
+    for name, value in request.environ:
+        env.setdefault(os.fsdecode(name), os.fsdecode(value))
+    return request.argv, env
+
+
 # --------------------------------------------------------------------------- the server
 
 
@@ -265,10 +308,17 @@ class Server:
     """One listening socket, a selector, the children.  ``deliver(argv) -> int`` runs in
     the child after it became the caller (deliver.cli.main in production)."""
 
-    def __init__(self, path: str, max_children: int = 32, *, deliver=_default_deliver) -> None:
+    def __init__(self, path: str, max_children: int = 32, *, deliver=_default_deliver,
+                 zygote_idle: float = ZYGOTE_IDLE, max_zygotes: int = MAX_ZYGOTES,
+                 prefault: bool = True) -> None:
         self.path = path
         self.max_children = max(1, max_children)
         self.deliver = deliver
+        self.zygote_idle = zygote_idle          # 0: no zygotes, every delivery forks here
+        self.max_zygotes = max(1, max_zygotes)
+        self.prefault = prefault
+        self.zygotes: dict[zygote.Creds, zygote.Handle] = {}
+        self._own_ns = self._namespaces("self")
         self.root = os.geteuid() == 0
         self.pending: dict[int, _Pending] = {}
         self.active: dict[int, _Active] = {}          # child pid -> its client
@@ -343,6 +393,7 @@ class Server:
                     self._client_gone(key.data[1])
             self._reap()
             self._expire_pending()
+            self._expire_zygotes()
         log.info("stopped")
 
     def close(self) -> None:
@@ -364,6 +415,9 @@ class Server:
             pass
         for fd in list(self.pending):
             self._refuse(self.pending.pop(fd), "server stopping")
+        for z in list(self.zygotes.values()):
+            z.retire()
+        self.zygotes.clear()
 
     def _drain_wake(self) -> None:
         try:
@@ -444,11 +498,14 @@ class Server:
                 return self._refuse(p, "caller in another mount namespace")
         elif p.peer.pidfd < 0:
             return self._refuse(p, "no SO_PEERPIDFD: cannot join the caller's namespaces")
+        use_zygote = self._zygote_eligible(p.peer)
         try:
             p.conn.setblocking(True)
             p.conn.sendall(ACCEPTED)
         except OSError as err:
             return self._drop_pending(p, f"client gone before accept: {err}")
+        if use_zygote and self._hand_to_zygote(p):
+            return
         sys.stdout.flush()
         sys.stderr.flush()
         try:
@@ -462,6 +519,84 @@ class Server:
         log.debug("child %d serves pid %d uid %d: %s", pid, p.peer.pid, p.peer.uid, request.argv)
         self.active[pid] = _Active(p.conn, p.peer.pid)
         self.sel.register(p.conn, selectors.EVENT_READ, ("active", pid))
+        for fd in p.fds:
+            os.close(fd)
+        if p.peer.pidfd >= 0:
+            os.close(p.peer.pidfd)
+
+    # ---------------------------------------------------------------- zygotes
+
+    @staticmethod
+    def _namespaces(pid) -> tuple[tuple[int, int], ...]:
+        out = []
+        for name in NAMESPACES:
+            st = os.stat(f"/proc/{pid}/ns/{name}")
+            out.append((st.st_dev, st.st_ino))
+        return tuple(out)
+
+    def _zygote_eligible(self, peer: Peer) -> bool:
+        """A zygote serves a caller other than root whose mount, UTS, IPC and network
+        namespaces are ours (read from /proc, then the pidfd proves the pid was not
+        recycled in between); anyone else gets a child of its own, as before."""
+        if self.zygote_idle <= 0 or peer.uid == 0 or peer.pidfd < 0:
+            return False
+        try:
+            theirs = self._namespaces(peer.pid)
+            signal.pidfd_send_signal(peer.pidfd, 0)
+        except OSError:
+            return False
+        return theirs == self._own_ns
+
+    def _hand_to_zygote(self, p: _Pending) -> bool:
+        """After ACCEPTED: give the request to the caller's zygote (spawned on first use).
+        False when it cannot take it: the caller then gets a child of ours."""
+        creds = zygote.Creds.of(p.peer.uid, p.peer.gid, p.peer.groups)
+        z = self.zygotes.get(creds)
+        if z is None:
+            if len(self.zygotes) >= self.max_zygotes:
+                oldest = min(self.zygotes.values(), key=lambda h: h.last_used)
+                self._retire_zygote(oldest, "least recently used")
+            try:
+                z = zygote.spawn(creds, self._zygote_job, describe_request, self._flush,
+                                 lambda: self._close_for_zygote(p), max_children=self.max_children,
+                                 prefault_spares=self.prefault)
+            except OSError as err:
+                log.error("cannot start a zygote for uid %d: %s", creds.uid, err)
+                return False
+            self.zygotes[creds] = z
+        if not z.submit(p.peer.pid, bytes(p.data), [p.conn.fileno(), *p.fds]):
+            self._retire_zygote(z, "hand-over failed")
+            return False
+        log.debug("zygote %d takes pid %d uid %d", z.pid, p.peer.pid, p.peer.uid)
+        self._close_pending(p)
+        return True
+
+    def _zygote_job(self, data: bytes, fds: list[int]) -> int:
+        return serve_job(data, fds, self.deliver)
+
+    @staticmethod
+    def _flush() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+    def _retire_zygote(self, z: zygote.Handle, why: str) -> None:
+        log.info("zygote %d for uid %d retired: %s", z.pid, z.creds.uid, why)
+        z.retire()
+        if self.zygotes.get(z.creds) is z:
+            del self.zygotes[z.creds]
+
+    def _expire_zygotes(self) -> None:
+        now = time.monotonic()
+        for z in list(self.zygotes.values()):
+            if now - z.last_used > self.zygote_idle:
+                self._retire_zygote(z, "idle")
+
+    def _close_for_zygote(self, p: _Pending) -> None:
+        """In a new zygote: none of deliverd's fds survive (the listener, the clients'
+        connections, fds and pidfds, including the request that made it, which reaches
+        it through the channel like any other; other zygotes' channels, the wake pipe)."""
+        self._close_everything()
+        os.close(p.conn.detach())
         for fd in p.fds:
             os.close(fd)
         if p.peer.pidfd >= 0:
@@ -493,7 +628,19 @@ class Server:
     def _close_all_but(self, p: _Pending) -> None:
         """A child keeps only its own client's fds: never another client's stdin or cwd,
         nor the listener (a dead server must not leave a socket that accepts)."""
+        self._close_everything()
+        os.close(p.conn.detach())
+
+    def _close_everything(self) -> None:
+        """In a child: every fd of the server's, except those of the pending request
+        being served (the caller closes its connection; its fds are kept)."""
         signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        for z in self.zygotes.values():
+            if z.sock.fileno() >= 0:
+                os.close(z.sock.detach())
+        self.zygotes = {}
         self.sel.close()
         if self.listener is not None:
             os.close(self.listener.detach())
@@ -506,7 +653,6 @@ class Server:
         for active in self.active.values():
             if active.conn is not None:
                 os.close(active.conn.detach())
-        os.close(p.conn.detach())
         os.close(self._wake_r)
         os.close(self._wake_w)
 
@@ -522,7 +668,12 @@ class Server:
                 return
             active = self.active.pop(pid, None)
             if active is None:
-                continue                        # an orphaned recipe program (subreaper)
+                for creds, z in list(self.zygotes.items()):
+                    if z.pid == pid:            # killed by its user, or failed to start
+                        log.warning("zygote %d for uid %d ended: %#x", pid, creds.uid, wstatus)
+                        z.retire()
+                        del self.zygotes[creds]
+                continue                        # else an orphaned recipe program (subreaper)
             if os.WIFSIGNALED(wstatus):
                 reply = KILLED + bytes([os.WTERMSIG(wstatus)])
             else:
@@ -621,6 +772,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--socket", default=DEFAULT_SOCKET, help=f"default {DEFAULT_SOCKET}")
     ap.add_argument("--max-children", type=int, default=32)
     ap.add_argument("--verbose", action="store_true", help="log every delivery")
+    ap.add_argument("--zygote-idle", type=float, default=ZYGOTE_IDLE, metavar="SECONDS",
+                    help="keep a warm per-user process this long after its last delivery "
+                         f"(default {ZYGOTE_IDLE:g}; 0: fork every delivery from the server)")
+    ap.add_argument("--max-zygotes", type=int, default=MAX_ZYGOTES)
+    ap.add_argument("--no-prefault", action="store_true",
+                    help="do not copy a spare child's memory ahead of its delivery")
     args = ap.parse_args(argv)
     _setup_logging(args.verbose)
     for fd in (0, 1, 2):                 # received fds must never land on 0-2 here
@@ -629,7 +786,8 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             os.open(os.devnull, os.O_RDWR)
     warm_up()
-    server = Server(args.socket, args.max_children)
+    server = Server(args.socket, args.max_children, zygote_idle=args.zygote_idle,
+                    max_zygotes=args.max_zygotes, prefault=not args.no_prefault)
     try:
         server.listen()
     except (DeliverdError, OSError) as err:

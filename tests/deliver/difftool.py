@@ -259,10 +259,13 @@ class Deliverd:
 
     def descendants(self) -> list[int]:
         """Live, non-zombie processes below the server (its delivery children and the
-        programs they left running, which the subreaper server adopts)."""
+        programs they left running, which the subreaper server adopts); not its idle
+        per-user zygotes and their spare children (deliver.zygote), which wait for work."""
         parents = {pid: int(fields[1]) for pid, fields in _live_processes()}
         out = []
         for pid in parents:
+            if _comm(pid) in _IDLE_NAMES:
+                continue
             p, seen = pid, 0
             while p in parents and seen < 64:
                 p, seen = parents[p], seen + 1
@@ -297,16 +300,18 @@ class Deliverd:
 DELIVERD: Deliverd | None = None
 
 
-def make_launcher(path: Path, socket_path: str) -> None:
-    """A `postroom` launcher like `make venv`'s, defaulting to ``socket_path``."""
+def make_launcher(path: Path, socket_path: str) -> str:
+    """A `postroom` like `make venv`'s (the native client when a C compiler exists, else
+    the Python launcher; deliver.clientbuild), defaulting to ``socket_path``.  Returns
+    "c" or "python"."""
     import sysconfig
-    from deliver.fastclient import launcher_script
+    from deliver.clientbuild import install_launchers
+    assert path.name == "postroom"
     paths = list(dict.fromkeys([str(REPO)] + [sysconfig.get_paths()[k] for k in ("purelib", "platlib")]))
-    path.write_text(launcher_script(str(VENV_BIN / "python"), paths, socket_path))
-    os.chmod(path, 0o755)
+    return install_launchers(str(path.parent), str(VENV_BIN / "python"), paths, socket_path)
 
 
-def start_deliverd(max_children: int = 8) -> Deliverd:
+def start_deliverd(max_children: int = 8, extra_args: Sequence[str] = ()) -> Deliverd:
     """Run `postroom deliverd` as root on a socket in a fresh 0755 directory; return once
     it accepts connections.  Raises HarnessError if it does not come up."""
     if os.geteuid() != 0:
@@ -316,7 +321,8 @@ def start_deliverd(max_children: int = 8) -> Deliverd:
     sock, launcher, log = directory / "deliverd.sock", directory / "postroom", directory / "log"
     make_launcher(launcher, str(sock))
     with open(log, "wb") as logf:
-        proc = subprocess.Popen([str(launcher), "deliverd", "--socket", str(sock), "--verbose"],
+        proc = subprocess.Popen([str(launcher), "deliverd", "--socket", str(sock), "--verbose",
+                                 "--max-children", str(max_children), *extra_args],
                                 stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, cwd="/")
     d = Deliverd(proc, directory, sock, launcher, log)
     deadline = time.monotonic() + 30
@@ -483,6 +489,17 @@ def _session_members(sid: int) -> list[int]:
     """Live pids whose session id is `sid` (proc(5): state is field 3, session field 6
     of /proc/<pid>/stat)."""
     return [pid for pid, fields in _live_processes() if len(fields) > 3 and int(fields[3]) == sid]
+
+
+_IDLE_NAMES = (b"pr-zygote", b"pr-spare")        # deliver.zygote.ZYGOTE_NAME, SPARE_NAME
+
+
+def _comm(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().rstrip(b"\n")
+    except OSError:
+        return b""
 
 
 def _live_processes():

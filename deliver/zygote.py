@@ -1,0 +1,614 @@
+"""deliver.zygote — per-user warm processes that fork one delivery child per mail (for deliverd).
+
+    spawn(creds, run_job, describe, before_fork, *, max_children=32, prefault=True) -> Handle
+    Handle.submit(client_pid, request, fds) -> bool      (deliverd, non-blocking)
+    Handle.retire()                                      (deliverd: idle, or stopping)
+    RcWarmer().learn(argv, user)                         (what a zygote keeps warm)
+
+What it does: `postroom deliverd` (root) forks one zygote per caller identity (uid, gid,
+supplementary groups) that it sees in its own namespaces.  The zygote drops to exactly
+those credentials at once (groups, gid, uid; it never runs anything as root), and then
+serves the deliveries deliverd hands it over a SOCK_SEQPACKET pair: each message is one
+client request (deliver.fastclient's bytes) with five fds: the client connection, the
+client's stdin, stdout, stderr and cwd.  A delivery runs in a child of the zygote, one
+child per mail, exactly as in a direct run (deliver.deliverd.serve_job).
+
+What it keeps warm, so a child does not pay for it:
+  * the rc files a delivery reads (``~/.procmailrc``, rc arguments, the system rc in -d
+    mode): loaded through rules.cache.load_rc, whose in-memory memo is keyed by the file's
+    path, size, mtime, inode and device and re-validated with an fstat by every load, so
+    an edited rc is seen by the very next delivery; and the regexes of their conditions,
+    through rules.regex.compile_regex's own cache.  An rc modified less than RC_SETTLE
+    seconds ago is not preloaded (a second edit within the file system's timestamp
+    granularity would keep size and mtime: the racy-git problem), the child loads it;
+  * one spare child, forked ahead of the next mail with its memory already copied
+    (madvise MADV_POPULATE_WRITE, Linux 5.14), so neither fork(2) nor the copy-on-write
+    faults of a 30 MB Python heap are paid while a client waits.  A child writes the exit
+    status to its client itself after closing the client's stdio, before its exit tears
+    that memory down; the zygote reaps it and reports a signal death (``K``) or a status
+    the child could not send.
+
+Guarantees:
+  * Never root: the zygote and its children have the caller's exact uid, gid and groups
+    (checked after the change); deliverd uses zygotes only for callers other than root,
+    and only when the caller's mount, UTS, IPC and network namespaces are deliverd's own.
+  * Only ever the caller's own: a zygote serves one identity, so all it holds and every
+    process it forks belong to that user; the user can kill or stop it, which hurts no
+    one else (deliverd's end is non-blocking; a failed hand-over falls back to deliverd's
+    per-delivery path, before any delivery started).
+  * The zygote exits when deliverd closes its end (idle expiry, shutdown, or deliverd's
+    death), after its running deliveries have finished.
+
+Errors: ZygoteError (credentials could not be set) ends the zygote before it serves.
+Logging: logger ``postroom.deliverd`` (deliverd's stream): "child N serves pid P uid U".
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import gc
+import logging
+import os
+import selectors
+import signal
+import socket
+import stat
+import time
+from array import array
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .errors import DeliveryError
+from .fastclient import EXITED, KILLED
+
+log = logging.getLogger("postroom.deliverd")
+
+#: one request with its fds; larger requests take deliverd's per-delivery path
+MAX_MESSAGE = 128 << 10
+N_FDS = 5                        # client connection, stdin, stdout, stderr, cwd
+RC_SETTLE = 1.0                  # seconds an rc must be unmodified before it is preloaded
+MADV_POPULATE_WRITE = 23         # <linux/mman.h>, Linux 5.14
+PR_SET_NAME = 15
+ZYGOTE_NAME = b"pr-zygote"       # comm names (ps, /proc/PID/stat): test harnesses tell
+SPARE_NAME = b"pr-spare"         # idle processes from deliveries by them
+DELIVERY_NAME = b"pr-deliver"
+_PID = 4                         # the client pid before the request (big-endian)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+class ZygoteError(DeliveryError):
+    """A zygote could not become its user."""
+
+
+@dataclass(frozen=True, slots=True)
+class Creds:
+    """The identity a zygote serves: the caller's, from SO_PEERCRED/SO_PEERGROUPS."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+    @classmethod
+    def of(cls, uid: int, gid: int, groups) -> "Creds":
+        return cls(uid, gid, tuple(sorted(set(groups))))
+
+
+def set_name(name: bytes) -> None:
+    """The comm name (prctl PR_SET_NAME), at most 15 bytes."""
+    _libc.prctl(PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0)
+
+
+def drop_to(creds: Creds) -> None:
+    """Groups, then gid, then uid (nothing left to regain); a no-op for a server that is
+    not root (it serves only its own uid, as deliver.deliverd.become)."""
+    if os.geteuid() != 0:
+        if creds.uid != os.geteuid():
+            raise ZygoteError("a zygote of another uid needs root")
+        return
+    os.setgroups(list(creds.groups))
+    os.setresgid(creds.gid, creds.gid, creds.gid)
+    os.setresuid(creds.uid, creds.uid, creds.uid)
+    if creds.uid != 0 and 0 in os.getresuid():
+        raise ZygoteError("could not drop root")
+
+
+def prefault() -> int:
+    """Copy every private writable page now (MADV_POPULATE_WRITE) so the delivery that
+    follows takes no copy-on-write faults; returns the bytes populated (0 on kernels
+    without it)."""
+    done = 0
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            maps = f.read().splitlines()
+    except OSError:
+        return 0
+    for line in maps:
+        fields = line.split()
+        if len(fields) < 2 or fields[1][1:2] != b"w" or fields[1][3:4] != b"p":
+            continue
+        start, end = (int(x, 16) for x in fields[0].split(b"-"))
+        if _libc.madvise(start, end - start, MADV_POPULATE_WRITE) == 0:
+            done += end - start
+        elif ctypes.get_errno() == errno.EINVAL and done == 0:
+            return 0             # kernel without MADV_POPULATE_WRITE
+    return done
+
+
+# --------------------------------------------------------------------------- rc warmth
+
+
+class RcWarmer:
+    """Which rc files a delivery with ``argv`` reads (deliver.agent's order), loaded
+    through the memo of rules.cache and their regexes compiled, in the zygote."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[str, int] = {}        # path -> id() of the RcFile warmed
+
+    @staticmethod
+    def rc_paths(argv: list[str], user, site) -> list[tuple[str, bool]]:
+        """(path, is ~/.procmailrc) as deliver.agent.Agent opens them; cwd-relative
+        rc files (-m, ./x) are left to the child (the zygote has no cwd of the caller)."""
+        from .cli import UsageError, _Version, parse_args
+        try:
+            inv, explain = parse_args(argv)
+        except (UsageError, _Version):
+            return []
+        if explain:
+            return []
+        if inv.rcfiles:
+            out = []
+            for rc in inv.rcfiles:
+                if rc.startswith("/"):
+                    out.append((rc, False))
+                elif not (inv.mailfilter or rc.startswith("./")):
+                    out.append((os.path.join(user.home, rc), False))
+            return out
+        out = []
+        if inv.delivery_mode and site.system_rc:
+            out.append((site.system_rc, False))
+        out.append((os.path.join(user.home, site.user_rc), True))
+        return out
+
+    def learn(self, argv: list[str], environ: dict[str, str]) -> list[str]:
+        """Warm the rc files of this request; returns the paths (re)loaded just now."""
+        from .agent import rcfile_is_safe
+        from .identity import current_user
+        from .settings import load_site
+        user = current_user()
+        try:
+            site = load_site(environ)
+        except Exception:  # noqa: BLE001 - a broken site config is the child's to report
+            return []
+        fresh = []
+        for path, default_rc in self.rc_paths(argv, user, site):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < RC_SETTLE:
+                continue
+            if not rcfile_is_safe(path, user, default_rc=default_rc):
+                continue         # the child refuses it; nothing of it is kept here
+            rc = self._load(path)
+            if rc is not None and self.loaded.get(path) != id(rc):
+                self.loaded[path] = id(rc)
+                self._compile(rc.items)
+                fresh.append(path)
+        return fresh
+
+    @staticmethod
+    def _load(path: str):
+        from rules.cache import load_rc
+        try:
+            return load_rc(path)
+        except Exception:  # noqa: BLE001 - unreadable or unparsable: the child reports it
+            return None
+
+    def _compile(self, items) -> None:
+        """compile_regex for every literal condition regex, as rules.evaluator calls it
+        (its lru_cache is keyed by the call); ``$`` conditions are expanded at run time."""
+        from rules.ast import Block, Flag, Recipe, RegexTest, VarTest
+        from rules.regex import compile_regex
+        for item in items:
+            if not isinstance(item, Recipe):
+                continue
+            for cond in item.conditions:
+                if isinstance(cond.test, (RegexTest, VarTest)):
+                    try:
+                        compile_regex(cond.test.pattern, case_sensitive=Flag.CASE in item.flags)
+                    except Exception:  # noqa: BLE001 - invalid: reported at delivery
+                        pass
+            if isinstance(item.action, Block):
+                self._compile(item.action.items)
+
+
+# --------------------------------------------------------------------------- deliverd's side
+
+
+@dataclass(slots=True)
+class Handle:
+    """deliverd's end of one zygote."""
+
+    pid: int
+    sock: socket.socket
+    creds: Creds
+    last_used: float = field(default_factory=time.monotonic)
+
+    def submit(self, client_pid: int, request: bytes, fds: list[int]) -> bool:
+        """Hand one request over without blocking; False if the zygote cannot take it
+        (gone, stopped with a full queue, message too large): deliverd then forks the
+        delivery itself, which it may since nothing was started."""
+        msg = client_pid.to_bytes(_PID, "big") + request
+        if len(msg) > MAX_MESSAGE or len(fds) != N_FDS:
+            return False
+        try:
+            sent = self.sock.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds))],
+                                     socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        except OSError as err:
+            log.warning("zygote %d for uid %d cannot take a request: %s", self.pid, self.creds.uid, err)
+            return False
+        self.last_used = time.monotonic()
+        return sent == len(msg)
+
+    def retire(self) -> None:
+        """Close our end: the zygote finishes its deliveries and exits."""
+        if self.sock.fileno() >= 0:
+            self.sock.close()
+
+
+def spawn(creds: Creds, run_job: Callable[[bytes, list[int]], int],
+          describe: Callable[[bytes], tuple[list[str], dict[str, str]]],
+          before_fork: Callable[[], None], close_in_child: Callable[[], None], *,
+          max_children: int = 32, prefault_spares: bool = True) -> Handle:
+    """Fork a zygote for ``creds`` (deliverd, root).  ``close_in_child`` closes every fd of
+    deliverd's in the new process; ``run_job(request, [stdin, stdout, stderr, cwd])`` is
+    the delivery (deliver.deliverd.serve_job); ``describe(request)`` gives its argv and
+    environment for the rc warmer."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    before_fork()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            ours.close()
+            close_in_child()
+            os.setsid()
+            set_name(ZYGOTE_NAME)
+            drop_to(creds)
+            Zygote(theirs, run_job, describe, max_children, prefault_spares).serve()
+            code = 0
+        except BaseException:  # noqa: BLE001 - a zygote must exit, never return to deliverd
+            try:
+                log.exception("zygote for uid %d failed", creds.uid)
+            except BaseException:  # noqa: BLE001
+                pass
+        finally:
+            os._exit(code)
+    theirs.close()
+    ours.setblocking(False)
+    log.info("zygote %d for uid %d gid %d", pid, creds.uid, creds.gid)
+    return Handle(pid, ours, creds)
+
+
+# --------------------------------------------------------------------------- the zygote
+
+
+@dataclass(slots=True)
+class _Busy:
+    conn: socket.socket | None
+    client_pid: int
+
+
+class Zygote:
+    """The zygote's loop: jobs in from deliverd, one child per job, statuses out."""
+
+    def __init__(self, chan: socket.socket, run_job, describe, max_children: int,
+                 prefault_spares: bool) -> None:
+        self.chan = chan
+        self.run_job = run_job
+        self.describe = describe
+        self.max_children = max(1, max_children)
+        self.prefault_spares = prefault_spares
+        self.busy: dict[int, _Busy] = {}
+        self.spare: tuple[int, socket.socket] | None = None
+        self.queue: list[tuple[int, bytes, list[int]]] = []
+        self.warmer = RcWarmer()
+        self.draining = False
+        self.sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._done_r, self._done_w = os.pipe2(os.O_CLOEXEC)      # children: "pid done"
+        os.set_blocking(self._done_r, False)
+        self.done: set[int] = set()
+
+    # ---------------------------------------------------------------- loop
+
+    def serve(self) -> None:
+        os.umask(0o077)
+        os.chdir("/")
+        os.environ.clear()
+        from .identity import current_user
+        user = current_user()
+        os.environ.update({"HOME": user.home, "LOGNAME": user.name, "USER": user.name,
+                           "PATH": "/usr/local/bin:/usr/bin:/bin"})
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)     # deliverd ends us by closing the channel
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self._wake_w)
+        self.sel.register(self.chan, selectors.EVENT_READ, "job")
+        self.sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self.sel.register(self._done_r, selectors.EVENT_READ, "done")
+        self._freeze()
+        self._ensure_spare()
+        while not (self.draining and not self.busy and not self.queue):
+            for key, _ in self.sel.select(timeout=5.0):
+                if key.data == "job":
+                    self._receive()
+                elif key.data == "done":
+                    self._read_done()
+                elif key.data == "wake":
+                    try:
+                        while os.read(self._wake_r, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                else:
+                    self._client_gone(key.data[1])
+            self._reap()
+        self._drop_spare()
+
+    def _freeze(self) -> None:
+        """Keep the collector off the shared heap in children (it would copy every page)."""
+        gc.collect()
+        gc.freeze()
+
+    def _receive(self) -> None:
+        try:
+            msg, anc, flags, _ = self.chan.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(N_FDS * 4),
+                                                   socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        fds: list[int] = []
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.extend(array("i", payload[: len(payload) // 4 * 4]))
+        if not msg and not fds:
+            self.draining = True                   # deliverd closed its end
+            self.sel.unregister(self.chan)
+            self.chan.close()
+            self._drop_spare()
+            return
+        if len(fds) != N_FDS or len(msg) <= _PID or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            log.error("zygote: malformed hand-over (%d fds, %d bytes)", len(fds), len(msg))
+            for fd in fds:
+                os.close(fd)
+            return
+        client_pid = int.from_bytes(msg[:_PID], "big")
+        self.queue.append((client_pid, msg[_PID:], fds))
+        self._dispatch()
+        if not self.draining:
+            self._learn(msg[_PID:])
+            self._ensure_spare()
+
+    def _dispatch(self) -> None:
+        while self.queue and len(self.busy) < self.max_children:
+            client_pid, request, fds = self.queue.pop(0)
+            conn = socket.socket(fileno=fds[0])
+            pid = self._hand_to_spare(request, fds) if self.spare is not None else None
+            if pid is None:
+                pid = self._fork(lambda: self._run(request, fds[1:], conn.fileno()))
+            for fd in fds[1:]:
+                os.close(fd)
+            try:
+                argv = self.describe(request)[0]
+            except Exception:  # noqa: BLE001 - only for the log line
+                argv = []
+            log.debug("child %d serves pid %d uid %d: %s", pid, client_pid, os.getuid(), argv)
+            self.busy[pid] = _Busy(conn, client_pid)
+            self.sel.register(conn, selectors.EVENT_READ, ("client", pid))
+
+    def _hand_to_spare(self, request: bytes, fds: list[int]) -> int | None:
+        assert self.spare is not None
+        pid, sock = self.spare
+        self.spare = None
+        try:
+            sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds))])
+        except OSError as err:
+            log.warning("zygote: spare %d gone (%s); forking", pid, err)
+            sock.close()
+            return None
+        sock.close()
+        return pid
+
+    def _learn(self, request: bytes) -> None:
+        try:
+            argv, environ = self.describe(request)
+            fresh = self.warmer.learn(argv, environ)
+        except Exception:  # noqa: BLE001 - warmth is an optimisation, never a failure
+            log.exception("zygote: warming the rc files failed")
+            return
+        if fresh:
+            log.debug("zygote %d preloaded %s", os.getpid(), ", ".join(fresh))
+            self._freeze()
+
+    # ---------------------------------------------------------------- children
+
+    def _fork(self, body: Callable[[], int]) -> int:
+        pid = os.fork()
+        if pid == 0:
+            code = 75
+            try:
+                self._close_in_child()
+                set_name(DELIVERY_NAME)
+                code = body()
+            except BaseException:  # noqa: BLE001 - the child must exit, never return
+                try:
+                    log.exception("zygote child failed")
+                except BaseException:  # noqa: BLE001
+                    pass
+            finally:
+                os._exit(code & 0xFF if code >= 0 else 75)
+        return pid
+
+    def _close_in_child(self) -> None:
+        """A child keeps nothing of the zygote's: not the job channel (it would steal
+        jobs), not another client's connection, not the spare's channel."""
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        self.sel.close()
+        if self.chan.fileno() >= 0:
+            os.close(self.chan.detach())
+        for busy in self.busy.values():
+            if busy.conn is not None:
+                os.close(busy.conn.detach())
+        if self.spare is not None:
+            os.close(self.spare[1].detach())
+            self.spare = None
+        for _, _, fds in self.queue:
+            for fd in fds:
+                os.close(fd)
+        self.queue.clear()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        os.close(self._done_r)
+
+    def _run(self, request: bytes, fds: list[int], conn: int) -> int:
+        """One delivery in this process, then its status straight to the client (before
+        the exit that frees this copy of the heap).  The zygote hears "done" first, so a
+        client that closes once it has the status is never taken for a killed one."""
+        code = self.run_job(request, fds)
+        code = code & 0xFF if code >= 0 else 75
+        try:
+            os.write(self._done_w, os.getpid().to_bytes(4, "little"))
+        except OSError:
+            pass
+        try:
+            os.write(conn, EXITED + bytes([code]))
+        except OSError:
+            pass
+        return code
+
+    def _ensure_spare(self) -> None:
+        if self.spare is not None or self.draining:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                ours.close()
+                self._close_in_child()
+                set_name(SPARE_NAME)
+                if self.prefault_spares:
+                    prefault()
+                code = self._spare_wait(theirs)
+            except BaseException:  # noqa: BLE001 - the child must exit, never return
+                code = 75
+                try:
+                    log.exception("zygote spare failed")
+                except BaseException:  # noqa: BLE001
+                    pass
+            finally:
+                os._exit(code & 0xFF if code >= 0 else 75)
+        theirs.close()
+        self.spare = (pid, ours)
+
+    def _spare_wait(self, chan: socket.socket) -> int:
+        while True:
+            try:
+                msg, anc, flags, _ = chan.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(N_FDS * 4),
+                                                  socket.MSG_CMSG_CLOEXEC)
+                break
+            except InterruptedError:
+                continue
+        fds: list[int] = []
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.extend(array("i", payload[: len(payload) // 4 * 4]))
+        chan.close()
+        if not msg and not fds:
+            return 0                               # retired unused
+        if len(fds) != N_FDS or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            return 75
+        set_name(DELIVERY_NAME)
+        return self._run(msg, fds[1:], fds[0])
+
+    def _drop_spare(self) -> None:
+        if self.spare is not None:
+            self.spare[1].close()                  # EOF: the spare exits
+            self.spare = None
+
+    # ---------------------------------------------------------------- endings
+
+    def _reap(self) -> None:
+        spare_died = False
+        self._read_done()
+        while True:
+            try:
+                pid, wstatus = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if self.spare is not None and self.spare[0] == pid:
+                self.spare[1].close()              # killed unused: the next job forks one
+                self.spare = None
+                spare_died = True
+                continue
+            busy = self.busy.pop(pid, None)
+            reported = pid in self.done
+            self.done.discard(pid)
+            if busy is None:
+                continue
+            if busy.conn is not None and reported and not os.WIFSIGNALED(wstatus):
+                self.sel.unregister(busy.conn)
+                busy.conn.close()
+            elif busy.conn is not None:
+                # The child normally sent its status before exiting; a second status
+                # is never read.  A signal death, though, is ours to report.
+                if os.WIFSIGNALED(wstatus):
+                    reply = KILLED + bytes([os.WTERMSIG(wstatus)])
+                else:
+                    reply = EXITED + bytes([os.waitstatus_to_exitcode(wstatus) & 0xFF])
+                try:
+                    busy.conn.send(reply, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+                except OSError:
+                    pass
+                self.sel.unregister(busy.conn)
+                busy.conn.close()
+        self._dispatch()                           # queued jobs run even when draining
+        if not self.draining and not spare_died:
+            self._ensure_spare()
+
+    def _read_done(self) -> None:
+        """Pids of children that sent their status (4-byte writes: atomic on a pipe)."""
+        while True:
+            try:
+                data = os.read(self._done_r, 4096)
+            except BlockingIOError:
+                return
+            for i in range(0, len(data) - 3, 4):
+                self.done.add(int.from_bytes(data[i:i + 4], "little"))
+            if len(data) < 4096:
+                return
+
+    def _client_gone(self, pid: int) -> None:
+        """The client's end became readable: it has its status, or it was killed; a
+        delivery still running gets the SIGTERM the client's own process would have."""
+        busy = self.busy.get(pid)
+        if busy is None or busy.conn is None:
+            return
+        self.sel.unregister(busy.conn)             # (a client never sends more)
+        busy.conn.close()
+        busy.conn = None
+        self._read_done()
+        if pid in self.done:
+            return                                 # it has its status: a normal ending
+        log.warning("client pid %d went away; terminating child %d", busy.client_pid, pid)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
