@@ -156,13 +156,17 @@ class DataReceiver:
         while pos < n:
             # Fast path for the body: a run of complete lines with no line starting with
             # "." and none too long needs no per-line work (C-speed scans only).
-            if not self._in_headers:
+            if not self._in_headers and buf[pos:pos + 1] != b".":
                 last = buf.rfind(b"\n", pos)
                 if last < 0:
                     break
+                # up to the first line that starts with "." (stuffing, or the end of
+                # DATA), which the per-line path below then takes
+                dot = buf.find(b"\n.", pos, last)
+                if dot >= 0:
+                    last = dot
                 region = buf[pos:last + 1]
-                if (region[:1] != b"." and b"\n." not in region
-                        and not _has_long_line(region, self._max_line)):
+                if not _has_long_line(region, self._max_line):
                     self._account(len(region))
                     if self.error is None:
                         crlf = region.count(b"\r\n")
