@@ -129,6 +129,11 @@ _MEMO: dict[tuple, RcFile] = {}
 _MEMO_MAX = 256
 
 
+def _memo_key(path: str, st: os.stat_result) -> tuple:
+    return (path, os.geteuid(), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
+            st.st_dev, st.st_mode, st.st_uid, VERSION)
+
+
 def load_rc(path: str, *, cache_dir: str | None = None) -> RcFile:
     """Read and parse ``path`` (latin-1), through the cache.  Raises OSError if the rc
     file cannot be read.
@@ -137,15 +142,23 @@ def load_rc(path: str, *, cache_dir: str | None = None) -> RcFile:
     workers) an rc file whose key is unchanged is not decoded again: the AST is immutable,
     so the object loaded earlier for the same file identity and effective uid is reused
     (only with the default cache directory: an explicit ``cache_dir`` always consults it)."""
+    if cache_dir is None:
+        # One stat(2) re-validates a memo entry.  The memo needs no realpath (an lstat per
+        # path component): the file's identity and times name the contents, and the AST
+        # depends only on those and on ``path`` (rc.path).  The ctime, mode and owner in
+        # the key make a chmod or chown since the last successful read a miss, so a file
+        # that became unreadable is opened (and refused) as on a first read.
+        try:
+            st = os.stat(path)
+        except OSError:
+            st = None
+        if st is not None:
+            rc = _MEMO.get(_memo_key(path, st))
+            if rc is not None:
+                return rc
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
-        # The memo needs no realpath (an lstat per path component): the open file's
-        # identity and times name the contents, and the AST depends only on those and
-        # on ``path`` (rc.path).  The on-disk cache is keyed by the real path.
-        memo_key = (path, os.geteuid(), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, VERSION)
-        rc = _MEMO.get(memo_key) if cache_dir is None else None
-        if rc is not None:
-            return rc
+        memo_key = _memo_key(path, st)
         key = _key(os.path.realpath(path), st)
         data = f.read()
     rc = _load(path, data, key, cache_dir)

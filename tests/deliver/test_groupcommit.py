@@ -39,6 +39,18 @@ boss
 """
 
 
+@pytest.fixture(autouse=True)
+def _process_state():
+    """Agent.run sets the umask and changes directory, as the real delivery process
+    does; the test process must get both back for the tests that follow."""
+    cwd = os.getcwd()
+    mask = os.umask(0o022)
+    os.umask(mask)
+    yield
+    os.chdir(cwd)
+    os.umask(mask)
+
+
 def _mail(i: int) -> bytes:
     subject = "a list mail" if i % 3 == 0 else f"note {i}"
     sender = "boss@example.com" if i % 4 == 0 else "x@example.org"

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,25 @@ def test_cache_hit_does_not_import_pyparsing(setup) -> None:
 
     assert run() == ["2", "True", "True"]  # miss: parses
     assert run() == ["2", "False", "False"]  # hit: no grammar
+
+
+def test_in_process_memo_is_revalidated_by_one_stat(tmp_path: Path, monkeypatch) -> None:
+    """The default-directory memo returns the same AST while the file is unchanged, and
+    a change of contents, mode or identity since is a miss."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rc = tmp_path / "rc"
+    rc.write_text("A=1\n")
+    first = load_rc(str(rc))
+    assert load_rc(str(rc)) is first
+    time.sleep(0.05)                                # past the kernel's coarse clock tick
+    rc.write_text("B=2\n")                          # same size
+    second = load_rc(str(rc))
+    assert second is not first and second.items[0].name == "B"
+    assert load_rc(str(rc)) is second
+    time.sleep(0.05)
+    os.chmod(rc, 0o644)                             # mode change: re-read, not memo
+    third = load_rc(str(rc))
+    assert third is not second and third.items[0].name == "B"
+    rc.unlink()
+    with pytest.raises(OSError):
+        load_rc(str(rc))
