@@ -418,8 +418,10 @@ async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
     status = 0
 
     def watch(pid: int, what: str) -> asyncio.Future[None]:
-        """Reap ``pid`` when it exits (a pidfd on the loop, no thread); an exit before
-        we are stopping stops the daemon with 75."""
+        """Reap ``pid`` when it exits (a pidfd on the loop, no thread).  An exit before
+        we are stopping stops the daemon: with 75 when the child died, with 0 when it
+        stopped cleanly because it was told to (systemd's default KillMode signals
+        every process of the service at once, not only this one)."""
         exited: asyncio.Future[None] = loop.create_future()
         pidfd = os.pidfd_open(pid)
 
@@ -428,14 +430,19 @@ async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
             loop.remove_reader(pidfd)
             os.close(pidfd)
             try:
-                os.waitpid(pid, 0)
+                code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
             except ChildProcessError:
-                pass
+                code = -1
             exited.set_result(None)
-            if not stop.is_set():
-                log.error("the %s process %d exited unexpectedly; stopping", what, pid)
+            if stop.is_set():
+                return
+            if code == 0:
+                log.info("the %s process %d stopped; stopping", what, pid)
+            else:
+                log.error("the %s process %d exited unexpectedly (%s); stopping", what, pid,
+                          f"signal {-code}" if code < 0 else f"status {code}")
                 status = 75
-                stop.set()
+            stop.set()
         loop.add_reader(pidfd, reap)
         return exited
 
@@ -492,7 +499,10 @@ async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
         _wake_runner(config, runner)
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if lifeline_fd is None:
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+    else:       # a Ctrl-C reaches the main receiver too, which stops us in order
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGUSR1, poked)
     runner_task = None

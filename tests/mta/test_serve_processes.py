@@ -364,3 +364,20 @@ def test_an_extra_receiver_dying_stops_the_daemon_with_75(pdaemon) -> None:
     assert d.wait(15) == 75
     assert f"the receiver process {receiver} exited unexpectedly" in d.log_text()
     wait_for(lambda: not alive(runner), 10, "the runner to exit")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_every_process_at_once_is_a_clean_stop(pdaemon, sig) -> None:
+    """systemd's default KillMode signals every process of the service together, and a
+    terminal's Ctrl-C reaches the whole process group: whichever process hears it first,
+    the daemon stops cleanly (0), not as if a child had died (75)."""
+    d = pdaemon(users={"alice": ""}, smtp="processes = 3\n").start()
+    assert d.send(["alice@example.com"], "before the signal") == {}
+    assert d.wait_subjects(d.inbox("alice"), 1) == ["before the signal"]
+    tree = [d.proc.pid, *descendants(d.proc.pid)]
+    assert len(tree) == 1 + 2 + 1 + 3        # main, two receivers, runner, three workers
+    for p in reversed(tree):                 # children first: the worst order
+        os.kill(p, sig)
+    assert d.wait(30) == 0
+    wait_for(lambda: not any(alive(p) for p in tree), 10, "every process to exit")
+    assert "exited unexpectedly" not in d.log_text()
