@@ -1,4 +1,4 @@
-"""deliver.fastclient — the tiny client the `postroom` launcher runs for `postroom deliver`.
+"""deliver.fastclient — the Python client of the delivery server, and the Python launcher.
 
     relay(argv, default_socket=DEFAULT_SOCKET) -> int | None
     launcher_script(python, paths, socket) -> str      (what `make venv` writes)
@@ -25,6 +25,11 @@ Guarantees:
   * Imports only builtins: `_socket`, `_signal`, `posix` (as os) and `sys`; not `os`
     (3 ms under -S) nor `array` (it pulls in collections.abc, 8 ms)
     (check: `python -X importtime .venv/bin/postroom deliver ...`).
+
+The native client, deliver/client/postroom-deliver.c (.venv/bin/postroom when a C compiler
+exists, deliver.clientbuild), speaks the same protocol byte for byte without starting
+Python, and execs this launcher with ``--no-server`` when no server answers; this module
+is then the fallback and the path on machines without a compiler.
 
 No identity is claimed here: the server takes the caller's uid, gid, groups and pid from
 the kernel (SO_PEERCRED, SO_PEERGROUPS, SO_PEERPIDFD), never from the request.

@@ -274,18 +274,17 @@ static int relay(int argc, char **argv)
     if (n == 2 && answer[0] == 'E')
         return answer[1];
     if (n == 2 && answer[0] == 'K') {
-        /* Die of the same signal, as the delivering process did. */
+        /* Die of the same signal, as the delivering process did.  SIGKILL and SIGSTOP
+         * refuse sigaction (they need no reset); the kill is sent regardless. */
         struct sigaction sa;
+        sigset_t set;
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = SIG_DFL;
         sigemptyset(&sa.sa_mask);
-        if (sigaction(answer[1], &sa, NULL) == 0) {
-            sigset_t set;
-            sigemptyset(&set);
-            sigaddset(&set, answer[1]);
-            sigprocmask(SIG_UNBLOCK, &set, NULL);
-            kill(getpid(), answer[1]);
-        }
+        (void)sigaction(answer[1], &sa, NULL);
+        if (sigemptyset(&set) == 0 && sigaddset(&set, answer[1]) == 0)
+            (void)sigprocmask(SIG_UNBLOCK, &set, NULL);
+        (void)kill(getpid(), answer[1]);
         return (128 + answer[1]) & 0xFF;
     }
     static const char gone[] =

@@ -193,7 +193,7 @@ def test_fallback_when_the_server_refuses_or_closes(server, home: Path, answer: 
     assert (home / "inbox").read_bytes().endswith(MSG + b"\n")
 
 
-@pytest.mark.parametrize("answer,code", [(b"AE\x2a", 42), (b"A", 75), (b"AK\x0f", -15), (b"AE", 75)])
+@pytest.mark.parametrize("answer,code", [(b"AE\x2a", 42), (b"A", 75), (b"AK\x0f", -15), (b"AK\x09", -9), (b"AE", 75)])
 def test_status_after_accept(server, home: Path, answer: bytes, code: int) -> None:
     """After A the client never delivers itself: E n is its exit status, K n its death
     by signal n, and anything short of a status is 75 (the MTA retries)."""
