@@ -191,7 +191,7 @@ def test_another_process_reads_message_and_envelope_right_after_commit(tmp_path:
 
 def _strace(argv: list[str], out: Path, **kw) -> subprocess.Popen[str]:
     return subprocess.Popen([STRACE, "-f", "-y", "-s", "300", "-o", str(out),
-                             "-e", "trace=mkdir,openat,fsync,rename,write,sendto", *argv],
+                             "-e", "trace=mkdir,openat,fsync,fdatasync,rename,write,sendto", *argv],
                             cwd=ROOT, text=True, stdout=subprocess.PIPE, **kw)
 
 
@@ -294,3 +294,56 @@ def test_smtp_250_only_after_fsync(tmp_path: Path) -> None:
         p.wait(30)
     calls = _completions(trace.read_text())
     _durable_order(calls, root, qid, f"queued as {qid}")
+
+
+def test_a_recycled_directory_is_as_durable_with_fewer_syncs(tmp_path: Path) -> None:
+    """The second message reuses the first one's directory (mta.queue.spool, "Recycling"):
+    its files are rewritten in place; the envelope, padded to the same size, needs only
+    fdatasync; the directory's entries exist already, so only incoming/ is fsync'd after
+    the rename — still all before commit returns."""
+    root = str(tmp_path / "spool")
+    trace = tmp_path / "trace"
+    p = _strace([sys.executable, "-c", textwrap.dedent("""
+        import os, sys, time
+        from mta.queue import Envelope, RecipientState, Spool
+        spool = Spool(sys.argv[1])
+        def put(text):
+            m = spool.new_message(deferred=True)
+            m.write(text)
+            return m.commit(Envelope("s@x.example", [RecipientState("r@x.example")], time.time(), 0))
+        first = put(b"Subject: one\\n\\nfirst body, the longer one\\n")
+        c = spool.claim(first)
+        c.envelope.recipients[0].mark_delivered()
+        c.finish()
+        time.sleep(0.15)
+        os.write(1, b"SECOND\\n")
+        qid = put(b"Subject: two\\n\\nsecond\\n")
+        os.write(1, ("COMMITTED " + qid + "\\n").encode())
+    """), root], trace)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0, out
+    qid = out.split("COMMITTED ")[1].strip()
+    calls = _completions(trace.read_text())
+    start = next(i for i, c in enumerate(calls) if "SECOND" in c)
+    calls = calls[start:]
+    tmpd, inc = f"{root}/tmp/{qid}", f"{root}/incoming"
+
+    def first(pred, what: str) -> int:
+        for i, c in enumerate(calls):
+            if pred(c):
+                return i
+        raise AssertionError(f"no {what} in the trace")
+
+    take = first(lambda c: c.startswith(f'rename("{root}/free/') and f'"{tmpd}")' in c, "the reuse")
+    assert not any(c.startswith(f'mkdir("{tmpd}"') for c in calls)
+    msg = first(lambda c: c.startswith("fsync(") and f"<{tmpd}/message>" in c and "= 0" in c, "message fsync")
+    envl = first(lambda c: c.startswith("fdatasync(") and f"<{tmpd}/envelope.json>" in c and "= 0" in c,
+                 "envelope fdatasync")
+    ren = first(lambda c: c.startswith(f'rename("{tmpd}", "{inc}/{qid}")') and "= 0" in c, "rename")
+    incf = next(i for i in range(ren + 1, len(calls))
+                if calls[i].startswith("fsync(") and f"<{inc}>" in calls[i] and "= 0" in calls[i])
+    ack = first(lambda c: "COMMITTED" in c, "COMMITTED")
+    assert take < msg < ren and take < envl < ren < incf < ack, (take, msg, envl, ren, incf, ack)
+    d = Path(inc) / qid
+    assert (d / "message").read_bytes() == b"Subject: two\n\nsecond\n"
+    assert (d / "envelope.json").stat().st_size % 512 == 0
