@@ -66,9 +66,13 @@ class RealEffects:
 
     def __init__(self, *, stderr_fd: int = 2, uid: int | None = None,
                  rc_loader=None, berkeley: bool = False,
-                 group: GroupCommit | None = None) -> None:
+                 group: GroupCommit | None = None,
+                 claims: dict[str, str] | None = None) -> None:
         self.berkeley = berkeley
         self.group = group               # a batch's deferred syncs (Agent.run_many)
+        # lock file -> a claim file kept between locks (deliver.locking): a batch's, or
+        # a long-lived delivery process's (mta.localdelivery's pool workers)
+        self._claims = group.claims if group is not None else claims
         self.vars: Mapping[str, str] = {}
         self._stderr_fd = stderr_fd
         self._log_fd = stderr_fd
@@ -198,7 +202,7 @@ class RealEffects:
     def _acquire(self, path: str) -> DotLock | None:
         """Take a procmail-compatible lock; None (after procmail's log line) on failure,
         and the delivery goes on unlocked as procmail's does."""
-        lock = DotLock(path, self._policy(), claims=None if self.group is None else self.group.claims)
+        lock = DotLock(path, self._policy(), claims=self._claims)
         try:
             lock.acquire()
         except LockError:

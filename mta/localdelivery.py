@@ -132,6 +132,7 @@ class LocalDelivery:
         self._site = None
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._aidle = None            # asyncio.Queue[_Worker] once deliver_async is used
+        self._claims: dict[str, str] | None = None    # a pool worker's kept claim files
         self._workers: list[_Worker] = []
         self._pool_lock = threading.Lock()
         # Pool workers queue on a server-private flock before taking a mailbox's lock, so
@@ -269,14 +270,26 @@ class LocalDelivery:
             self._idle.put(worker)
 
     def _serve_pool(self, req_r: int, res_w: int) -> None:
-        """The worker's loop: one request in, one Result out, until EOF."""
-        while True:
-            try:
-                req = _recv(req_r)
-            except EOFError:
-                return
-            result = self.deliver_here(req)
-            _send(res_w, result)
+        """The worker's loop: one request in, one Result out, until EOF.
+
+        A worker keeps the claim file of each mailbox lock it took (deliver.locking)
+        for the next delivery instead of creating and deleting one every time: making
+        an inode was the dearest step of a delivery's lock (bench_mta.py).  They are
+        plain files named "<mailbox>.lock|host|pid|n", never the lock itself; they go
+        when the worker exits, and ``recover_stale_locks`` removes a dead worker's."""
+        self._claims = {}
+        try:
+            while True:
+                try:
+                    req = _recv(req_r)
+                except EOFError:
+                    return
+                result = self.deliver_here(req)
+                _send(res_w, result)
+        finally:
+            for claim in self._claims.values():
+                with contextlib.suppress(OSError):
+                    os.unlink(claim)
 
     def deliver_here(self, req: Request) -> Result:
         """In-process delivery that never raises (the pool worker's body)."""
@@ -375,7 +388,11 @@ class LocalDelivery:
         os.makedirs(self.config.deliver.mail_spool, exist_ok=True)
         effects = None
         if self.lock_queue_dir is not None:
-            effects = _QueuedLockEffects(self.lock_queue_dir, stderr_fd=2, uid=user.uid, rc_loader=load_rc)
+            effects = _QueuedLockEffects(self.lock_queue_dir, stderr_fd=2, uid=user.uid, rc_loader=load_rc,
+                                         claims=self._claims)
+        elif self._claims is not None:
+            from deliver.effects import RealEffects
+            effects = RealEffects(stderr_fd=2, uid=user.uid, rc_loader=load_rc, claims=self._claims)
         outcome = Agent(user, self.site(), load_rc=load_rc, effects=effects).run(inv, raw, env)
         status = int(outcome.status)
         if outcome.delivered and status == 0:

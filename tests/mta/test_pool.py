@@ -129,6 +129,32 @@ def test_pool_deliver_async_on_the_loop_and_a_killed_worker(tmp_path: Path) -> N
     assert not any(alive(p) for p in pool)
 
 
+def test_pool_workers_keep_their_lock_claim_file_and_remove_it_at_exit(tmp_path: Path) -> None:
+    """A worker reuses one claim file per mailbox lock (deliver.locking) between
+    deliveries instead of making an inode each time; the lock itself is released after
+    every delivery (procmail can take it), and the claim file goes with the worker."""
+    site = Site(tmp_path, users={"alice": ""}, mode="inprocess")
+    site.delivery.close()
+    ld = LocalDelivery(site.config, mode="pool", max_forks=1)
+    alice = site.runner_router.maps.users.lookup("alice")
+    spool = Path(site.inbox("alice")).parent
+    try:
+        inodes = set()
+        for i in range(4):
+            r = ld.deliver(Request("mailbox", "s@example.org", "alice@example.com",
+                                   _queued_message(site, f"k{i}"), user=alice))
+            assert r.status == 0
+            names = [n for n in os.listdir(spool) if ".lock" in n]
+            assert len(names) == 1 and "|" in names[0], names       # the kept claim, not a lock
+            assert not os.path.exists(str(site.inbox("alice")) + ".lock")
+            inodes.add(os.stat(spool / names[0]).st_ino)
+        assert len(inodes) == 1
+        assert sorted(m["Subject"] for m in site.messages(site.inbox("alice"))) == ["k0", "k1", "k2", "k3"]
+    finally:
+        ld.close()
+    assert [n for n in os.listdir(spool) if ".lock" in n] == []
+
+
 def _find(pool: list[int]):
     for w in pool:
         below = descendants(w)

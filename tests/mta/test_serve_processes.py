@@ -295,6 +295,16 @@ def _banner(port: int) -> tuple[socket.socket, bytes]:
     return s, s.recv(200)
 
 
+def _free_slot(port: int) -> bool:
+    s, banner = _banner(port)
+    with s:
+        if banner.startswith(b"220 "):
+            s.sendall(b"QUIT\r\n")
+            s.recv(100)
+            return True
+    return False
+
+
 def test_receiver_processes_share_the_listener_and_one_connection_limit(pdaemon) -> None:
     d = pdaemon(users={"alice": ""}, smtp="processes = 3\n", limits="max_connections = 4\n").start()
     runner = d.runner()
@@ -311,18 +321,13 @@ def test_receiver_processes_share_the_listener_and_one_connection_limit(pdaemon)
         assert banner.startswith(b"421 4.3.2"), banner
         # ... and a freed slot is usable again
         held.pop()[0].close()
-        ok = None
-        for _ in range(50):
-            s, banner = _banner(d.port)
-            s.close()
-            if banner.startswith(b"220 "):
-                ok = banner
-                break
-            time.sleep(0.1)                # the closed session's slot is published on its exit
-        assert ok, "a freed connection slot was never reused"
+        # (the closed session's slot is published when the receiver sees it end)
+        wait_for(lambda: _free_slot(d.port), 10, "a freed connection slot to be reused")
     finally:
         for s, _ in held:
             s.close()
+    # the receivers free the slots once they see those clients go
+    wait_for(lambda: _free_slot(d.port), 10, "the held sessions to end")
     # mail from every receiver reaches the one runner; the log shows who received it
     for i in range(12):
         assert d.send(["alice@example.com"], f"m{i}") == {}
