@@ -133,6 +133,7 @@ class LocalDelivery:
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._aidle = None            # asyncio.Queue[_Worker] once deliver_async is used
         self._claims: dict[str, str] | None = None    # a pool worker's kept claim files
+        self._spool_made = False
         self._workers: list[_Worker] = []
         self._pool_lock = threading.Lock()
         # Pool workers queue on a server-private flock before taking a mailbox's lock, so
@@ -385,7 +386,9 @@ class LocalDelivery:
         inv = Invocation(sender=req.sender or "MAILER-DAEMON", delivery_mode=True,
                          recipients=[user.name], positional=[req.detail] if req.detail else [])
         env = {"TZ": os.environ["TZ"]} if "TZ" in os.environ else {}
-        os.makedirs(self.config.deliver.mail_spool, exist_ok=True)
+        if not self._spool_made:         # once per process, not a mkdir per delivery
+            os.makedirs(self.config.deliver.mail_spool, exist_ok=True)
+            self._spool_made = True
         effects = None
         if self.lock_queue_dir is not None:
             effects = _QueuedLockEffects(self.lock_queue_dir, stderr_fd=2, uid=user.uid, rc_loader=load_rc,
@@ -589,6 +592,11 @@ class _Worker:
     def __init__(self, pid: int, req_w: int, res_r: int) -> None:
         self.pid, self.req_w, self.res_r = pid, req_w, res_r
         self.closed = False
+        # call_async: the answer pipe stays registered with the loop between deliveries
+        # (two epoll_ctl calls per delivery saved); answers go to ``_pending``.
+        self._loop = None
+        self._pending = None
+        self._buf = bytearray()
 
     def call(self, req: Request) -> Result:
         _send(self.req_w, req)
@@ -600,48 +608,65 @@ class _Worker:
     async def call_async(self, req: Request) -> Result:
         """``call`` on the running loop: the request is written at once (a few hundred
         bytes into an idle worker's empty pipe never blocks), the answer is collected by
-        an add_reader callback."""
+        a reader callback that stays registered for the worker's life."""
         import asyncio
         loop = asyncio.get_running_loop()
-        _send(self.req_w, req)
+        if self.closed:
+            raise EOFError("worker closed")
+        if self._loop is None:
+            loop.add_reader(self.res_r, self._readable)
+            self._loop = loop
         fut: asyncio.Future[bytes] = loop.create_future()
-        buf = bytearray()
-
-        def readable() -> None:
-            try:
-                block = os.read(self.res_r, 65536)
-            except OSError as exc:
-                loop.remove_reader(self.res_r)
-                if not fut.done():
-                    fut.set_exception(exc)
-                return
-            if not block:
-                loop.remove_reader(self.res_r)
-                if not fut.done():
-                    fut.set_exception(EOFError("pipe closed"))
-                return
-            buf.extend(block)
-            if len(buf) >= _LEN.size and len(buf) >= _LEN.size + _LEN.unpack_from(buf)[0]:
-                loop.remove_reader(self.res_r)
-                if not fut.done():
-                    fut.set_result(bytes(buf))
-
-        loop.add_reader(self.res_r, readable)
+        self._pending = fut
+        _send(self.req_w, req)
         try:
             frame = await fut
         finally:
-            loop.remove_reader(self.res_r)
-        (n,) = _LEN.unpack_from(frame)
-        if len(frame) != _LEN.size + n:
-            raise EOFError("unexpected bytes after the answer")
-        result = pickle.loads(frame[_LEN.size:])
+            self._pending = None
+        result = pickle.loads(frame)
         if not isinstance(result, Result):
             raise EOFError(f"unexpected answer {type(result).__name__}")
         return result
 
+    def _readable(self) -> None:
+        try:
+            block = os.read(self.res_r, 65536)
+        except OSError as exc:
+            self._broken(exc)
+            return
+        if not block:
+            self._broken(EOFError("pipe closed"))
+            return
+        self._buf += block
+        if len(self._buf) < _LEN.size:
+            return
+        need = _LEN.size + _LEN.unpack_from(self._buf)[0]
+        if len(self._buf) < need:
+            return
+        frame, fut = bytes(self._buf[_LEN.size:need]), self._pending
+        del self._buf[:need]
+        if fut is None or fut.done() or self._buf:
+            self._broken(EOFError("an answer nobody asked for"))
+            return
+        fut.set_result(frame)
+
+    def _broken(self, exc: BaseException) -> None:
+        """EOF, an error or a stray answer: stop listening; a waiting call fails."""
+        self._unregister()
+        fut = self._pending
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
+
+    def _unregister(self) -> None:
+        if self._loop is not None:
+            loop, self._loop = self._loop, None
+            if not loop.is_closed():
+                loop.remove_reader(self.res_r)
+
     def close_fds(self) -> None:
         if not self.closed:
             self.closed = True
+            self._unregister()
             for fd in (self.req_w, self.res_r):
                 try:
                     os.close(fd)

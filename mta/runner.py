@@ -285,13 +285,12 @@ class Runner:
         """One delivery pass over ``qid``; returns where the entry went, None if busy."""
         # incoming/ means "try now" (new, released from hold, or recovered after a crash):
         # deferred recipients of such an entry are tried too, not only the due ones.
-        immediate = os.path.isdir(os.path.join(self.spool.dirs["incoming"], qid))
         # A claim is a few syscalls without fsync (open, flock, rename, read): cheaper on
         # the loop than a hop to a worker thread and back (tests/benchmarks/bench_mta.py).
         claimed = self.spool.claim(qid)
         if claimed is None:
             return None
-        if immediate:
+        if claimed.source == "incoming":
             self._forced.add(qid)
         try:
             await self._process(claimed)

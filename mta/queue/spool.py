@@ -299,9 +299,11 @@ class ClaimedMessage:
     (some still pending) or deferred/.
     """
 
-    def __init__(self, spool: Spool, qid: str, lock_fd: int, envelope: Envelope) -> None:
+    def __init__(self, spool: Spool, qid: str, lock_fd: int, envelope: Envelope,
+                 source: str = "incoming") -> None:
         self.spool = spool
         self.qid = qid
+        self.source = source             # the state it was claimed from: incoming or deferred
         self.envelope = envelope
         self._fd: int | None = lock_fd
         self.dir = os.path.join(spool.dirs["active"], qid)
@@ -464,7 +466,7 @@ class Spool:
                 os.rename(dst, os.path.join(self.dirs["corrupt"], qid))
                 os.close(fd)
                 return None
-            return ClaimedMessage(self, qid, fd, env)
+            return ClaimedMessage(self, qid, fd, env, state)
         return None
 
     def scan_due(self, now: float) -> list[str]:
