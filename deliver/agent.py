@@ -160,6 +160,8 @@ class Agent:
         self.load_rc = load_rc
         self.effects = effects or RealEffects(stderr_fd=stderr_fd, uid=user.uid, rc_loader=load_rc)
         self._stderr_fd = stderr_fd
+        # the per-recipe trace costs a record per condition: made only for --explain
+        self.tracing = False
         self._fresh_own_effects = effects is None     # made here and not used yet
 
     # ------------------------------------------------------------------ rc files
@@ -244,7 +246,7 @@ class Agent:
         variables = initial_environment(self.user, inv, self.site, caller_env)
         message = Message(data)
         ev = Evaluator(eff, variables, message, positional=inv.positional,
-                       on_clone_end=self._finish_clone)
+                       on_clone_end=self._finish_clone, tracing=self.tracing)
         eff.set_umask(0o077)
         candidates = self._rc_candidates(inv)
         first_cwd = bool(candidates) and candidates[0][1] == "cwd"

@@ -148,6 +148,7 @@ def explain_delivery(inv: Invocation, raw: bytes, user: User, site: Site,
                      out: IO[str]) -> int:
     effects = RecordingEffects(user.uid, load_rc)
     agent = Agent(user, site, load_rc=load_rc, effects=effects)  # type: ignore[arg-type]
+    agent.tracing = True
     outcome = agent.run(inv, raw, caller_env)
     for line in format_trace(outcome.trace):
         out.write(line + "\n")

@@ -120,8 +120,12 @@ class Evaluator:
 
     def __init__(self, effects: Effects, variables: dict[str, str], message: Message, *,
                  positional: Sequence[str] = (), pid: int | None = None,
-                 on_clone_end: Callable[["Evaluator", End], None] | None = None) -> None:
+                 on_clone_end: Callable[["Evaluator", End], None] | None = None,
+                 tracing: bool = True) -> None:
         self.effects = effects
+        # Without tracing (a real delivery: only --explain reads the trace) no record is
+        # made per recipe and condition; the writes go to shared sinks instead.
+        self.tracing = tracing
         self.vars = variables
         self.message = message
         self.positional = list(positional)
@@ -283,8 +287,11 @@ class Evaluator:
 
     def _recipe(self, recipe: Recipe) -> None:
         fl = _flag_facts(recipe.flags)
-        tr = RecipeTrace(recipe.span, fl.text, chained=True)
-        self.trace.append(tr)
+        if self.tracing:
+            tr = RecipeTrace(recipe.span, fl.text, chained=True)
+            self.trace.append(tr)
+        else:
+            tr = _RECIPE_SINK
         ok = True
         if fl.on_error:
             ok = ok and self.prevcond and not self.lastsucc
@@ -341,6 +348,7 @@ class Evaluator:
                         for f in self.frames]
         clone.frames.append(frame)
         clone.trace = self.trace
+        clone.tracing = self.tracing
         clone._areas = dict(self._areas)
         clone._linebuf_memo = self._linebuf_memo
         saved_cwd = os.getcwd()
@@ -373,7 +381,8 @@ class Evaluator:
         state = _Score()
         for cond in recipe.conditions:
             if not ok:
-                tr.conditions.append(ConditionTrace(cond.span, _cached_cond_text(cond), None))
+                if self.tracing:
+                    tr.conditions.append(ConditionTrace(cond.span, _cached_cond_text(cond), None))
                 continue
             ok = self._condition(cond, recipe.flags, state, tr)
         score = state.score
@@ -390,7 +399,7 @@ class Evaluator:
         if cond.weight is not None:
             weight = cond.weight
         test = cond.test
-        ct = ConditionTrace(cond.span, _cached_cond_text(cond), None)
+        ct = ConditionTrace(cond.span, _cached_cond_text(cond), None) if self.tracing else _CONDITION_SINK
         if isinstance(test, ExpandTest):
             try:
                 text = expand.expand_quoted(test.text, self.lookup, self.backquote)
@@ -793,6 +802,20 @@ def _flag_facts(flags: frozenset[Flag]) -> _FlagFacts:
 
 
 _COND_TEXT: dict[int, tuple[Condition, str]] = {}
+
+
+class _Discard(list):
+    """A trace's condition list that keeps nothing (evaluating without tracing)."""
+
+    __slots__ = ()
+
+    def append(self, item: object) -> None:
+        pass
+
+
+# Shared write-only records for an evaluator that is not tracing (Evaluator.tracing).
+_RECIPE_SINK = RecipeTrace(Span("", 0, 0), "", chained=True, conditions=_Discard())
+_CONDITION_SINK = ConditionTrace(Span("", 0, 0), "", None)
 
 
 def _cached_cond_text(cond: Condition) -> str:

@@ -265,3 +265,22 @@ def test_implicit_lock_names():
 def test_linebuf_overflow_fails_the_assignment():
     _, eff, ev = run("LINEBUF=128\nX=" + "a" * 300 + "\n")
     assert ev.vars["X"] == "" and ev.vars["PROCMAIL_OVERFLOW"] == "yes"
+
+
+def test_tracing_off_changes_nothing_but_the_trace():
+    """A real delivery evaluates without a trace (only --explain reads it): the same
+    actions, variables, scores and chaining, and no records."""
+    rc = ("X=1\n:0 c\n* ^Subject:\\/.*\n{ :0\n * 2^1 hello\n * -1^0 nothing\n scored\n}\n"
+          ":0 E\nelse\n:0 c\n* !^From:.*nobody\nnot-nobody\n:0 A\nchained\n"
+          ":0 B\n* body\nbodybox\n")
+    outcomes = []
+    for tracing in (True, False):
+        eff = Recorder()
+        env = {"SHELL": "/bin/sh", "SHELLFLAGS": "-c", "SHELLMETAS": "&|<>~;?*[", "LOCKEXT": ".lock",
+               "SENDMAIL": "/usr/sbin/sendmail", "SENDMAILFLAGS": "-oi", "LINEBUF": "2048"}
+        ev = Evaluator(eff, env, Message(MAIL), tracing=tracing)
+        result = ev.run_rcfile(parse_rc(rc, "rc"))
+        outcomes.append((result.end, eff.saved, eff.logged, dict(ev.vars), ev.lastscore, len(result.trace)))
+    traced, untraced = outcomes
+    assert traced[:5] == untraced[:5]
+    assert traced[5] > 0 and untraced[5] == 0
