@@ -62,7 +62,8 @@ from dataclasses import dataclass, field
 
 from . import zygote
 from .errors import DeliveryError
-from .fastclient import ACCEPTED, DEFAULT_SOCKET, EXITED, KILLED, MAGIC, REFUSED, TEMPFAIL
+from .fastclient import (ACCEPTED, DEFAULT_SOCKET, EXITED, KILLED, MAGIC, REFUSED, TEMPFAIL,
+                         user_socket_path)
 
 log = logging.getLogger("postroom.deliverd")
 
@@ -318,6 +319,7 @@ class Server:
         self.max_zygotes = max(1, max_zygotes)
         self.prefault = prefault
         self.zygotes: dict[zygote.Creds, zygote.Handle] = {}
+        self.user_sockets: dict[int, zygote.Creds] = {}    # uid -> the zygote serving it
         self._own_ns = self._namespaces("self")
         self.root = os.geteuid() == 0
         self.pending: dict[int, _Pending] = {}
@@ -389,6 +391,8 @@ class Server:
                     self._drain_wake()
                 elif key.data[0] == "pending":
                     self._read_request(key.data[1])
+                elif key.data[0] == "zygote":
+                    self._zygote_note(key.data[1])
                 else:
                     self._client_gone(key.data[1])
             self._reap()
@@ -416,6 +420,7 @@ class Server:
         for fd in list(self.pending):
             self._refuse(self.pending.pop(fd), "server stopping")
         for z in list(self.zygotes.values()):
+            self._forget_zygote(z)
             z.retire()
         self.zygotes.clear()
 
@@ -556,20 +561,99 @@ class Server:
             if len(self.zygotes) >= self.max_zygotes:
                 oldest = min(self.zygotes.values(), key=lambda h: h.last_used)
                 self._retire_zygote(oldest, "least recently used")
+            listener, path = self._user_listener(creds)
             try:
                 z = zygote.spawn(creds, self._zygote_job, describe_request, self._flush,
                                  lambda: self._close_for_zygote(p), max_children=self.max_children,
-                                 prefault_spares=self.prefault)
+                                 prefault_spares=self.prefault, listener=listener)
             except OSError as err:
                 log.error("cannot start a zygote for uid %d: %s", creds.uid, err)
+                if listener is not None:
+                    listener.close()
+                    self._unlink(path)
                 return False
+            if listener is not None:
+                listener.close()                # the zygote and its spares hold it
+                z.socket_path = path
+                self.user_sockets[creds.uid] = creds
             self.zygotes[creds] = z
+            self.sel.register(z.sock, selectors.EVENT_READ, ("zygote", z.pid))
         if not z.submit(p.peer.pid, bytes(p.data), [p.conn.fileno(), *p.fds]):
             self._retire_zygote(z, "hand-over failed")
             return False
         log.debug("zygote %d takes pid %d uid %d", z.pid, p.peer.pid, p.peer.uid)
         self._close_pending(p)
         return True
+
+    def _user_listener(self, creds: zygote.Creds) -> tuple[socket.socket | None, str]:
+        """The per-user socket of a new zygote: ``<socket>.<uid>`` next to ours (the
+        directory is ours and writable by nobody else, checked by listen), mode 0600 and
+        owned by the user, so that only the user (and root) can connect; the zygote's
+        spare accepts on it and checks the caller itself.  One zygote per uid has one
+        (another of the same uid with other groups is reached through us only)."""
+        path = user_socket_path(self.path, creds.uid)
+        if creds.uid in self.user_sockets:
+            return None, path
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                pass
+            else:
+                if not stat.S_ISSOCK(st.st_mode):
+                    raise DeliverdError(f"{path}: exists and is not a socket")
+                os.unlink(path)                 # a stale one: its zygote is gone
+            old = os.umask(0o177)
+            try:
+                sock.bind(path)                 # created 0600
+            finally:
+                os.umask(old)
+            if self.root:
+                os.chown(path, creds.uid, creds.gid, follow_symlinks=False)
+            sock.listen(128)
+        except (OSError, DeliverdError) as err:
+            log.warning("no per-user socket for uid %d: %s", creds.uid, err)
+            sock.close()
+            return None, path
+        return sock, path
+
+    @staticmethod
+    def _unlink(path: str | None) -> None:
+        if path:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def _forget_zygote(self, z: zygote.Handle) -> None:
+        """Before its channel closes: no client may reach it through its socket."""
+        try:
+            self.sel.unregister(z.sock)
+        except (KeyError, ValueError):
+            pass
+        if z.socket_path is not None:
+            self._unlink(z.socket_path)
+            z.socket_path = None
+            if self.user_sockets.get(z.creds.uid) == z.creds:
+                del self.user_sockets[z.creds.uid]
+
+    def _zygote_note(self, pid: int) -> None:
+        """A zygote's "in use" note (deliveries through its own socket), or its end."""
+        for z in self.zygotes.values():
+            if z.pid == pid:
+                try:
+                    while z.sock.recv(64, socket.MSG_DONTWAIT):
+                        z.last_used = time.monotonic()
+                except BlockingIOError:
+                    return
+                except OSError:
+                    pass
+                try:
+                    self.sel.unregister(z.sock)   # EOF: it ended; _reap tidies up
+                except (KeyError, ValueError):
+                    pass
+                return
 
     def _zygote_job(self, data: bytes, fds: list[int]) -> int:
         return serve_job(data, fds, self.deliver)
@@ -581,6 +665,7 @@ class Server:
 
     def _retire_zygote(self, z: zygote.Handle, why: str) -> None:
         log.info("zygote %d for uid %d retired: %s", z.pid, z.creds.uid, why)
+        self._forget_zygote(z)
         z.retire()
         if self.zygotes.get(z.creds) is z:
             del self.zygotes[z.creds]
@@ -671,6 +756,7 @@ class Server:
                 for creds, z in list(self.zygotes.items()):
                     if z.pid == pid:            # killed by its user, or failed to start
                         log.warning("zygote %d for uid %d ended: %#x", pid, creds.uid, wstatus)
+                        self._forget_zygote(z)
                         z.retire()
                         del self.zygotes[creds]
                 continue                        # else an orphaned recipe program (subreaper)

@@ -80,12 +80,16 @@ def _recv_exact(sock, n: int) -> bytes:
     return data
 
 
-def relay(argv: list, default_socket: str = DEFAULT_SOCKET):
-    """Deliver through the server: the exit status, or None to deliver in process."""
-    path = os.environ.get(ENV_SOCKET.encode(), None)
-    path = default_socket if path is None else path.decode(sys.getfilesystemencoding(), "surrogateescape")
-    if not path or wants_in_process(argv):
-        return None
+def user_socket_path(path: str, uid: int) -> str:
+    """The per-user socket next to the server's: ``PATH.UID`` (made by deliverd for a
+    user's zygote, mode 0600, owned by that user; see deliver.deliverd)."""
+    return "%s.%d" % (path, uid)
+
+
+def _attempt(path: str, argv: list):
+    """One server: the status bytes after ACCEPTED (b"" when the connection ended
+    without one), or None when nothing was started (no server, a server of another uid,
+    REFUSED, or the connection closed before ACCEPTED)."""
     try:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     except OSError:
@@ -118,15 +122,30 @@ def relay(argv: list, default_socket: str = DEFAULT_SOCKET):
         if answer != ACCEPTED:
             return None
         try:
-            status = _recv_exact(sock, 2)
+            return _recv_exact(sock, 2)
         except OSError:
-            status = b""
+            return b""
     except KeyboardInterrupt:
         # As deliver.cli.main.  Once the request is out the server may have forked, so
         # never fall back now; closing the socket makes the server stop the child.
-        return TEMPFAIL
+        return b"E" + bytes([TEMPFAIL])
     finally:
         sock.close()
+
+
+def relay(argv: list, default_socket: str = DEFAULT_SOCKET):
+    """Deliver through the server: the exit status, or None to deliver in process.  The
+    per-user socket is tried first (one process to wake instead of three), then the
+    server's own."""
+    path = os.environ.get(ENV_SOCKET.encode(), None)
+    path = default_socket if path is None else path.decode(sys.getfilesystemencoding(), "surrogateescape")
+    if not path or wants_in_process(argv):
+        return None
+    status = _attempt(user_socket_path(path, os.geteuid()), argv)
+    if status is None:
+        status = _attempt(path, argv)
+    if status is None:
+        return None
     if len(status) == 2 and status[:1] == EXITED:
         return status[1]
     if len(status) == 2 and status[:1] == KILLED:

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import DeliveryError
-from .fastclient import EXITED, KILLED
+from .fastclient import ACCEPTED, EXITED, KILLED, REFUSED
 
 log = logging.getLogger("postroom.deliverd")
 
@@ -69,11 +69,13 @@ MAX_MESSAGE = 128 << 10
 N_FDS = 5                        # client connection, stdin, stdout, stderr, cwd
 RC_SETTLE = 1.0                  # seconds an rc must be unmodified before it is preloaded
 MADV_POPULATE_WRITE = 23         # <linux/mman.h>, Linux 5.14
+PREFAULT_STEP = 1 << 20          # bytes populated between two looks for a waiting client
 PR_SET_NAME = 15
 ZYGOTE_NAME = b"pr-zygote"       # comm names (ps, /proc/PID/stat): test harnesses tell
 SPARE_NAME = b"pr-spare"         # idle processes from deliveries by them
 DELIVERY_NAME = b"pr-deliver"
 _PID = 4                         # the client pid before the request (big-endian)
+PING_INTERVAL = 1.0              # seconds between "in use" notes to deliverd
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -115,10 +117,15 @@ def drop_to(creds: Creds) -> None:
         raise ZygoteError("could not drop root")
 
 
-def prefault() -> int:
+def prefault(interrupt: list[int] = ()) -> int:
     """Copy every private writable page now (MADV_POPULATE_WRITE) so the delivery that
     follows takes no copy-on-write faults; returns the bytes populated (0 on kernels
-    without it)."""
+    without it).  Stops early when one of the ``interrupt`` fds becomes readable (a
+    client is waiting: it is better served now with the faults than after the copy)."""
+    import select
+    poller = select.poll()
+    for fd in interrupt:
+        poller.register(fd, select.POLLIN)
     done = 0
     try:
         with open("/proc/self/maps", "rb") as f:
@@ -130,10 +137,16 @@ def prefault() -> int:
         if len(fields) < 2 or fields[1][1:2] != b"w" or fields[1][3:4] != b"p":
             continue
         start, end = (int(x, 16) for x in fields[0].split(b"-"))
-        if _libc.madvise(start, end - start, MADV_POPULATE_WRITE) == 0:
-            done += end - start
-        elif ctypes.get_errno() == errno.EINVAL and done == 0:
-            return 0             # kernel without MADV_POPULATE_WRITE
+        for at in range(start, end, PREFAULT_STEP):
+            if interrupt and poller.poll(0):
+                return done
+            size = min(PREFAULT_STEP, end - at)
+            if _libc.madvise(at, size, MADV_POPULATE_WRITE) == 0:
+                done += size
+            elif ctypes.get_errno() == errno.EINVAL and done == 0:
+                return 0         # kernel without MADV_POPULATE_WRITE
+            else:
+                break            # this mapping cannot be populated (guard pages): the next
     return done
 
 
@@ -225,6 +238,57 @@ class RcWarmer:
                 self._compile(item.action.items)
 
 
+def _namespaces(pid, names) -> tuple[tuple[int, int], ...]:
+    """(device, inode) of each /proc/PID/ns/NAME: equal pairs mean the same namespace."""
+    out = []
+    for name in names:
+        st = os.stat(f"/proc/{pid}/ns/{name}")
+        out.append((st.st_dev, st.st_ino))
+    return tuple(out)
+
+
+def _read_request(conn: socket.socket, n_fds: int, timeout: float) -> tuple[bytes, list[int], str | None]:
+    """One request of deliver.fastclient's protocol from ``conn`` (blocking, at most
+    ``timeout`` seconds in all): (bytes, fds received, why it is refused or None).  The
+    checks are deliverd's: exact length, nothing after it, ``n_fds`` fds, the last a
+    directory (the caller's cwd)."""
+    from .deliverd import ProtocolError, needed_length, parse_request
+    data = bytearray()
+    fds: list[int] = []
+    truncated = False
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            need = needed_length(bytes(data[:8]))
+            if len(data) >= need:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return b"", fds, "request not sent in time"
+            conn.settimeout(left)
+            msg, anc, flags, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(n_fds * 4 + 4),
+                                              socket.MSG_CMSG_CLOEXEC)
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.extend(array("i", payload[: len(payload) // 4 * 4]))
+            truncated |= bool(flags & socket.MSG_CTRUNC)
+            if not msg:
+                return b"", fds, "client closed before its request was complete"
+            data += msg
+        if len(data) > need:
+            return b"", fds, "bytes after the request"
+        parse_request(bytes(data))
+    except ProtocolError as err:
+        return b"", fds, f"malformed request: {err}"
+    except (OSError, socket.timeout) as err:
+        return b"", fds, f"read: {err}"
+    if truncated or len(fds) != n_fds:
+        return b"", fds, f"expected {n_fds} fds, got {len(fds)}"
+    if not stat.S_ISDIR(os.fstat(fds[-1]).st_mode):
+        return b"", fds, "cwd fd is not a directory"
+    return bytes(data), fds, None
+
+
 # --------------------------------------------------------------------------- deliverd's side
 
 
@@ -236,6 +300,7 @@ class Handle:
     sock: socket.socket
     creds: Creds
     last_used: float = field(default_factory=time.monotonic)
+    socket_path: str | None = None       # its per-user socket, which deliverd unlinks
 
     def submit(self, client_pid: int, request: bytes, fds: list[int]) -> bool:
         """Hand one request over without blocking; False if the zygote cannot take it
@@ -262,11 +327,14 @@ class Handle:
 def spawn(creds: Creds, run_job: Callable[[bytes, list[int]], int],
           describe: Callable[[bytes], tuple[list[str], dict[str, str]]],
           before_fork: Callable[[], None], close_in_child: Callable[[], None], *,
-          max_children: int = 32, prefault_spares: bool = True) -> Handle:
+          max_children: int = 32, prefault_spares: bool = True,
+          listener: socket.socket | None = None) -> Handle:
     """Fork a zygote for ``creds`` (deliverd, root).  ``close_in_child`` closes every fd of
     deliverd's in the new process; ``run_job(request, [stdin, stdout, stderr, cwd])`` is
     the delivery (deliver.deliverd.serve_job); ``describe(request)`` gives its argv and
-    environment for the rc warmer."""
+    environment for the rc warmer.  ``listener``: the caller's per-user socket (bound and
+    listening, owned by creds.uid), served by the zygote's spares; the caller closes its
+    own copy after this returns."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     before_fork()
     pid = os.fork()
@@ -278,7 +346,8 @@ def spawn(creds: Creds, run_job: Callable[[bytes, list[int]], int],
             os.setsid()
             set_name(ZYGOTE_NAME)
             drop_to(creds)
-            Zygote(theirs, run_job, describe, max_children, prefault_spares).serve()
+            Zygote(theirs, run_job, describe, max_children, prefault_spares,
+                   creds=creds, listener=listener).serve()
             code = 0
         except BaseException:  # noqa: BLE001 - a zygote must exit, never return to deliverd
             try:
@@ -306,8 +375,15 @@ class Zygote:
     """The zygote's loop: jobs in from deliverd, one child per job, statuses out."""
 
     def __init__(self, chan: socket.socket, run_job, describe, max_children: int,
-                 prefault_spares: bool) -> None:
+                 prefault_spares: bool, *, creds: Creds | None = None,
+                 listener: socket.socket | None = None) -> None:
         self.chan = chan
+        self.creds = creds
+        self.listener = listener
+        self.listening = False                     # the listener is in our selector
+        self.spare_prefaulted = False
+        self.last_ping = 0.0
+        self.used = False                          # served a client of its own socket
         self.run_job = run_job
         self.describe = describe
         self.max_children = max(1, max_children)
@@ -323,6 +399,7 @@ class Zygote:
         os.set_blocking(self._done_r, False)
         self.done: set[int] = set()
         self.spare_paused = False                  # the last spare was killed unused
+        self.to_learn: list[bytes] = []            # requests whose rc files to warm
 
     # ---------------------------------------------------------------- loop
 
@@ -341,14 +418,24 @@ class Zygote:
         self.sel.register(self.chan, selectors.EVENT_READ, "job")
         self.sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self.sel.register(self._done_r, selectors.EVENT_READ, "done")
+        if self.listener is not None:
+            self.listener.setblocking(False)       # spares poll, then accept
         self._freeze()
-        self._ensure_spare()
         while not (self.draining and not self.busy and not self.queue):
+            if self._quiet():
+                self._settle()
+            self._watch_listener(self.spare is None and not self.draining
+                                 and len(self.busy) < self.max_children)
             for key, _ in self.sel.select(timeout=5.0):
                 if key.data == "job":
                     self._receive()
                 elif key.data == "done":
                     self._read_done()
+                elif key.data == "spare":
+                    self._spare_message()
+                elif key.data == "listen":
+                    self.spare_paused = False      # a client waits: a spare will take it
+                    self._ensure_spare()
                 elif key.data == "wake":
                     try:
                         while os.read(self._wake_r, 512):
@@ -358,9 +445,30 @@ class Zygote:
                 else:
                     self._client_gone(key.data[1])
             self._reap()
-            if self._quiet():
-                self._ensure_spare()
         self._drop_spare()
+
+    def _settle(self) -> None:
+        """What waits for a quiet moment (no client waiting on us), because it takes a
+        CPU for a while and on a small machine a running delivery, its exit and its
+        client's wake-up would wait for it: warming the rc files of the requests seen,
+        forking the next spare (~2 ms) and its prefault (~15 ms for 20 MB).  Measured on
+        2 CPUs: done during a delivery, the fork delayed it by ~1.7 ms, the prefault its
+        status by as much."""
+        while self.to_learn:
+            self._learn(self.to_learn.pop(0))
+        self._ping()
+        self._ensure_spare()
+        self._prefault_spare()
+
+    def _watch_listener(self, on: bool) -> None:
+        """The listener is ours to watch while no spare waits on it: a client that
+        connects meanwhile (while another's delivery runs) gets a spare forked for it."""
+        if on and not self.listening and self.listener is not None:
+            self.sel.register(self.listener, selectors.EVENT_READ, "listen")
+            self.listening = True
+        elif not on and self.listening:
+            self.sel.unregister(self.listener)
+            self.listening = False
 
     def _freeze(self) -> None:
         """Keep the collector off the shared heap in children (it would copy every page)."""
@@ -381,6 +489,10 @@ class Zygote:
             self.draining = True                   # deliverd closed its end
             self.sel.unregister(self.chan)
             self.chan.close()
+            if self.listener is not None:          # (deliverd unlinked its path first)
+                self._watch_listener(False)
+                self.listener.close()
+                self.listener = None
             self._drop_spare()
             return
         if len(fds) != N_FDS or len(msg) <= _PID or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
@@ -393,13 +505,16 @@ class Zygote:
         self.queue.append((client_pid, msg[_PID:], fds))
         self._dispatch()
         if not self.draining:
-            self._learn(msg[_PID:])
+            self._stash(msg[_PID:])
 
     def _dispatch(self) -> None:
         while self.queue and len(self.busy) < self.max_children:
             client_pid, request, fds = self.queue.pop(0)
             conn = socket.socket(fileno=fds[0])
-            pid = self._hand_to_spare(request, fds) if self.spare is not None else None
+            # With a per-user socket the spare serves that socket only: a job sent to
+            # it could cross a connection it has just accepted, and be lost with it.
+            spare = self.spare is not None and self.listener is None
+            pid = self._hand_to_spare(request, fds) if spare else None
             if pid is None:
                 pid = self._fork(lambda: self._run(request, fds[1:], conn.fileno()))
             for fd in fds[1:]:
@@ -413,9 +528,7 @@ class Zygote:
             self.sel.register(conn, selectors.EVENT_READ, ("client", pid))
 
     def _hand_to_spare(self, request: bytes, fds: list[int]) -> int | None:
-        assert self.spare is not None
-        pid, sock = self.spare
-        self.spare = None
+        pid, sock = self._release_spare()
         try:
             sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds))])
         except OSError as err:
@@ -455,9 +568,10 @@ class Zygote:
                 os._exit(code & 0xFF if code >= 0 else 75)
         return pid
 
-    def _close_in_child(self) -> None:
+    def _close_in_child(self, keep_listener: bool = False) -> None:
         """A child keeps nothing of the zygote's: not the job channel (it would steal
-        jobs), not another client's connection, not the spare's channel."""
+        jobs), not another client's connection, not the spare's channel; the per-user
+        socket only in a spare (``keep_listener``), which closes it once it has a job."""
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
@@ -477,6 +591,9 @@ class Zygote:
         os.close(self._wake_r)
         os.close(self._wake_w)
         os.close(self._done_r)
+        self.listening = False
+        if not keep_listener:
+            self._close_listener()
 
     def _run(self, request: bytes, fds: list[int], conn: int) -> int:
         """One delivery in this process, then its status straight to the client (before
@@ -496,14 +613,15 @@ class Zygote:
 
     def _quiet(self) -> bool:
         """No client is waiting: nothing queued, and every running child's client has its
-        status and closed (or went away).  A spare is forked and prefaulted only then: its
-        fork and its 30 MB copy take a CPU for milliseconds, and on a small machine a
-        delivery running meanwhile, its exit, and its client's wake-up would wait for it
-        (measured: the status reached the client ~1.7 ms late on 2 CPUs)."""
+        status and closed (or went away); see _settle."""
         return not self.queue and all(b.conn is None for b in self.busy.values())
 
     def _ensure_spare(self) -> None:
-        if self.spare is not None or self.draining or self.spare_paused:
+        """Fork the next spare (when quiet, or for a client waiting on the per-user
+        socket).  At max_children running deliveries no spare is made: clients of the
+        per-user socket then wait in its backlog until one ends."""
+        if (self.spare is not None or self.draining or self.spare_paused
+                or len(self.busy) >= self.max_children):
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         pid = os.fork()
@@ -511,10 +629,8 @@ class Zygote:
             code = 0
             try:
                 ours.close()
-                self._close_in_child()
+                self._close_in_child(keep_listener=True)
                 set_name(SPARE_NAME)
-                if self.prefault_spares:
-                    prefault()
                 code = self._spare_wait(theirs)
             except BaseException:  # noqa: BLE001 - the child must exit, never return
                 code = 75
@@ -525,32 +641,227 @@ class Zygote:
             finally:
                 os._exit(code & 0xFF if code >= 0 else 75)
         theirs.close()
+        ours.setblocking(False)
         self.spare = (pid, ours)
+        self.spare_prefaulted = False
+        self.sel.register(ours, selectors.EVENT_READ, "spare")
 
-    def _spare_wait(self, chan: socket.socket) -> int:
-        while True:
-            try:
-                msg, anc, flags, _ = chan.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(N_FDS * 4),
-                                                  socket.MSG_CMSG_CLOEXEC)
-                break
-            except InterruptedError:
-                continue
+    def _prefault_spare(self) -> None:
+        """Tell the spare to copy its memory now (``P``): nobody is waiting for us."""
+        if self.spare is None or self.spare_prefaulted or not self.prefault_spares:
+            return
+        self.spare_prefaulted = True
+        try:
+            self.spare[1].send(b"P", socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        except OSError:
+            pass                                   # gone: reaped in due course
+
+    def _release_spare(self) -> tuple[int, socket.socket]:
+        assert self.spare is not None
+        pid, sock = self.spare
+        self.spare = None
+        self._unwatch(sock)
+        return pid, sock
+
+    def _unwatch(self, sock: socket.socket) -> None:
+        try:
+            self.sel.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+
+    def _spare_message(self) -> None:
+        """The spare took a client of the per-user socket: ``T`` + its pid (+ the request,
+        for the rc warmer), with the connection attached.  It is a busy child from now
+        on, exactly as one handed a job by deliverd."""
+        if self.spare is None:
+            return
+        try:
+            msg, anc, flags, _ = self.spare[1].recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(4),
+                                                       socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            msg, anc, flags = b"", [], 0
         fds: list[int] = []
         for level, kind, payload in anc:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.extend(array("i", payload[: len(payload) // 4 * 4]))
+        if msg[:1] != b"T" or len(fds) != 1 or len(msg) < 1 + _PID or flags & socket.MSG_CTRUNC:
+            for fd in fds:
+                os.close(fd)
+            if not msg:                            # it exited: the reap says how
+                self._unwatch(self.spare[1])
+            return
+        pid, sock = self._release_spare()
+        sock.close()
+        client_pid = int.from_bytes(msg[1:1 + _PID], "big")
+        request = msg[1 + _PID:]
+        conn = socket.socket(fileno=fds[0])
+        argv: list[str] = []
+        if request:
+            try:
+                argv = self.describe(request)[0]
+            except Exception:  # noqa: BLE001 - only for the log line and the warmer
+                request = b""
+        log.debug("child %d serves pid %d uid %d: %s", pid, client_pid, os.getuid(), argv)
+        self.busy[pid] = _Busy(conn, client_pid)
+        self.sel.register(conn, selectors.EVENT_READ, ("client", pid))
+        self.used = True
+        if request:
+            self._stash(request)
+
+    def _stash(self, request: bytes) -> None:
+        if len(self.to_learn) < 8:
+            self.to_learn.append(request)
+
+    def _ping(self) -> None:
+        """Deliveries through the per-user socket pass deliverd by: tell it, at most once
+        a second, that this zygote is in use (its idle expiry)."""
+        now = time.monotonic()
+        if not self.used or now - self.last_ping < PING_INTERVAL or self.chan.fileno() < 0:
+            return
+        self.used = False
+        self.last_ping = now
+        try:
+            self.chan.send(b"u", socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        except OSError:
+            pass
+
+    # ---------------------------------------------------------------- the spare
+
+    def _spare_wait(self, chan: socket.socket) -> int:
+        """A spare's life: wait for ``P`` (prefault), a job from the zygote, EOF (retired),
+        or a client on the per-user socket (_take); a refused client leaves it as clean
+        as before, waiting again."""
+        import select
+        poller = select.poll()
+        poller.register(chan.fileno(), select.POLLIN)
+        if self.listener is not None:
+            poller.register(self.listener.fileno(), select.POLLIN)
+        while True:
+            try:
+                ready = {fd for fd, _ in poller.poll()}
+            except InterruptedError:
+                continue
+            if chan.fileno() in ready:
+                msg, anc, flags, _ = chan.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(N_FDS * 4),
+                                                  socket.MSG_CMSG_CLOEXEC)
+                fds: list[int] = []
+                for level, kind, payload in anc:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        fds.extend(array("i", payload[: len(payload) // 4 * 4]))
+                if not msg and not fds:
+                    return 0                       # retired unused
+                if msg == b"P" and not fds:
+                    waiting = [chan.fileno()]
+                    if self.listener is not None:
+                        waiting.append(self.listener.fileno())
+                    prefault(waiting)
+                    continue
+                chan.close()
+                self._close_listener()
+                if len(fds) != N_FDS or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                    return 75
+                set_name(DELIVERY_NAME)
+                return self._run(msg, fds[1:], fds[0])
+            if self.listener is not None and self.listener.fileno() in ready:
+                try:
+                    conn, _ = self.listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue                       # another process took it
+                except OSError as err:
+                    log.warning("zygote spare: accept: %s", err)
+                    continue
+                code = self._take(conn, chan)
+                if code is not None:
+                    return code
+
+    def _close_listener(self) -> None:
+        if self.listener is not None:
+            os.close(self.listener.detach())
+            self.listener = None
+
+    def _take(self, conn: socket.socket, chan: socket.socket) -> int | None:
+        """Serve one client of the per-user socket in this spare, or refuse it (``R``: the
+        client then asks deliverd's main socket, nothing having started) and return None.
+
+        The checks are deliverd's, done here from the kernel's word (SO_PEERCRED,
+        SO_PEERGROUPS, SO_PEERPIDFD): exactly this zygote's uid, gid and groups, never
+        root, and the mount, UTS, IPC and network namespaces of this process (read from
+        /proc, then the pidfd proves the pid was not recycled in between).  Then the
+        request, with its four fds, as deliverd reads it; the zygote is told (``T``)
+        before ``A`` goes out, and the delivery runs in this process."""
+        from .deliverd import N_FDS as REQUEST_FDS, PENDING_TIMEOUT, Peer, peer_of
+        peer: Peer | None = None
+        fds: list[int] = []
+        try:
+            peer = peer_of(conn)
+            why = self._refusal(peer)
+            data = b""
+            if why is None:
+                data, fds, why = _read_request(conn, REQUEST_FDS, PENDING_TIMEOUT)
+            if why is None:
+                msg = b"T" + peer.pid.to_bytes(_PID, "big")
+                if len(msg) + len(data) <= MAX_MESSAGE:
+                    msg += data                    # (else the warmer does without)
+                try:
+                    chan.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [conn.fileno()]))],
+                                 socket.MSG_NOSIGNAL)
+                except OSError as err:
+                    why = f"zygote gone: {err}"
+        except OSError as err:
+            why = f"{err}"
+        finally:
+            if peer is not None and peer.pidfd >= 0:
+                os.close(peer.pidfd)
+        if why is not None:
+            log.warning("zygote: refused pid %d uid %d on the user socket: %s",
+                        peer.pid if peer else 0, peer.uid if peer else -1, why)
+            for fd in fds:
+                os.close(fd)
+            try:
+                conn.settimeout(1.0)
+                conn.sendall(REFUSED)
+            except OSError:
+                pass
+            conn.close()
+            return None
         chan.close()
-        if not msg and not fds:
-            return 0                               # retired unused
-        if len(fds) != N_FDS or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-            return 75
+        self._close_listener()
         set_name(DELIVERY_NAME)
-        return self._run(msg, fds[1:], fds[0])
+        try:
+            conn.settimeout(None)
+            conn.sendall(ACCEPTED)
+        except OSError:
+            return 75                              # gone before 'A': nothing delivered
+        fd = conn.detach()
+        return self._run(data, fds, fd)
+
+    def _refusal(self, peer) -> str | None:
+        """Why ``peer`` may not be served by this zygote (None: it may)."""
+        from .deliverd import NAMESPACES
+        creds = self.creds
+        if creds is None:
+            return "no identity"
+        if peer.pidfd < 0:
+            return "no SO_PEERPIDFD"
+        if peer.uid == 0 or (peer.uid, peer.gid) != (creds.uid, creds.gid):
+            return f"uid {peer.uid} gid {peer.gid}: not this zygote's"
+        if Creds.of(peer.uid, peer.gid, peer.groups) != creds:
+            return "other supplementary groups"
+        try:
+            theirs = _namespaces(peer.pid, NAMESPACES)
+            signal.pidfd_send_signal(peer.pidfd, 0)
+            ours = _namespaces("self", NAMESPACES)
+        except OSError as err:
+            return f"namespaces: {err}"
+        if theirs != ours:
+            return "caller in other namespaces"
+        return None
 
     def _drop_spare(self) -> None:
         if self.spare is not None:
-            self.spare[1].close()                  # EOF: the spare exits
-            self.spare = None
+            self._release_spare()[1].close()       # EOF: the spare exits
 
     # ---------------------------------------------------------------- endings
 
@@ -565,8 +876,9 @@ class Zygote:
             if pid == 0:
                 break
             if self.spare is not None and self.spare[0] == pid:
-                self.spare[1].close()              # killed unused: the next job forks one
-                self.spare = None
+                self._spare_message()              # a client it took before it died?
+            if self.spare is not None and self.spare[0] == pid:
+                self._release_spare()[1].close()   # killed unused: the next job forks one
                 spare_died = True
                 continue
             busy = self.busy.pop(pid, None)

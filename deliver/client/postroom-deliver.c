@@ -13,7 +13,8 @@
  *       POSTROOM_SOCKET     the server socket used when $POSTROOM_DELIVERD is unset;
  *                           $POSTROOM_DELIVERD empty means: never use a server.
  *     For `deliver` it speaks deliver.fastclient's protocol, byte for byte: it connects
- *     to the socket, checks with SO_PEERCRED that the server runs as root or as this
+ *     to the user's own socket, SOCKET.UID (made by the server for the user's warm
+ *     process, mode 0600), and when that is missing or refuses, to SOCKET; it checks with SO_PEERCRED that the server runs as root or as this
  *     user, and sends MAGIC "PRD1", a 4-byte big-endian body length and the body (umask
  *     in octal, argc, the arguments, the NAME=value environment entries, NUL-separated)
  *     with fds 0, 1, 2 and an O_PATH fd of its cwd attached (SCM_RIGHTS).  The server
@@ -236,7 +237,27 @@ static int send_request(int s, const struct buf *b, int cwd)
     return 0;
 }
 
-/* The exit status of the delivery, or -1 to fall back (nothing was started). */
+/* One server: the exit status, -1 when nothing was started (fall back), or -2 when
+ * the connection ended after 'A' without a status. */
+static int attempt(const char *path, const struct buf *b, int cwd, unsigned char answer[2])
+{
+    int s = connect_server(path);
+    if (s < 0)
+        return -1;
+    int rc = send_request(s, b, cwd);
+    if (rc < 0 || read_full(s, answer, 1) != 1 || answer[0] != 'A') {
+        close(s);
+        return -1;                /* before 'A' nothing was started */
+    }
+    ssize_t n = read_full(s, answer, 2);
+    close(s);
+    return n == 2 ? 0 : -2;
+}
+
+/* The exit status of the delivery, or -1 to fall back (nothing was started).  The
+ * per-user socket (PATH.UID, deliver.fastclient.user_socket_path) is tried first: the
+ * user's own warm process answers there, one process to wake instead of three; a
+ * refusal there costs nothing, the server's own socket is asked next. */
 static int relay(int argc, char **argv)
 {
     const char *path = getenv("POSTROOM_DELIVERD");
@@ -249,31 +270,27 @@ static int relay(int argc, char **argv)
         free(b.data);
         return -1;                /* too large: the in-process path reports it */
     }
-    int s = connect_server(path);
-    if (s < 0) {
-        free(b.data);
-        return -1;
-    }
     /* O_PATH: a cwd we may search but not read (a 0711 home) still goes across. */
     int cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (cwd < 0) {
-        close(s);
         free(b.data);
         return -1;
     }
-    int rc = send_request(s, &b, cwd);
+    unsigned char answer[2];
+    char mine[sizeof ((struct sockaddr_un *)0)->sun_path];
+    int got = -1;
+    int len = snprintf(mine, sizeof mine, "%s.%u", path, (unsigned)geteuid());
+    if (len > 0 && (size_t)len < sizeof mine)
+        got = attempt(mine, &b, cwd, answer);
+    if (got == -1)
+        got = attempt(path, &b, cwd, answer);
     close(cwd);
     free(b.data);
-    unsigned char answer[2];
-    if (rc < 0 || read_full(s, answer, 1) != 1 || answer[0] != 'A') {
-        close(s);
-        return -1;                /* before 'A' nothing was started: deliver ourselves */
-    }
-    ssize_t n = read_full(s, answer, 2);
-    close(s);
-    if (n == 2 && answer[0] == 'E')
+    if (got == -1)
+        return -1;
+    if (got == 0 && answer[0] == 'E')
         return answer[1];
-    if (n == 2 && answer[0] == 'K') {
+    if (got == 0 && answer[0] == 'K') {
         /* Die of the same signal, as the delivering process did.  SIGKILL and SIGSTOP
          * refuse sigaction (they need no reset); the kill is sent regardless. */
         struct sigaction sa;

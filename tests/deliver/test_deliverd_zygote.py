@@ -81,7 +81,14 @@ def zygotes(server) -> dict[int, int]:
 
 def server_of(server, client_pid: int) -> tuple[int, int]:
     """(pid of the process that logged it, pid of the delivery child) for a client."""
-    m = re.findall(r"deliverd\[(\d+)\] DEBUG child (\d+) serves pid " + str(client_pid) + " ", log(server))
+    # A spare that took the client on the per-user socket tells its zygote, which logs,
+    # while the delivery runs: the line may come a moment after the client ended.
+    deadline = time.monotonic() + 5
+    while True:
+        m = re.findall(r"deliverd\[(\d+)\] DEBUG child (\d+) serves pid " + str(client_pid) + " ", log(server))
+        if m or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     assert m, f"no child served pid {client_pid}"
     return int(m[-1][0]), int(m[-1][1])
 
