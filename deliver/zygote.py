@@ -697,13 +697,6 @@ class Zygote:
         client_pid = int.from_bytes(msg[1:1 + _PID], "big")
         request = msg[1 + _PID:]
         conn = socket.socket(fileno=fds[0])
-        argv: list[str] = []
-        if request:
-            try:
-                argv = self.describe(request)[0]
-            except Exception:  # noqa: BLE001 - only for the log line and the warmer
-                request = b""
-        log.debug("child %d serves pid %d uid %d: %s", pid, client_pid, os.getuid(), argv)
         self.busy[pid] = _Busy(conn, client_pid)
         self.sel.register(conn, selectors.EVENT_READ, ("client", pid))
         self.used = True
@@ -829,6 +822,13 @@ class Zygote:
         chan.close()
         self._close_listener()
         set_name(DELIVERY_NAME)
+        if log.isEnabledFor(logging.DEBUG):    # (here, not in the zygote: logged before 'A')
+            try:
+                argv = self.describe(data)[0]
+            except Exception:  # noqa: BLE001 - only for the log line
+                argv = []
+            log.debug("child %d serves pid %d uid %d (zygote %d): %s", os.getpid(), peer.pid,
+                      os.getuid(), os.getppid(), argv)
         try:
             conn.settimeout(None)
             conn.sendall(ACCEPTED)

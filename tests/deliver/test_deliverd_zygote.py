@@ -81,16 +81,13 @@ def zygotes(server) -> dict[int, int]:
 
 def server_of(server, client_pid: int) -> tuple[int, int]:
     """(pid of the process that logged it, pid of the delivery child) for a client."""
-    # A spare that took the client on the per-user socket tells its zygote, which logs,
-    # while the delivery runs: the line may come a moment after the client ended.
-    deadline = time.monotonic() + 5
-    while True:
-        m = re.findall(r"deliverd\[(\d+)\] DEBUG child (\d+) serves pid " + str(client_pid) + " ", log(server))
-        if m or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
+    m = re.findall(r"deliverd\[(\d+)\] DEBUG child (\d+) serves pid " + str(client_pid) + " ", log(server))
     assert m, f"no child served pid {client_pid}"
-    return int(m[-1][0]), int(m[-1][1])
+    by, child = int(m[-1][0]), int(m[-1][1])
+    if by == child:      # a spare on the per-user socket logs for itself, naming its zygote
+        by = int(re.findall(r"DEBUG child %d serves pid %d uid \d+ \(zygote (\d+)\)" % (child, client_pid),
+                            log(server))[-1])
+    return by, child
 
 
 def deliver_tracked(server, args: list[str], msg: bytes = MSG, **kw):
