@@ -191,15 +191,20 @@ class LocalDelivery:
         try:
             result = worker.call(req)
         except (OSError, EOFError, pickle.PickleError) as exc:
-            log.error("delivery worker %d failed (%s); starting another", worker.pid, exc)
-            worker.close()
-            with self._pool_lock:
-                if worker in self._workers:
-                    self._workers.remove(worker)
-            self._spawn()
-            return Result(ExitCode.TEMPFAIL, "delivery process died")
+            return self._replace(worker, exc)
         self._idle.put(worker)
         return result
+
+    def _replace(self, worker: _Worker, exc: BaseException) -> Result:
+        """A worker died or garbled its answer: reap it, start another, and defer the
+        delivery it had (as fork mode does for a child that dies)."""
+        log.error("delivery worker %d failed (%s); starting another", worker.pid, exc)
+        worker.close()
+        with self._pool_lock:
+            if worker in self._workers:
+                self._workers.remove(worker)
+        self._spawn()
+        return Result(ExitCode.TEMPFAIL, "delivery process died")
 
     async def deliver_async(self, req: Request) -> Result:
         """``deliver`` for an event loop (the runner).  In pool mode the request and the
@@ -225,13 +230,7 @@ class LocalDelivery:
             worker.close_fds()        # it exits after the delivery in hand; not reused
             raise
         except (OSError, EOFError, pickle.PickleError) as exc:
-            log.error("delivery worker %d failed (%s); starting another", worker.pid, exc)
-            worker.close()
-            with self._pool_lock:
-                if worker in self._workers:
-                    self._workers.remove(worker)
-            self._spawn()
-            return Result(ExitCode.TEMPFAIL, "delivery process died")
+            return self._replace(worker, exc)
         except Exception as exc:  # noqa: BLE001 - a delivery bug must defer, never lose mail
             log.exception("delivery to %s failed unexpectedly", req.recipient)
             self._aidle.put_nowait(worker)

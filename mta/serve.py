@@ -58,12 +58,14 @@ EXIT STATUS
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import logging
 import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -541,33 +543,27 @@ def _signal_runner(pid: int | None, sig: int) -> None:
 
 def _serve_split(config: Config, args: argparse.Namespace, pidfile_fd: int,
                  ready: Callable[[], None] | None) -> int:
-    """Fork the queue runner process, then run the receiver here (see ``main``)."""
+    """Fork the queue runner and the other receivers, then run the main receiver here
+    (see the module docstring)."""
     import asyncio
 
     prepared = prepare_queue(config)
     sendmail = str(write_sendmail_wrapper(config, config_argv(args)))
     r, w = os.pipe()
     ready_r, ready_w = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:   # the queue runner: never returns
-        code = 70
-        try:
-            # until its own handlers are installed, a forwarded signal must not kill it
-            for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGINT):
-                signal.signal(sig, signal.SIG_IGN)
-            os.close(w)
-            os.close(ready_r)
-            os.close(pidfile_fd)      # the pid file's flock belongs to the receiver
-            code = asyncio.run(run_queue_runner(config, r, delivery_mode=args.delivery,
-                                                forks=args.forks, sendmail=sendmail,
-                                                ready_fd=ready_w))
-        except BaseException:  # noqa: BLE001 - the child must exit, never return
-            log.exception("the queue runner failed")
-        finally:
-            logging.shutdown()
-            os._exit(code)
+
+    def queue_runner() -> int:
+        # until its own handlers are installed, a forwarded signal must not kill it
+        for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        os.close(w)
+        os.close(ready_r)
+        os.close(pidfile_fd)      # the pid file's flock belongs to the receiver
+        return asyncio.run(run_queue_runner(config, r, delivery_mode=args.delivery,
+                                            forks=args.forks, sendmail=sendmail,
+                                            ready_fd=ready_w))
+
+    pid = _fork("queue runner", queue_runner)
     os.close(r)
     os.close(ready_w)
     started = os.read(ready_r, 1)
@@ -590,26 +586,18 @@ def _serve_split(config: Config, args: argparse.Namespace, pidfile_fd: int,
     lifeline_r, lifeline_w = os.pipe()
     receivers = []
     for index in range(1, n):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        child = os.fork()
-        if child == 0:   # another receiver: never returns
-            code = 70
-            try:
-                # until serve() installs its handlers, a forwarded signal must not kill it
-                for sig in (signal.SIGHUP, signal.SIGUSR1):
-                    signal.signal(sig, signal.SIG_IGN)
-                os.close(lifeline_w)
-                os.close(pidfile_fd)
-                code = asyncio.run(serve(config, selector=config_argv(args), notify_fd=w,
-                                         prepared=prepared, sockets=sockets,
-                                         session_count=session_count, index=index,
-                                         lifeline_fd=lifeline_r))
-            except BaseException:  # noqa: BLE001 - the child must exit, never return
-                log.exception("a receiver process failed")
-            finally:
-                logging.shutdown()
-                os._exit(code)
+        def receiver(index: int = index) -> int:
+            # until serve() installs its handlers, a forwarded signal must not kill it
+            for sig in (signal.SIGHUP, signal.SIGUSR1):
+                signal.signal(sig, signal.SIG_IGN)
+            os.close(lifeline_w)
+            os.close(pidfile_fd)
+            return asyncio.run(serve(config, selector=config_argv(args), notify_fd=w,
+                                     prepared=prepared, sockets=sockets,
+                                     session_count=session_count, index=index,
+                                     lifeline_fd=lifeline_r))
+
+        child = _fork("receiver", receiver)
         receivers.append(child)
     os.close(lifeline_r)
     try:
@@ -621,11 +609,48 @@ def _serve_split(config: Config, args: argparse.Namespace, pidfile_fd: int,
         os.close(lifeline_w)
 
 
-def _listen(listener) -> socket.socket:
+def _fork(what: str, body: Callable[[], int]) -> int:
+    """Fork a daemon process that runs ``body`` and exits with its status (70 when it
+    raised); returns the child's pid in the parent, never returns in the child."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 70
+    try:
+        code = body()
+    except BaseException:  # noqa: BLE001 - the child must exit, never return
+        log.exception("the %s process failed", what)
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+BIND_RETRY_SECONDS = 10.0
+
+
+def _listen(listener, *, retry_for: float = BIND_RETRY_SECONDS) -> socket.socket:
     """A listening socket for ``listener``, bound before the receivers fork so that
-    they all accept from it (the kernel hands each connection to one of them)."""
+    they all accept from it (the kernel hands each connection to one of them).
+
+    An address in use is retried for ``retry_for`` seconds, as sendmail retries its
+    bind: after the main receiver died, its other receivers hold the socket until they
+    have seen their lifeline close, and a restart may come sooner than that."""
     family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
-    sock = socket.create_server((listener.host, listener.port), family=family, backlog=128)
+    deadline = time.monotonic() + retry_for
+    warned = False
+    while True:
+        try:
+            sock = socket.create_server((listener.host, listener.port), family=family, backlog=128)
+            break
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                raise
+            if not warned:
+                log.warning("%s: address in use; retrying for %g s", listener, retry_for)
+                warned = True
+            time.sleep(0.1)
     sock.setblocking(False)
     return sock
 

@@ -386,3 +386,32 @@ def test_a_signal_to_every_process_at_once_is_a_clean_stop(pdaemon, sig) -> None
     assert d.wait(30) == 0
     wait_for(lambda: not any(alive(p) for p in tree), 10, "every process to exit")
     assert "exited unexpectedly" not in d.log_text()
+
+
+def test_bind_waits_for_an_address_still_held_then_gives_up() -> None:
+    """After the main receiver died, its other receivers hold the listening socket until
+    they see their lifeline close: a restart retries the bind (as sendmail does), and an
+    address that stays taken is still an error."""
+    import threading
+
+    from mta.config import Listener
+    from mta.serve import _listen
+    from test_serve import free_port
+
+    port = free_port()
+    holder = socket.create_server(("127.0.0.1", port))
+    released = threading.Event()
+
+    def release() -> None:
+        holder.close()
+        released.set()
+
+    threading.Timer(0.5, release).start()
+    sock = _listen(Listener("127.0.0.1", port), retry_for=10)
+    assert released.is_set()           # it waited for the address, it did not steal it
+    sock.close()
+    with socket.create_server(("127.0.0.1", port)):
+        t0 = time.monotonic()
+        with pytest.raises(OSError):
+            _listen(Listener("127.0.0.1", port), retry_for=0.3)
+        assert time.monotonic() - t0 >= 0.3
