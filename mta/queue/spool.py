@@ -38,7 +38,9 @@ Guarantees
     its two files.  Creating three inodes per message and deleting them again was a
     fifth of the receiver's CPU on ext4 (its inode allocator steps over recently freed
     inodes one by one; tests/benchmarks/bench_mta.py).  A reused directory's entries
-    are already durable, so its commit needs no fsync of the directory itself.
+    are already durable, so its commit needs no fsync of the directory itself.  Until
+    it is reused, a free/ directory still holds the last message that went through it,
+    as a deleted queue file's blocks would: the spool is the daemon's own (mode 0700).
 
 Errors: ``QueueError`` (an ``OSError`` from the file system while committing, e.g.
 ENOSPC or EFBIG), ``UnknownMessage``, ``QueueBusy`` (hold/delete of a claimed message),
