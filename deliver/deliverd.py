@@ -13,6 +13,14 @@ namespace sees its own files), and its uid, gid and supplementary groups.  The p
 sends the child's exit status (or the signal that killed it) back and never runs a
 recipe itself.
 
+Callers other than root in the server's namespaces are served by a per-user zygote
+(deliver.zygote).  With its zygote a user gets a socket of their own, ``PATH.UID`` next to
+PATH (deliver.fastclient.user_socket_path; mode 0600, owned by the user, in this
+directory that nobody else may write), on which the zygote's spare child accepts the
+user's clients directly, checking them as this server would; clients try it first and
+come here when it is missing or refuses.  It is unlinked before its zygote is retired
+(idle, least recently used, shutdown) and when the zygote dies; one zygote per uid has one.
+
 Identity comes from the kernel only: SO_PEERCRED (uid, gid as of connect(2)),
 SO_PEERGROUPS and SO_PEERPIDFD (a pidfd of the process that connected, so a recycled pid
 can never name another process).  Nothing in the request is trusted about who the caller

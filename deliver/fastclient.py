@@ -1,12 +1,15 @@
 """deliver.fastclient — the Python client of the delivery server, and the Python launcher.
 
     relay(argv, default_socket=DEFAULT_SOCKET) -> int | None
+    user_socket_path(path, uid) -> str
     launcher_script(python, paths, socket) -> str      (what `make venv` writes)
 
 What it does: hands one `postroom deliver ARGS...` to the warm delivery server
 (deliver.deliverd) instead of importing the delivery stack (~45 ms) in this process.  It
 connects to the unix socket named by $POSTROOM_DELIVERD (empty: never use a server), or
-else the socket path built into the launcher, checks with SO_PEERCRED that the server runs
+else the socket path built into the launcher; first to that path + "." + its euid, the
+user's own socket where the user's warm process answers (user_socket_path), then, when
+that is missing or refuses, to the path itself.  It checks with SO_PEERCRED that the server runs
 as root or as this user, and sends in one SOCK_STREAM request: its umask, its argv and its
 environment, with its fds 0, 1, 2 and an O_PATH fd of its cwd attached (SCM_RIGHTS).  The
 server answers one byte, ``A`` (accepted: a delivery child is being forked) or ``R``

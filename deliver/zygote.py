@@ -1,17 +1,29 @@
 """deliver.zygote — per-user warm processes that fork one delivery child per mail (for deliverd).
 
-    spawn(creds, run_job, describe, before_fork, *, max_children=32, prefault=True) -> Handle
+    spawn(creds, run_job, describe, before_fork, close_in_child, *, max_children=32,
+          prefault_spares=True, listener=None) -> Handle
     Handle.submit(client_pid, request, fds) -> bool      (deliverd, non-blocking)
     Handle.retire()                                      (deliverd: idle, or stopping)
-    RcWarmer().learn(argv, user)                         (what a zygote keeps warm)
+    RcWarmer().learn(argv, environ)                      (what a zygote keeps warm)
 
 What it does: `postroom deliverd` (root) forks one zygote per caller identity (uid, gid,
 supplementary groups) that it sees in its own namespaces.  The zygote drops to exactly
 those credentials at once (groups, gid, uid; it never runs anything as root), and then
-serves the deliveries deliverd hands it over a SOCK_SEQPACKET pair: each message is one
-client request (deliver.fastclient's bytes) with five fds: the client connection, the
-client's stdin, stdout, stderr and cwd.  A delivery runs in a child of the zygote, one
-child per mail, exactly as in a direct run (deliver.deliverd.serve_job).
+serves deliveries two ways, one child per mail, each exactly as in a direct run
+(deliver.deliverd.serve_job):
+  * on the user's own socket (``listener``: SOCKET.UID, made by deliverd, mode 0600,
+    owned by the user): the zygote's waiting spare child accepts the client itself and
+    becomes its delivery, so a mail wakes one process instead of three (client ->
+    deliverd -> zygote -> child).  The spare first checks, from the kernel's word, what
+    deliverd would: SO_PEERCRED/SO_PEERGROUPS exactly the zygote's uid, gid and groups
+    (never root), SO_PEERPIDFD and the caller's mount, UTS, IPC and network namespaces
+    equal to its own (/proc/PID/ns, then the pidfd proves the pid was not recycled).  It
+    refuses (``R``) anyone else before reading the request, stays clean and waits again;
+    the client then asks deliverd's main socket.  It tells the zygote (``T``, with the
+    connection) before it answers ``A``;
+  * handed over by deliverd on a SOCK_SEQPACKET pair: each message one client request
+    (deliver.fastclient's bytes) with five fds: the client connection, the client's
+    stdin, stdout, stderr and cwd.
 
 What it keeps warm, so a child does not pay for it:
   * the rc files a delivery reads (``~/.procmailrc``, rc arguments, the system rc in -d
@@ -21,26 +33,37 @@ What it keeps warm, so a child does not pay for it:
     through rules.regex.compile_regex's own cache.  An rc modified less than RC_SETTLE
     seconds ago is not preloaded (a second edit within the file system's timestamp
     granularity would keep size and mtime: the racy-git problem), the child loads it;
-  * one spare child, forked ahead of the next mail with its memory already copied
-    (madvise MADV_POPULATE_WRITE, Linux 5.14), so neither fork(2) nor the copy-on-write
-    faults of a 30 MB Python heap are paid while a client waits.  A child writes the exit
-    status to its client itself after closing the client's stdio, before its exit tears
-    that memory down; the zygote reaps it and reports a signal death (``K``) or a status
-    the child could not send.
+  * one spare child, forked ahead of the next mail, whose memory is copied ahead too
+    (madvise MADV_POPULATE_WRITE, Linux 5.14; stopped as soon as a client waits), so
+    neither fork(2) nor the copy-on-write faults of a 30 MB Python heap are paid while a
+    client waits.  The fork, the copy and the rc warming are done only when no client is
+    waiting on this zygote (measured on 2 CPUs: a fork during a delivery delayed it by
+    ~1.7 ms, a copy delayed its status as much).  A child writes the exit status to its
+    client itself after closing the client's stdio, before its exit tears that memory
+    down; the zygote reaps it and reports a signal death (``K``) or a status the child
+    could not send.
 
 Guarantees:
   * Never root: the zygote and its children have the caller's exact uid, gid and groups
     (checked after the change); deliverd uses zygotes only for callers other than root,
-    and only when the caller's mount, UTS, IPC and network namespaces are deliverd's own.
+    and only when the caller's mount, UTS, IPC and network namespaces are deliverd's own;
+    on the per-user socket the spare checks the same itself.
   * Only ever the caller's own: a zygote serves one identity, so all it holds and every
     process it forks belong to that user; the user can kill or stop it, which hurts no
     one else (deliverd's end is non-blocking; a failed hand-over falls back to deliverd's
     per-delivery path, before any delivery started).
+  * Never twice, never lost: ``A`` goes out only after every check, so a refused client's
+    fallback starts from untouched stdin; after ``A`` the client counts the delivery done
+    only on a status (else it exits 75).
   * The zygote exits when deliverd closes its end (idle expiry, shutdown, or deliverd's
-    death), after its running deliveries have finished.
+    death; deliverd unlinks the per-user socket first), after its running deliveries have
+    finished.  Deliveries on its own socket are noted to deliverd (``u``, at most once a
+    second) so that it does not expire while in use.
 
 Errors: ZygoteError (credentials could not be set) ends the zygote before it serves.
-Logging: logger ``postroom.deliverd`` (deliverd's stream): "child N serves pid P uid U".
+Logging: logger ``postroom.deliverd`` (deliverd's stream): "child N serves pid P uid U"
+(by the zygote; by the child itself, naming its zygote, on the per-user socket); "refused
+pid P uid U on the user socket: why".
 """
 
 from __future__ import annotations
@@ -808,7 +831,7 @@ class Zygote:
             if peer is not None and peer.pidfd >= 0:
                 os.close(peer.pidfd)
         if why is not None:
-            log.warning("zygote: refused pid %d uid %d on the user socket: %s",
+            log.info("zygote: refused pid %d uid %d on the user socket: %s",
                         peer.pid if peer else 0, peer.uid if peer else -1, why)
             for fd in fds:
                 os.close(fd)

@@ -15,7 +15,8 @@ Three measurements, each a ratio against procmail measured in the same run:
    warm server running: `postroom deliverd` (deliver/deliverd.py, started as root for the
    run on a temp socket named to the client by $POSTROOM_DELIVERD), whose per-user zygote
    (deliver/zygote.py) forks each delivery from a process that has the rc and its
-   regexes loaded.  Alongside, alternating in the same loop and checked for the same
+   regexes loaded; from the second message on the client connects to the user's own
+   socket ($POSTROOM_DELIVERD.UID), where the zygote's waiting spare child takes it.  Alongside, alternating in the same loop and checked for the same
    folders: "direct", the same command with no server (the client finds none and execs
    the Python launcher, which delivers in process).  Baselines, spawned the same way:
    `python -c pass` (plain, and -I -S), the Python client (.venv/bin/postroom-python,
