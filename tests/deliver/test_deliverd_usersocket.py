@@ -141,30 +141,43 @@ def test_clients_take_the_user_socket(server, home: Path) -> None:
     assert (home / "inbox").read_bytes().count(b"body line") == 3
 
 
-def test_root_on_the_user_socket_is_refused(server, home: Path) -> None:
-    """Root may connect to any socket; the spare refuses it before reading anything."""
-    warm(server, home)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(str(user_sock(server)))
-    cwd = os.open("/", os.O_PATH | os.O_DIRECTORY)
+_CONNECT = r"""
+import os, socket, sys
+sys.path.insert(0, sys.argv[2])
+from deliver.fastclient import encode_request
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(10)
+s.connect(sys.argv[1])
+cwd = os.open("/", os.O_PATH | os.O_DIRECTORY)
+req = encode_request([sys.argv[3]], 0o022, {b"HOME": b"/"})
+s.sendmsg([req], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                   b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2, cwd)))])
+sys.stdout.write(repr(s.recv(1)))
+"""
+
+
+@pytest.mark.parametrize("who", ["root", "nobody"])
+def test_a_foreign_caller_on_the_user_socket_is_refused(server, home: Path, who: str) -> None:
+    """Root may connect to any socket, and the user may have opened theirs to others
+    (chmod 0666): the spare refuses whoever is not the user, before reading anything,
+    and stays the one waiting for the user's next mail."""
+    rc = warm(server, home)
+    path = user_sock(server)
+    other = pwd.getpwnam(who)
+    os.chmod(path, 0o666)
     try:
-        req = encode_request([str(home / "rc")], 0o022, {b"HOME": b"/root"})
-        s.sendmsg([req], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                           b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2, cwd)))])
-        assert s.recv(1) == b"R"
-        try:                             # then closed, the request unread (hence a reset)
-            assert s.recv(1) == b""
-        except ConnectionResetError:
-            pass
+        p = subprocess.run([sys.executable, "-c", _CONNECT, str(path), str(difftool.REPO), str(rc)],
+                           capture_output=True, timeout=30, cwd="/", user=other.pw_uid,
+                           group=other.pw_gid, extra_groups=[])
     finally:
-        os.close(cwd)
-        s.close()
-    assert re.search(r"refused pid \d+ uid 0 on the user socket: uid 0 gid 0", log(server))
-    assert not (home / "inbox").read_bytes().count(b"body line") > 1
-    # the spare that refused is still the one waiting, and serves the next mail
-    p, pid = deliver(server, [str(home / "rc")])
+        os.chmod(path, 0o600)
+    assert p.stdout == b"b'R'", p.stderr
+    assert re.search(rf"refused pid \d+ uid {other.pw_uid} on the user socket: uid {other.pw_uid} gid "
+                     rf"{other.pw_gid}: not this zygote's", log(server))
+    assert (home / "inbox").read_bytes().count(b"body line") == 1
+    p, pid = deliver(server, [str(rc)])
     assert p.returncode == 0 and how_served(server, pid) == "user socket"
+    assert (home / "inbox").read_bytes().count(b"body line") == 2
 
 
 def test_other_groups_are_refused_and_fall_back(server, home: Path) -> None:

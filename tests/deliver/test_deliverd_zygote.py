@@ -262,3 +262,17 @@ def test_idle_zygotes_expire() -> None:
     finally:
         d.stop()
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_prefault_stops_for_a_waiting_client() -> None:
+    """A spare copies its memory only while nobody waits: a readable fd (a client on
+    the per-user socket, a job) stops the copy at once."""
+    from deliver.zygote import prefault
+    r, w = os.pipe()
+    try:
+        assert prefault([r]) > 0                 # nothing waiting: it copies
+        os.write(w, b"x")
+        assert prefault([r]) == 0                # a client waits: not a byte
+    finally:
+        os.close(r)
+        os.close(w)
