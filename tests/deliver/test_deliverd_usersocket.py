@@ -222,8 +222,11 @@ def test_nothing_runs_as_root(server, home: Path) -> None:
     assert all(line.split()[1] == "0000000000000000" for line in lines[3:5])
     # whatever waits on the socket is the user, with no capabilities
     for pid, fields in difftool._live_processes():
-        if difftool._comm(pid) in (b"pr-spare", b"pr-zygote") and os.path.exists(f"/proc/{pid}"):
-            text = Path(f"/proc/{pid}/status").read_text()
+        if difftool._comm(pid) in (b"pr-spare", b"pr-zygote"):
+            try:
+                text = Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                continue                 # it ended meanwhile
             if f"\nUid:\t{USER.pw_uid}\t" in text:
                 assert re.search(r"^CapEff:\s*0+$", text, re.M) and re.search(r"^CapPrm:\s*0+$", text, re.M)
             else:
