@@ -74,6 +74,7 @@ ERRORS
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import os
@@ -87,7 +88,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 CASES_DIR = Path(__file__).parent / "cases"
 REPO = Path(__file__).resolve().parents[2]
@@ -309,6 +310,45 @@ def make_launcher(path: Path, socket_path: str) -> str:
     assert path.name == "postroom"
     paths = list(dict.fromkeys([str(REPO)] + [sysconfig.get_paths()[k] for k in ("purelib", "platlib")]))
     return install_launchers(str(path.parent), str(VENV_BIN / "python"), paths, socket_path)
+
+
+@contextlib.contextmanager
+def running_deliverd(max_children: int = 8, extra_args: Sequence[str] = ()) -> Iterator[Deliverd]:
+    """``start_deliverd`` for a ``with`` block (the deliverd tests' module fixtures)."""
+    d = start_deliverd(max_children, extra_args)
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+@contextlib.contextmanager
+def reachable_home(prefix: str) -> Iterator[Path]:
+    """A directory TEST_USER owns and can reach (pytest's tmp_path sits in a 0700
+    directory), removed afterwards."""
+    user = pwd.getpwnam(TEST_USER)
+    top = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(top, 0o755)
+    h = top / "h"
+    h.mkdir()
+    os.chown(h, user.pw_uid, user.pw_gid)
+    try:
+        yield h
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def write_user_rc(home: Path, text: str, name: str = "rc", mtime: float | None = None) -> Path:
+    """An rc file TEST_USER owns, mode 0644; ``mtime`` set when given (an rc edited in the
+    last second is not preloaded by a zygote, deliver.zygote)."""
+    user = pwd.getpwnam(TEST_USER)
+    rc = home / name
+    rc.write_text(text)
+    os.chown(rc, user.pw_uid, user.pw_gid)
+    os.chmod(rc, 0o644)
+    if mtime is not None:
+        os.utime(rc, (mtime, mtime))
+    return rc
 
 
 def start_deliverd(max_children: int = 8, extra_args: Sequence[str] = ()) -> Deliverd:

@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -34,31 +33,18 @@ MSG = b"From: a@example.org\nSubject: hello\n\nbody line\n"
 
 @pytest.fixture(scope="module")
 def server():
-    d = difftool.start_deliverd(max_children=4)
-    try:
+    with difftool.running_deliverd(max_children=4) as d:
         yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture
 def home():
-    """A directory TEST_USER owns and can reach (pytest's tmp_path sits in a 0700 dir)."""
-    top = Path(tempfile.mkdtemp(prefix="prdeliverd-test-"))
-    os.chmod(top, 0o755)
-    h = top / "h"
-    h.mkdir()
-    os.chown(h, USER.pw_uid, USER.pw_gid)
-    yield h
-    shutil.rmtree(top, ignore_errors=True)
+    with difftool.reachable_home("prdeliverd-test-") as h:
+        yield h
 
 
 def write_rc(home: Path, text: str) -> Path:
-    rc = home / "rc"
-    rc.write_text(text)
-    os.chown(rc, USER.pw_uid, USER.pw_gid)
-    os.chmod(rc, 0o644)
-    return rc
+    return difftool.write_user_rc(home, text)
 
 
 def deliver(server, args: list[str], msg: bytes = MSG, *, socket_path: str | None = None,

@@ -33,30 +33,18 @@ MSG = b"From: a@example.org\nSubject: hello\n\nbody line\n"
 @pytest.fixture(scope="module")
 def server():
     assert shutil.which(os.environ.get("CC") or "cc"), "make test-deps installs gcc"
-    d = difftool.start_deliverd(max_children=4)
-    try:
+    with difftool.running_deliverd(max_children=4) as d:
         yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture
 def home():
-    top = Path(tempfile.mkdtemp(prefix="prclient-test-"))
-    os.chmod(top, 0o755)
-    h = top / "h"
-    h.mkdir()
-    os.chown(h, USER.pw_uid, USER.pw_gid)
-    yield h
-    shutil.rmtree(top, ignore_errors=True)
+    with difftool.reachable_home("prclient-test-") as h:
+        yield h
 
 
 def write_rc(home: Path, text: str, name: str = "rc") -> Path:
-    rc = home / name
-    rc.write_text(text)
-    os.chown(rc, USER.pw_uid, USER.pw_gid)
-    os.chmod(rc, 0o644)
-    return rc
+    return difftool.write_user_rc(home, text, name)
 
 
 def run(server, args: list[str], msg: bytes = MSG, *, socket_path: str | None = None,

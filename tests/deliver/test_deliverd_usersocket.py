@@ -20,7 +20,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import difftool  # noqa: E402
 
-from deliver.fastclient import encode_request, user_socket_path  # noqa: E402
+from deliver.fastclient import user_socket_path  # noqa: E402
 
 USER = pwd.getpwnam(difftool.TEST_USER)
 MSG = b"From: a@example.org\nSubject: hello\n\nbody line\n"
@@ -42,32 +41,18 @@ HOUR_AGO = time.time() - 3600
 
 @pytest.fixture(scope="module")
 def server():
-    d = difftool.start_deliverd(max_children=8)
-    try:
+    with difftool.running_deliverd(max_children=8) as d:
         yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture
 def home():
-    top = Path(tempfile.mkdtemp(prefix="pruser-test-"))
-    os.chmod(top, 0o755)
-    h = top / "h"
-    h.mkdir()
-    os.chown(h, USER.pw_uid, USER.pw_gid)
-    yield h
-    shutil.rmtree(top, ignore_errors=True)
+    with difftool.reachable_home("pruser-test-") as h:
+        yield h
 
 
 def write_rc(home: Path, text: str, mtime: float | None = HOUR_AGO) -> Path:
-    rc = home / "rc"
-    rc.write_text(text)
-    os.chown(rc, USER.pw_uid, USER.pw_gid)
-    os.chmod(rc, 0o644)
-    if mtime is not None:
-        os.utime(rc, (mtime, mtime))
-    return rc
+    return difftool.write_user_rc(home, text, mtime=mtime)
 
 
 def user_sock(server, uid: int = USER.pw_uid) -> Path:

@@ -32,32 +32,18 @@ HOUR_AGO = time.time() - 3600
 
 @pytest.fixture(scope="module")
 def server():
-    d = difftool.start_deliverd(max_children=8)
-    try:
+    with difftool.running_deliverd(max_children=8) as d:
         yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture
 def home():
-    top = Path(tempfile.mkdtemp(prefix="przygote-test-"))
-    os.chmod(top, 0o755)
-    h = top / "h"
-    h.mkdir()
-    os.chown(h, USER.pw_uid, USER.pw_gid)
-    yield h
-    shutil.rmtree(top, ignore_errors=True)
+    with difftool.reachable_home("przygote-test-") as h:
+        yield h
 
 
 def write_rc(home: Path, text: str, name: str = "rc", mtime: float | None = HOUR_AGO) -> Path:
-    rc = home / name
-    rc.write_text(text)
-    os.chown(rc, USER.pw_uid, USER.pw_gid)
-    os.chmod(rc, 0o644)
-    if mtime is not None:
-        os.utime(rc, (mtime, mtime))
-    return rc
+    return difftool.write_user_rc(home, text, name, mtime)
 
 
 def deliver(server, args: list[str], msg: bytes = MSG, *, extra_groups=(), socket_path=None,
