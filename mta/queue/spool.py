@@ -427,9 +427,12 @@ class Spool:
 
     def _recycle(self, entry: str, name: str) -> bool:
         """Move a finished entry's directory to free/ unless enough are kept already
-        (a directory's link count is 2 plus its subdirectories: one fstat counts them)."""
+        (a directory's link count is 2 plus its subdirectories: one stat counts them).
+        A file system that does not count a directory's links (btrfs says 1) recycles
+        nothing, since free/ could not be bounded there."""
         try:
-            if os.stat(self.free_dir).st_nlink - 2 >= FREE_LIMIT:
+            links = os.stat(self.free_dir).st_nlink
+            if links < 2 or links - 2 >= FREE_LIMIT:
                 return False
             os.rename(entry, os.path.join(self.free_dir, name))
             return True

@@ -329,3 +329,25 @@ def test_write_after_commit_is_an_error(tmp_path):
     m.commit(env())
     with pytest.raises(QueueError):
         m.write(b"late")
+
+
+def test_no_recycling_where_directory_links_are_not_counted(tmp_path, monkeypatch):
+    """btrfs reports one link for every directory: free/ could not be bounded by its
+    link count there, so finished entries are deleted as before."""
+    spool = Spool(str(tmp_path))
+    real_stat = os.stat
+
+    class OneLink:
+        def __init__(self, st):
+            self._st = st
+
+        def __getattr__(self, name):
+            return 1 if name == "st_nlink" else getattr(self._st, name)
+
+    def fake_stat(path, *a, **kw):
+        st = real_stat(path, *a, **kw)
+        return OneLink(st) if os.fspath(path) == spool.free_dir else st
+
+    monkeypatch.setattr("mta.queue.spool.os.stat", fake_stat)
+    _deliver_all(spool, put(spool))
+    assert os.listdir(spool.free_dir) == [] and listing(spool, "tmp") == []
