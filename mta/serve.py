@@ -455,7 +455,7 @@ async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
 
     async def stop_children() -> None:
         for pid in receivers:
-            _signal_runner(pid, signal.SIGTERM)
+            _signal_child(pid, signal.SIGTERM)
         if receiver_exits:
             await asyncio.gather(*receiver_exits)
         if notifier is not None:
@@ -489,14 +489,14 @@ async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
         if runner is not None:
             runner.set_router(new_router)
         else:
-            _signal_runner(runner_pid, signal.SIGHUP)
+            _signal_child(runner_pid, signal.SIGHUP)
         for pid in receivers:
-            _signal_runner(pid, signal.SIGHUP)
+            _signal_child(pid, signal.SIGHUP)
         log.info("maps reloaded (SIGHUP)")
 
     def poked() -> None:
         if runner is None:
-            _signal_runner(runner_pid, signal.SIGUSR1)   # it reads the flush request
+            _signal_child(runner_pid, signal.SIGUSR1)   # it reads the flush request
             return
         _wake_runner(config, runner)
 
@@ -533,7 +533,8 @@ async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
     return status
 
 
-def _signal_runner(pid: int | None, sig: int) -> None:
+def _signal_child(pid: int | None, sig: int) -> None:
+    """Pass ``sig`` on to the runner or another receiver (gone already: nothing to do)."""
     if pid is not None:
         try:
             os.kill(pid, sig)
