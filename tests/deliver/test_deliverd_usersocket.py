@@ -18,12 +18,10 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -267,13 +265,8 @@ def _wait_gone(path: Path, timeout: float = 15) -> None:
 def test_the_socket_goes_with_its_zygote() -> None:
     """Idle expiry, a killed zygote and the server's stop each remove the socket; the
     next mail is delivered through the main socket and makes a new one."""
-    d = difftool.start_deliverd(max_children=4, extra_args=["--zygote-idle", "1"])
-    top = Path(tempfile.mkdtemp(prefix="pruser-idle-"))
-    try:
-        os.chmod(top, 0o755)
-        h = top / "h"
-        h.mkdir()
-        os.chown(h, USER.pw_uid, USER.pw_gid)
+    with difftool.running_deliverd(4, ["--zygote-idle", "1"]) as d, \
+            difftool.reachable_home("pruser-idle-") as h:
         rc = warm(d, h)
         path = user_sock(d)
         assert path.exists()
@@ -293,21 +286,13 @@ def test_the_socket_goes_with_its_zygote() -> None:
         d.stop()                                          # the server stops
         assert not os.path.lexists(path)
         assert (h / "inbox").read_bytes().count(b"body line") == 3
-    finally:
-        d.stop()
-        shutil.rmtree(top, ignore_errors=True)
 
 
 def test_deliveries_through_the_socket_keep_the_zygote() -> None:
     """deliverd does not see these deliveries; the zygote's "in use" notes keep it from
     expiring while its user's mail keeps coming."""
-    d = difftool.start_deliverd(max_children=4, extra_args=["--zygote-idle", "2"])
-    top = Path(tempfile.mkdtemp(prefix="pruser-keep-"))
-    try:
-        os.chmod(top, 0o755)
-        h = top / "h"
-        h.mkdir()
-        os.chown(h, USER.pw_uid, USER.pw_gid)
+    with difftool.running_deliverd(4, ["--zygote-idle", "2"]) as d, \
+            difftool.reachable_home("pruser-keep-") as h:
         rc = warm(d, h)
         end = time.monotonic() + 5
         n = 1
@@ -318,6 +303,3 @@ def test_deliveries_through_the_socket_keep_the_zygote() -> None:
             time.sleep(0.4)
         assert len(zygote_pids(d)) == 1 and "retired: idle" not in log(d)
         assert (h / "inbox").read_bytes().count(b"body line") == n
-    finally:
-        d.stop()
-        shutil.rmtree(top, ignore_errors=True)

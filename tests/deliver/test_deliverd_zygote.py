@@ -12,11 +12,9 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -232,13 +230,8 @@ def _last_client_pid(server) -> int:
 
 
 def test_idle_zygotes_expire() -> None:
-    d = difftool.start_deliverd(max_children=4, extra_args=["--zygote-idle", "1"])
-    top = Path(tempfile.mkdtemp(prefix="przygote-idle-"))
-    try:
-        os.chmod(top, 0o755)
-        h = top / "h"
-        h.mkdir()
-        os.chown(h, USER.pw_uid, USER.pw_gid)
+    with difftool.running_deliverd(4, ["--zygote-idle", "1"]) as d, \
+            difftool.reachable_home("przygote-idle-") as h:
         rc = write_rc(h, f"MAILDIR={h}\n:0:\ninbox\n")
         p, z1, _ = deliver_tracked(d, [str(rc)])
         assert p.returncode == 0
@@ -250,9 +243,6 @@ def test_idle_zygotes_expire() -> None:
         p, z2, _ = deliver_tracked(d, [str(rc)])
         assert p.returncode == 0 and z2 != z1
         assert (h / "inbox").read_bytes().count(b"body line") == 2
-    finally:
-        d.stop()
-        shutil.rmtree(top, ignore_errors=True)
 
 
 def test_prefault_stops_for_a_waiting_client() -> None:
