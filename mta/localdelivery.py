@@ -224,6 +224,9 @@ class LocalDelivery:
                 except queue.Empty:
                     break
         worker = await self._aidle.get()
+        while worker.dead:                # its pipe closed while it was idle: replace it
+            self._replace(worker, EOFError("exited while idle"))
+            worker = await self._aidle.get()
         try:
             result = await worker.call_async(req)
         except asyncio.CancelledError:
@@ -596,6 +599,7 @@ class _Worker:
         self._loop = None
         self._pending = None
         self._buf = bytearray()
+        self.dead = False             # the answer pipe closed with no request in hand
 
     def call(self, req: Request) -> Result:
         _send(self.req_w, req)
@@ -655,6 +659,8 @@ class _Worker:
         fut = self._pending
         if fut is not None and not fut.done():
             fut.set_exception(exc)
+        elif fut is None:
+            self.dead = True
 
     def _unregister(self) -> None:
         if self._loop is not None:

@@ -221,3 +221,36 @@ def _slow(runner: int):
         return slow_worker(runner)
     except LookupError:
         return None
+
+
+def test_pool_worker_killed_while_idle_is_replaced_before_the_next_delivery(tmp_path: Path) -> None:
+    """A worker that died between deliveries: its answer pipe, still registered with
+    the loop, reports EOF, so the next request goes to a new worker instead of being
+    deferred, with no hang."""
+    import asyncio
+    site = Site(tmp_path, users={"alice": ""}, mode="inprocess")
+    site.delivery.close()
+    ld = LocalDelivery(site.config, mode="pool", max_forks=1)
+    alice = site.runner_router.maps.users.lookup("alice")
+
+    def req(subject: str) -> Request:
+        return Request("mailbox", "s@example.org", "alice@example.com",
+                       _queued_message(site, subject), user=alice)
+
+    async def scenario() -> list[int]:
+        first = await ld.deliver_async(req("before"))
+        (worker,) = [w.pid for w in ld._workers]
+        os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: not alive(worker), 10, "the idle worker to die")
+        await asyncio.sleep(0.05)                 # its EOF reaches the loop
+        second = await asyncio.wait_for(ld.deliver_async(req("lost-worker")), 10)
+        third = await asyncio.wait_for(ld.deliver_async(req("after")), 10)
+        assert [w.pid for w in ld._workers] != [worker]
+        return [first.status, second.status, third.status]
+
+    try:
+        assert asyncio.run(scenario()) == [0, 0, 0]
+        assert sorted(m["Subject"] for m in site.messages(site.inbox("alice"))) == \
+            ["after", "before", "lost-worker"]
+    finally:
+        ld.close()
