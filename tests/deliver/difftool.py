@@ -577,6 +577,19 @@ def _wait_for_session(sid: int, timeout: float) -> None:
         time.sleep(0.003)
 
 
+#: how often a side is run again because a delivering pid also stands in the case's input
+PID_COLLISION_TRIES = 5
+
+
+def input_numbers(case: Case) -> frozenset[bytes]:
+    """Every whole number written in the case's own files (messages, rc, home/, spool/ ...)."""
+    numbers: set[bytes] = set()
+    for p in case.path.rglob("*"):
+        if p.is_file():
+            numbers.update(re.findall(rb"[0-9]+", p.read_bytes()))
+    return frozenset(numbers)
+
+
 def run_case(
     case: Case,
     command: Sequence[str],
@@ -585,8 +598,27 @@ def run_case(
 ) -> SideResult:
     """Run `command` on every message of `case` in a fresh isolated home.
 
+    The delivering process's pid is normalised wherever it stands as a whole number
+    (normalise_pids), so a pid that equals a number in the case's input (the `2023` of a
+    Date: header) would rewrite the input's text on one side only: such a side is run
+    again, in a fresh home, until its pids are clear of the input.
+
     message_hook(index, message) may alter a message before it is fed (self-checks only).
     """
+    taken = input_numbers(case)
+    for _ in range(PID_COLLISION_TRIES):
+        result = _run_case_once(case, command, message_hook)
+        if not any(str(r.pid).encode() in taken for r in result.runs):
+            return result
+    raise HarnessError(f"{case.name}: every run's pid collided with a number in the input")
+
+
+def _run_case_once(
+    case: Case,
+    command: Sequence[str],
+    message_hook: Callable[[int, bytes], bytes] | None,
+) -> SideResult:
+    """One run of run_case (see there)."""
     if os.geteuid() != 0:
         raise HarnessError("the differential harness must run as root (it bind-mounts a "
                            "temp home over the test user's home in a private namespace)")

@@ -195,6 +195,14 @@ def test_normalise_pids() -> None:
     assert out == b"procmail: [<pid>] x\npid=<pid> not 45678 or 14567\n"
 
 
+def test_input_numbers_hold_every_number_of_the_case_files(tmp_path: Path) -> None:
+    (tmp_path / "msg").write_bytes(b"Date: Mon, 3 Jul 2023 10:00:00 +0000\n\nx\n")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "f").write_bytes(b"id 77\n")
+    case = difftool.load_case(tmp_path)
+    assert {b"3", b"2023", b"10", b"00", b"0000", b"77"} == difftool.input_numbers(case)
+
+
 def _side(paths: dict[str, difftool.Entry], runs: list[tuple[str, ...]]) -> difftool.SideResult:
     return difftool.SideResult(
         command=("x",), tree=paths, workdir="/tmp/prdiff-x",
