@@ -33,7 +33,7 @@ from .condparse import parse_condition
 from .effects import Command, Effects
 from .errors import ExpansionError, RcSyntaxError, RegexError
 from .message import Message, skip_from_line
-from .regex import compile_regex
+from .regex import compile_regex, padded
 from .trace import ConditionTrace, RecipeTrace
 
 MAX32 = 2147483647.0
@@ -137,7 +137,8 @@ class Evaluator:
         self.lastscore = 0
         self.frames: list[_Frame] = []
         self.trace: list[RecipeTrace] = []
-        self._areas: dict[tuple[bool, bool], bytes] = {}
+        # (header, body) -> the area and its padded search buffer (rules.regex.padded)
+        self._areas: dict[tuple[bool, bool], tuple[bytes, bytes]] = {}
         self._linebuf_memo: tuple[str | None, int] = (None, 2048)
         effects.environment(self.vars)
 
@@ -368,11 +369,17 @@ class Evaluator:
     # ------------------------------------------------------------------ conditions
 
     def area(self, header: bool, body: bool) -> bytes:
+        return self._area_and_buffer(header, body)[0]
+
+    def _area_and_buffer(self, header: bool, body: bool) -> tuple[bytes, bytes]:
+        """An area and its search buffer, made once per message: a dozen conditions
+        search the same header, and a body can be megabytes."""
         key = (header, body)
-        text = self._areas.get(key)
-        if text is None:
-            text = self._areas[key] = search_area(self.message, header=header, body=body)
-        return text
+        got = self._areas.get(key)
+        if got is None:
+            text = search_area(self.message, header=header, body=body)
+            got = self._areas[key] = (text, padded(text))
+        return got
 
     def _default_area(self, flags: frozenset[Flag]) -> tuple[bool, bool]:
         return _flag_facts(flags).area
@@ -428,11 +435,11 @@ class Evaluator:
             state.scored = True
         match test:
             case VarTest(name=name, pattern=pattern):
-                result = self._regex(pattern, self._named_area(name), flags, negate, weight,
-                                     state, ct, cond.span)
+                result = self._regex(pattern, self._named_area_and_buffer(name), flags, negate,
+                                     weight, state, ct, cond.span)
             case RegexTest(pattern=pattern):
-                result = self._regex(pattern, self.area(*self._default_area(flags)), flags,
-                                     negate, weight, state, ct, cond.span)
+                result = self._regex(pattern, self._area_and_buffer(*self._default_area(flags)),
+                                     flags, negate, weight, state, ct, cond.span)
             case ProgramTest(command=command):
                 result = self._program_test(command, self.area(*self._default_area(flags)),
                                             negate, weight, state)
@@ -456,16 +463,23 @@ class Evaluator:
         return result
 
     def _named_area(self, name: str) -> bytes:
-        if name == "H":
-            return self.area(True, False)
-        if name == "B":
-            return self.area(False, True)
-        if name in ("HB", "BH"):
-            return self.area(True, True)
-        return (self.lookup(name) or "").encode("latin-1", "replace")
+        return self._named_area_and_buffer(name)[0]
 
-    def _regex(self, pattern: str, text: bytes, flags: frozenset[Flag], negate: bool,
-               weight: Weight | None, state: "_Score", ct: ConditionTrace, span: Span) -> bool:
+    def _named_area_and_buffer(self, name: str) -> tuple[bytes, bytes | None]:
+        """``VAR ?? regex``: H, B, HB (or BH) are the areas; any other name is the
+        variable's value (no buffer kept: it may change between conditions)."""
+        if name == "H":
+            return self._area_and_buffer(True, False)
+        if name == "B":
+            return self._area_and_buffer(False, True)
+        if name in ("HB", "BH"):
+            return self._area_and_buffer(True, True)
+        return (self.lookup(name) or "").encode("latin-1", "replace"), None
+
+    def _regex(self, pattern: str, area: tuple[bytes, bytes | None], flags: frozenset[Flag],
+               negate: bool, weight: Weight | None, state: "_Score", ct: ConditionTrace,
+               span: Span) -> bool:
+        text, buf = area
         try:
             rx = compile_regex(pattern, case_sensitive=Flag.CASE in flags)
         except RegexError:
@@ -473,19 +487,19 @@ class Evaluator:
             self.effects.log(f'procmail: Invalid regexp "{pattern}"\n')
             return True
         if weight is None:
-            m = rx.search(text)
+            m = rx.search(text, buf)
             if m is not None and m.match is not None:
                 self.vars["MATCH"] = m.match.decode("latin-1")
                 ct.matched_text = self.vars["MATCH"]
             return (m is not None) != negate
         w, x = weight.weight, weight.exponent
         if negate:
-            absent = rx.search(text) is None
+            absent = rx.search(text, buf) is None
             if w and absent:
                 state.score += w
             state.hit = absent
             return True
-        added, state.hit = _weighted_matches(rx, text, w, x, state.score)
+        added, state.hit = _weighted_matches(rx, text, buf, w, x, state.score)
         state.score += added
         return True
 
@@ -720,15 +734,16 @@ class _NoLock:
         return None
 
 
-def _weighted_matches(rx, text: bytes, w: float, x: float, score: float) -> tuple[float, bool]:
+def _weighted_matches(rx, text: bytes, buf: bytes | None, w: float, x: float,
+                      score: float) -> tuple[float, bool]:
     """procmailsc(5) as misc.c computes it: the n-th successive match adds w*x^(n-1); an
     empty match ends the series (adding the rest at once: w*x^n/(1-x) for 0<x<1,
     +/-infinity for x>=1); a series whose terms are below 1 and shrinking is cut off;
     the total stops at +/-2147483647."""
     if w == 0:
-        return 0.0, rx.search(text) is not None
+        return 0.0, rx.search(text, buf) is not None
     limit = 1 if x == 0 else len(text) + 2
-    count, ended_empty = rx.count_series(text, limit)
+    count, ended_empty = rx.count_series(text, limit, buf)
     added = 0.0
     weight = w
     oweight = weight * weight

@@ -94,6 +94,8 @@ _DIGITS = frozenset("0123456789")
 _BLANKS = " \t\n"  # what unquoted expansions are split on (procmailrc(5) BUGS)
 # Raw text without any of these expands to itself (after blank handling).
 _PLAIN_UNSAFE = frozenset("$\"'`\\#\n}")
+_UNSAFE_BUT_DOLLAR = _PLAIN_UNSAFE - {"$"}
+_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 DEFAULT_SHELLMETAS = "&|<>~;?*["
 """procmail's default ``$SHELLMETAS`` (procmailrc(5))."""
@@ -134,8 +136,12 @@ def expand_value(
     raw: str, lookup: Lookup, backquote: Backquote, *, shellmetas: str = DEFAULT_SHELLMETAS
 ) -> str:
     """The value of ``NAME=raw`` (as sh assigns: quotes removed, no word splitting)."""
-    if not _PLAIN_UNSAFE.intersection(raw) and " " not in raw and "\t" not in raw:
-        return raw
+    if " " not in raw and "\t" not in raw:
+        if not _PLAIN_UNSAFE.intersection(raw):
+            return raw
+        simple = _substitute_names(raw, lookup)
+        if simple is not None:
+            return simple
     reader = _Reader(raw, _VALUE, lookup, backquote, shellmetas)
     reader.run()
     return reader.text()
@@ -161,6 +167,10 @@ def expand_words(
     if not _PLAIN_UNSAFE.intersection(raw):
         words = [w for w in raw.replace("\t", " ").split(" ") if w]
         return words if words else [""]
+    if " " not in raw and "\t" not in raw:
+        simple = _substitute_names(raw, lookup)
+        if simple is not None and not any(c in simple for c in _BLANKS):
+            return [simple]
     reader = _Reader(raw, _WORDS, lookup, backquote, shellmetas)
     reader.run()
     words = reader.words
@@ -181,6 +191,36 @@ def expand_quoted(
     reader = _Reader('"' + text, _QUOTED, lookup, backquote, shellmetas)
     reader.run()
     return reader.text()
+
+
+def _substitute_names(raw: str, lookup: Lookup) -> str | None:
+    """``raw`` with each ``$NAME`` (a name starting with a letter) replaced by its value,
+    or None when ``raw`` needs the reader: any other special character, or a ``$`` not
+    followed by a letter (``$$``, ``${``, ``$1``, ``$_``, ``$@``, ``$\\``).
+
+    The common folder and value forms (``$MAILDIR/inbox``, ``lists.$MATCH``) give the
+    reader's result without its per-character state machine; the callers keep the
+    cases where blanks would be split or ended on.  tests/rules/test_expand.py checks
+    this against the reader on generated text.
+    """
+    if _UNSAFE_BUT_DOLLAR.intersection(raw):
+        return None
+    out: list[str] = []
+    pos, n = 0, len(raw)
+    while True:
+        dollar = raw.find("$", pos)
+        if dollar < 0:
+            out.append(raw[pos:])
+            return "".join(out)
+        out.append(raw[pos:dollar])
+        end = dollar + 1
+        if end >= n or raw[end] not in _LETTERS:
+            return None
+        end += 1
+        while end < n and raw[end] in _NAME_CHARS:
+            end += 1
+        out.append(lookup(raw[dollar + 1:end]) or "")
+        pos = end
 
 
 def _squeeze(text: str) -> str:

@@ -434,6 +434,12 @@ def _run_nfa(prog: list[tuple[Any, ...]], entry: int, buf: bytes, pos0: int,
 # ------------------------------------------------------------------- interface
 
 
+def padded(text: bytes) -> bytes:
+    """The buffer regexp.c searches: the area between two virtual newlines, so that
+    ``^`` and ``$`` hold at its start and end."""
+    return b"\n" + text + b"\n"
+
+
 @dataclass(frozen=True, slots=True)
 class RegexMatch:
     """A successful search.  ``match`` is the text for MATCH when the pattern contains
@@ -515,11 +521,14 @@ class CompiledRegex:
                 lo = mid + 1
         return hi
 
-    def search(self, text: bytes) -> RegexMatch | None:
-        """Search the area ``text``; None when there is no match."""
+    def search(self, text: bytes, buf: bytes | None = None) -> RegexMatch | None:
+        """Search the area ``text``; None when there is no match.  ``buf``, when given,
+        is ``padded(text)``: an evaluator that searches one area with many conditions
+        pads it once instead of copying it for every search."""
         if self._empty:  # procmail does not even search for an empty regex
             return RegexMatch(None)
-        buf = b"\n" + text + b"\n"
+        if buf is None:
+            buf = padded(text)
         a0 = self._first(buf, 0)
         if a0 is None:
             return None
@@ -548,15 +557,18 @@ class CompiledRegex:
         found, empty = self.count_series(text, limit)
         return None if empty else found
 
-    def count_series(self, text: bytes, limit: int) -> tuple[int, bool]:
+    def count_series(self, text: bytes, limit: int,
+                     buf: bytes | None = None) -> tuple[int, bool]:
         """``(n, ended_empty)``: the matches counted (at most ``limit``, including the
         empty match that ends a series) and whether an empty match ended it.  With a
-        negative exponent procmail adds exactly those n terms and stops (misc.c)."""
+        negative exponent procmail adds exactly those n terms and stops (misc.c).
+        ``buf`` as for ``search``."""
         if limit <= 0:
             return 0, False
         if self._empty:  # an empty regex "matches" without searching: empty at once
             return 1, True
-        buf = b"\n" + text + b"\n"
+        if buf is None:
+            buf = padded(text)
         n = len(text)
         prog, entry = self._program()
         found = 0

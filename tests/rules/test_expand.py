@@ -14,6 +14,10 @@ from hypothesis import strategies as st
 
 from rules.errors import ExpansionError
 from rules.expand import (
+    _VALUE,
+    _WORDS,
+    DEFAULT_SHELLMETAS,
+    _Reader,
     expand_quoted,
     expand_value,
     expand_words,
@@ -351,6 +355,37 @@ def test_variable_splitting(val: str) -> None:
     assert words('"$V"', rec=rec) == [val]
     pieces = val.replace("\t", " ").replace("\n", " ").split(" ")
     assert words("a $V", rec=rec) == ["a"] + [p for p in pieces if p]
+
+
+SIMPLE_PIECES = st.sampled_from(["$", "$X", "$E", "$U", "$ab", "$T9_", "$1", "$_", "$$", "${X}",
+                                  "/", ".", "-", "x", "_", "9", "#", "}", " ", "\t"])
+SIMPLE_RAW = st.lists(SIMPLE_PIECES, max_size=12).map("".join)
+SIMPLE_VALUES = st.dictionaries(st.sampled_from(["X", "E", "ab", "T9_"]),
+                                st.text(st.sampled_from("a b\t\n$x"), max_size=6), max_size=4)
+
+
+def _by_the_reader(raw: str, mode: int, rec: Recorder) -> str | list[str]:
+    reader = _Reader(raw, mode, rec.lookup, rec.backquote, DEFAULT_SHELLMETAS)
+    reader.run()
+    return reader.text() if mode == _VALUE else reader.words
+
+
+@settings(max_examples=500, deadline=None)
+@given(raw=SIMPLE_RAW, values=SIMPLE_VALUES)
+def test_name_substitution_fast_path_agrees_with_the_reader(raw: str, values: dict[str, str]) -> None:
+    """expand_value / expand_words skip the reader for plain ``$NAME`` text: same result."""
+    rec = Recorder(values)
+    assert value(raw, rec) == _by_the_reader(raw, _VALUE, rec)
+    assert words(raw, rec=rec) == _by_the_reader(raw, _WORDS, rec)
+
+
+def test_name_substitution_fast_path_reads_letters_only() -> None:
+    rec = Recorder({"MAILDIR": "/m", "MATCH": "dev", "M": "no"})
+    assert value("$MAILDIR/inbox", rec) == "/m/inbox"
+    assert words("lists.$MATCH", rec=rec) == ["lists.dev"]
+    assert words("lists.$MATCH.x$UNSET", rec=rec) == ["lists.dev.x"]
+    assert value("a$$b", Recorder({"$": "42"})) == "a42b"       # the reader's $$
+    assert words("$X", rec=Recorder({"X": "a b"})) == ["a", "b"]  # split by the reader
 
 
 def test_import_is_cheap() -> None:
