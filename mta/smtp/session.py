@@ -398,7 +398,7 @@ class Session:
 
     def _received_header(self, qid: str, when: float) -> bytes:
         """RFC 5321 4.4 trace header, folded, LF line ends (the queue's format)."""
-        date = email.utils.formatdate(when, localtime=True)
+        date = _rfc5322_date(when)
         lines = [f"Received: from {self.helo} ([{self.client_ip}])",
                  f"\tby {self.server.hostname} (postroom) with {self._protocol()} id {qid}"]
         if len(self.recipients) == 1:    # naming one of several would leak the others
@@ -435,3 +435,18 @@ _HANDLERS = {
     "NOOP": Session.do_noop, "QUIT": Session.do_quit, "VRFY": Session.do_vrfy,
     "EXPN": Session.do_vrfy, "HELP": Session.do_help,
 }
+
+
+_date_memo: tuple[int, str] = (-1, "")
+
+
+def _rfc5322_date(when: float) -> str:
+    """``email.utils.formatdate`` of the whole second of ``when``, local time, made once
+    per second: it builds a timezone-aware datetime on every call, a twentieth of a
+    receiver's CPU per message (tests/benchmarks/bench_mta.py).  The text depends only
+    on the second (and the zone's offset then), so a memo of the last one is exact."""
+    global _date_memo
+    second = int(when)
+    if _date_memo[0] != second:
+        _date_memo = (second, email.utils.formatdate(second, localtime=True))
+    return _date_memo[1]

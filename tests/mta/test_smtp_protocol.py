@@ -488,3 +488,16 @@ def test_address_literals():
     assert is_address_literal("[192.0.2.1]") and is_address_literal("[IPv6:2001:db8::1]")
     assert not is_address_literal("[IPv6:2001:db8::g]") and not is_address_literal("192.0.2.1")
     assert not is_domain("a" * 64 + ".example") and is_domain("a" * 63 + ".example")
+
+
+@settings(max_examples=200, deadline=None)
+@given(when=st.floats(min_value=0, max_value=4e9, allow_nan=False),
+       later=st.floats(min_value=0, max_value=3.0))
+def test_received_date_memo_is_formatdate(when: float, later: float) -> None:
+    """The Received: header's date (its whole second) comes from a one-second memo; it
+    must be what email.utils.formatdate gives, also for the next call a moment later."""
+    import email.utils
+
+    from mta.smtp.session import _rfc5322_date
+    for t in (when, when + later, when):
+        assert _rfc5322_date(t) == email.utils.formatdate(int(t), localtime=True)
