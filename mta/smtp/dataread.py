@@ -1,8 +1,8 @@
 """mta.smtp.dataread — bounded line reading and streaming DATA (RFC 5321 4.1.1.4, 4.5.2).
 
-``LineReader`` buffers an asyncio StreamReader and hands out command lines of bounded
-length within a deadline, so a client can neither make the server buffer an endless line
-nor hold a session open by dripping one byte at a time.
+``LineBuffer`` splits what a connection received into command lines of bounded length,
+so a client cannot make the server buffer an endless line (the session's deadlines keep
+it from holding a connection open by dripping one byte at a time).
 
 ``DataReceiver`` turns the DATA byte stream into message bytes without ever holding more
 than one read chunk plus one text line: it removes dot-stuffing, converts CRLF to LF (the
@@ -18,31 +18,23 @@ so the stored message has only LF line ends and a downstream SMTP hop re-encodes
 CRLF and dot-stuffing; a bare CR stays inside its line.
 
 Errors: ``LineTooLong`` is returned (not raised) for an over-long command line, which has
-been consumed up to its LF; ``ConnectionLost`` when the client closes mid-line or mid-
-DATA; ``TimeoutError`` from the deadlines.
+been consumed up to its LF.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
 from collections.abc import Callable
 
 from .. import reply as R
 from ..reply import Reply
 
-CHUNK = 64 * 1024
 _RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE)
 _MESSAGE_ID = re.compile(rb"^message-id[ \t]*:[ \t]*(.*?)[ \t]*\r?\n?$", re.IGNORECASE | re.DOTALL)
 
 
-class ConnectionLost(Exception):
-    """The client closed the connection before a complete line or the end of DATA."""
-
-
 class LineTooLong:
-    """Sentinel result of ``LineReader.readline`` for a line over the limit (consumed)."""
+    """Sentinel result of ``LineBuffer.next_line`` for a line over the limit (consumed)."""
 
     def __repr__(self) -> str:
         return "LINE_TOO_LONG"
@@ -51,48 +43,56 @@ class LineTooLong:
 LINE_TOO_LONG = LineTooLong()
 
 
-class LineReader:
-    """Bounded, deadline-bound line reader over an ``asyncio.StreamReader``."""
+class LineBuffer:
+    """Bounded command-line splitter over the bytes a connection has received so far.
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
-        self._reader = reader
+    ``feed`` appends what arrived; ``next_line`` hands out one line including its LF, or
+    LINE_TOO_LONG once for a line over ``max_len`` (consumed up to its LF without being
+    buffered: a client cannot make the server hold an endless line), or None when no
+    complete line is buffered yet."""
+
+    def __init__(self, max_len: int) -> None:
         self._buf = bytearray()
+        self._max_len = max_len
+        self._skipping = False            # discarding an over-long line up to its LF
+        self._too_long = False            # the buffer's first line stands for such a line
+
+    def feed(self, data: bytes) -> None:
+        if self._skipping:
+            nl = data.find(b"\n")
+            if nl < 0:
+                return
+            self._skipping, self._too_long = False, True
+            self._buf += b"\n"           # the buffer was empty: a one-byte stand-in line
+            data = data[nl + 1:]
+        self._buf += data
 
     def has_line(self) -> bool:
-        """A complete line is already buffered (pipelined commands: do not flush yet)."""
         return b"\n" in self._buf
 
+    def next_line(self) -> bytes | LineTooLong | None:
+        nl = self._buf.find(b"\n")
+        if nl < 0:
+            if len(self._buf) > self._max_len:
+                self._skipping = True
+                self._buf.clear()
+            return None
+        line = bytes(self._buf[:nl + 1])
+        del self._buf[:nl + 1]
+        if self._too_long or len(line) > self._max_len:
+            self._too_long = False
+            return LINE_TOO_LONG
+        return line
+
     def take(self) -> bytes:
+        """Everything buffered (the start of DATA's content)."""
         data = bytes(self._buf)
         self._buf.clear()
         return data
 
     def push_back(self, data: bytes) -> None:
+        """Bytes that followed the end of DATA: the next commands (pipelining)."""
         self._buf[0:0] = data
-
-    async def fill(self) -> None:
-        """Read one more chunk into the buffer; ConnectionLost on EOF."""
-        chunk = await self._reader.read(CHUNK)
-        if not chunk:
-            raise ConnectionLost()
-        self._buf += chunk
-
-    async def readline(self, max_len: int, timeout: float) -> bytes | LineTooLong:
-        """One line including its LF, or LINE_TOO_LONG; the whole line within ``timeout``."""
-        async with asyncio.timeout(timeout):
-            skipping = False
-            while True:
-                nl = self._buf.find(b"\n")
-                if nl >= 0:
-                    line = bytes(self._buf[:nl + 1])
-                    del self._buf[:nl + 1]
-                    if skipping or len(line) > max_len:
-                        return LINE_TOO_LONG
-                    return line
-                if len(self._buf) > max_len:
-                    skipping = True       # keep reading to the LF, buffering nothing
-                    self._buf.clear()
-                await self.fill()
 
 
 class DataReceiver:
@@ -228,28 +228,3 @@ def _has_long_line(region: bytes, max_line: int) -> bool:
         return False
     # split + map(len) runs in C; a regex like [^\n]{1000} rescans every start position.
     return max(map(len, region.split(b"\n"))) + 1 > max_line
-
-
-async def feed_until_end(lines: LineReader, rx: DataReceiver, *, line_timeout: float,
-                         total_timeout: float) -> None:
-    """Drive ``rx`` from ``lines`` until the end of DATA; leftovers go back to ``lines``.
-
-    Raises TimeoutError when no complete line arrived for ``line_timeout`` seconds (slow
-    drip) or the whole DATA took longer than ``total_timeout``; ConnectionLost on EOF.
-    """
-    start = last_progress = time.monotonic()
-    size = rx.size
-    while True:
-        data = lines.take()
-        if data:
-            end = rx.feed(data)
-            if end is not None:
-                lines.push_back(data[end:])
-                return
-        now = time.monotonic()
-        if rx.size != size:              # size grows only with complete lines
-            size, last_progress = rx.size, now
-        wait = min(last_progress + line_timeout, start + total_timeout) - now
-        if wait <= 0:
-            raise TimeoutError("DATA: no progress, or too long")
-        await asyncio.wait_for(lines.fill(), wait)

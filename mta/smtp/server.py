@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from ..queue.spool import Spool
-from ..reply import TOO_MANY_CONNECTIONS
 from ..verdict import Verdict
 from .limits import ServerLimits
 from .session import Session
@@ -63,7 +62,7 @@ class SmtpServer:
         self.session_count = session_count
         self.slot = slot
         self._server: asyncio.Server | None = None
-        self._sessions: dict[asyncio.Task[None], Session] = {}
+        self._sessions: set[Session] = set()
         self.closing = False
 
     @property
@@ -73,13 +72,32 @@ class SmtpServer:
     async def start(self, host: str, port: int, *, sock: socket.socket | None = None) -> tuple[str, int]:
         """Listen on host:port, or on ``sock``, a listening socket bound before the
         daemon forked its receiver processes (they all accept from it)."""
+        loop = asyncio.get_running_loop()
         if sock is not None:
-            self._server = await asyncio.start_server(self._accept, sock=sock)
+            self._server = await loop.create_server(self._new_session, sock=sock)
         else:
-            self._server = await asyncio.start_server(self._accept, host, port, backlog=128)
+            self._server = await loop.create_server(self._new_session, host, port, backlog=128)
         addr = self._server.sockets[0].getsockname()
         log.info("listening on %s:%d", addr[0], addr[1])
         return addr[0], addr[1]
+
+    def _new_session(self) -> Session:
+        return Session(self)
+
+    def admit(self, session: Session) -> bool:
+        """Called by a new session: False when it must be refused (the cap, or stopping)."""
+        held = self.session_count.total() if self.session_count else len(self._sessions)
+        if self.closing or held >= self.limits.max_connections:
+            return False
+        self._sessions.add(session)
+        self._publish()
+        return True
+
+    def forget(self, session: Session) -> None:
+        """Called by a session whose connection is gone."""
+        if session in self._sessions:
+            self._sessions.discard(session)
+            self._publish()
 
     def _publish(self) -> None:
         if self.session_count is not None:
@@ -89,42 +107,11 @@ class SmtpServer:
         self.closing = True
         if self._server is not None:
             self._server.close()
-        for session in list(self._sessions.values()):
+        sessions = list(self._sessions)
+        for session in sessions:
             session.request_stop()
-        tasks = list(self._sessions)
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        if sessions:
+            await asyncio.gather(*(session.closed for session in sessions), return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername") or ("unknown", 0)
-        held = self.session_count.total() if self.session_count else len(self._sessions)
-        if self.closing or held >= self.limits.max_connections:
-            log.warning("too many connections, refusing [%s]", peer[0])
-            try:
-                writer.write(TOO_MANY_CONNECTIONS.lines())
-                await asyncio.wait_for(writer.drain(), 5)
-            except (OSError, asyncio.TimeoutError):
-                pass
-            finally:
-                writer.close()
-            return
-        session = Session(self, reader, writer, str(peer[0]))
-        task = asyncio.current_task()
-        assert task is not None
-        self._sessions[task] = session
-        self._publish()
-        try:
-            await session.run()
-        except Exception:
-            log.exception("session with [%s] failed", peer[0])
-        finally:
-            del self._sessions[task]
-            self._publish()
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except (OSError, asyncio.CancelledError):
-                pass

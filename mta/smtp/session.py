@@ -5,19 +5,29 @@ recipients) and asks the server's ``SessionPolicy`` at each stage; it streams DA
 a new queue file and answers 250 only after ``IncomingMessage.commit`` (message and
 envelope fsync'd and renamed into incoming/).
 
+Why an ``asyncio.Protocol`` and not streams: every command of an SMTP conversation is
+answered without waiting for anything but the next bytes (the policy is synchronous,
+DATA is written to the queue file as it arrives, the commit's fsyncs run on the loop), so
+the session is a state machine driven by ``data_received``.  The streams version paid
+for a task per connection, a future per read and a timeout context per command line:
+a bare SMTP sink built both ways used 0.61 and 0.34 ms of CPU per one-message connection
+under smtp-source (2026-12-06).  Deadlines are one lazily re-armed timer per session.
+
 Protocol behaviour worth knowing:
   * greet_pause: a client that sends anything before the 220 gets 554 5.5.0 and is
     closed (sendmail FEATURE(greet_pause)).
   * HELO/EHLO is required before MAIL and its argument must be a domain or an address
     literal; EHLO advertises PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8.
-  * Pipelining (RFC 2920): replies are buffered while further complete commands are
-    already waiting, and flushed before the session blocks on input.
+  * Pipelining (RFC 2920): every complete command received is answered, and the
+    replies go out together once no further complete command is waiting.
   * Limits: command lines over 512 octets get 500 5.5.2, NUL bytes 500 5.5.2, the 101st
     RCPT 452 4.5.3, SIZE= over the limit 552 5.3.4; DATA over the limit, a text line over
     1000 octets: 552 5.3.4; more than 30 Received: headers 554 5.4.6.
   * VRFY and EXPN answer 252 whatever the argument, revealing nothing.
   * A client with too many bad commands, or too many rejected recipients, gets
     421 4.7.0 and is closed; one that idles or drips past the timeouts gets 421 4.4.2.
+  * A client that does not read its replies is not read from either (flow control), so
+    the replies it makes the server buffer are bounded by the transport's high-water mark.
   * Enhanced status codes are shown unless the client greeted with plain HELO.
 """
 
@@ -27,6 +37,7 @@ import asyncio
 import email.utils
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import reply as R
@@ -36,7 +47,7 @@ from ..queue.spool import IncomingMessage
 from ..reply import Reply
 from ..verdict import Accept, Reject, TempFail, Verdict
 from .commands import CommandSyntaxError, is_address_literal, is_domain, parse_path, split_command
-from .dataread import LINE_TOO_LONG, ConnectionLost, DataReceiver, LineReader, feed_until_end
+from .dataread import LINE_TOO_LONG, DataReceiver, LineBuffer
 
 if TYPE_CHECKING:
     from .server import SmtpServer
@@ -47,28 +58,44 @@ log = logging.getLogger("mta.smtp")
 # smtpd_forbidden_commands: a web browser or proxy pointed at port 25).
 _FORBIDDEN = {"GET", "POST", "HEAD", "PUT", "CONNECT"}
 
+# Replies held back while pipelined commands are answered; more is sent at once.
+_REPLY_BATCH = 16 * 1024
+
+# Session states
+_GREETING, _COMMAND, _DATA, _CLOSED = range(4)
+
 
 class _Close(Exception):
     """End the session after the replies already queued are flushed."""
 
 
-class Session:
-    def __init__(self, server: SmtpServer, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, client_ip: str) -> None:
+class Session(asyncio.Protocol):
+    """One connection; created by SmtpServer for each accepted socket."""
+
+    def __init__(self, server: SmtpServer) -> None:
         self.server = server
         self.limits = server.limits
         self.policy = server.policy
-        self.lines = LineReader(reader)
-        self.writer = writer
-        self.client_ip = client_ip
+        self.client_ip = "unknown"
         self.helo: str | None = None
         self.esmtp = False
         self.bad_commands = 0
         self.unknown_rcpts = 0
+        self.lines = LineBuffer(self.limits.max_line)
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
-        self._idle = False
+        self._out_size = 0
+        self._state = _GREETING
         self._stop_requested = False
-        self._task = asyncio.current_task()
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._write_paused = False          # the transport's buffer is over its high-water
+        self._msg: IncomingMessage | None = None     # DATA in progress
+        self._rx: DataReceiver | None = None
+        self._data_started = 0.0
+        self._received_at = 0.0
         self._reset()
 
     # --- transaction state --------------------------------------------------------------
@@ -83,96 +110,178 @@ class Session:
 
     # --- output ---------------------------------------------------------------------------
     def reply(self, r: Reply) -> None:
-        self._out.append(r.lines(enhanced=self.esmtp or self.helo is None))
+        data = r.lines(enhanced=self.esmtp or self.helo is None)
+        self._out.append(data)
+        self._out_size += len(data)
 
-    async def flush(self) -> None:
-        if self._out:
-            self.writer.write(b"".join(self._out))
-            self._out.clear()
-            # A reply that the kernel took at once needs no drain: skipping it saves
-            # the wait_for task and timer of every reply (bench_mta.py).
-            if self.writer.transport.get_write_buffer_size() or self.writer.transport.is_closing():
-                async with asyncio.timeout(self.limits.idle_timeout):
-                    await self.writer.drain()
+    def _flush(self) -> None:
+        if self._out and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(b"".join(self._out))   # may call pause_writing at once
+        self._out.clear()
+        self._out_size = 0
+
+    def _close(self) -> None:
+        """Send what is queued and close; the rest of the input is ignored."""
+        if self._state == _CLOSED:
+            return
+        self._flush()
+        self._state = _CLOSED
+        self._cancel_timer()
+        if self._transport is not None:
+            # A client that reads nothing cannot make a closing session linger.
+            if self._transport.get_write_buffer_size() > 64 * 1024:
+                self._transport.abort()
+            else:
+                self._transport.close()
 
     def request_stop(self) -> None:
-        """Server shutdown: an idle session is interrupted now, a busy one after DATA."""
+        """Server shutdown: a session waiting for a command is told 421 and closed now,
+        one inside DATA after its transaction."""
         self._stop_requested = True
-        if self._idle and self._task is not None:
-            self._task.cancel()
+        if self._state in (_GREETING, _COMMAND):
+            self.reply(R.SHUTTING_DOWN)
+            self._close()
 
-    # --- main loop ------------------------------------------------------------------------
-    async def run(self) -> None:
+    # --- asyncio.Protocol -----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername") or ("unknown", 0)
+        self.client_ip = str(peer[0])
+        if not self.server.admit(self):
+            log.warning("too many connections, refusing [%s]", self.client_ip)
+            self._out.append(R.TOO_MANY_CONNECTIONS.lines())
+            self._close()
+            return
         # Only the from= and to= lines are logged per message, as sendmail does; a
         # line per connect and disconnect (Postfix) is for -v.
         log.debug("connect from [%s]", self.client_ip)
-        try:
-            if not await self._greet():
-                await self.flush()
-                return
-            while not self._stop_requested:
-                if not self.lines.has_line():
-                    await self.flush()
-                line = await self._read_command()
-                if line is None:
-                    break
-                try:
-                    await self._dispatch(line)
-                except _Close:
-                    break
-            if self._stop_requested:
-                self.reply(R.SHUTTING_DOWN)
-            await self.flush()
-        except ConnectionLost:
-            log.info("lost connection from %s", self.relay)
-        except (ConnectionError, asyncio.TimeoutError) as exc:
-            log.info("connection from %s ended: %s", self.relay, exc.__class__.__name__)
-        log.debug("disconnect from %s", self.relay)
-
-    async def _greet(self) -> bool:
         pause = self.limits.greet_pause
         if pause > 0:
-            try:
-                await asyncio.wait_for(self.lines.fill(), pause)
-            except asyncio.TimeoutError:
-                pass
-            else:
-                log.warning("rejecting commands from [%s] due to pre-greeting traffic", self.client_ip)
-                self.reply(R.EARLY_TALKER)
-                return False
+            self._arm(self._loop.time() + pause)
+        else:
+            self._greet()
+
+    def data_received(self, data: bytes) -> None:
+        self._guarded(self._received, data)
+
+    def _received(self, data: bytes) -> None:
+        if self._state == _GREETING:
+            log.warning("rejecting commands from [%s] due to pre-greeting traffic", self.client_ip)
+            self.reply(R.EARLY_TALKER)
+            raise _Close()
+        if self._state == _DATA:
+            self._feed_data(data)
+        elif self._state == _COMMAND:
+            self.lines.feed(data)
+        self._run_commands()
+
+    def _guarded(self, step: Callable[..., None], *args: object) -> None:
+        """Run a step of the conversation: _Close ends the session in order, a bug ends
+        only this connection."""
+        try:
+            step(*args)
+        except _Close:
+            self._close()
+        except Exception:
+            log.exception("session with [%s] failed", self.client_ip)
+            self._out.clear()
+            self._state = _CLOSED
+            self._cancel_timer()
+            if self._transport is not None:
+                self._transport.abort()
+
+    def eof_received(self) -> bool:
+        if self._state != _CLOSED:
+            log.info("lost connection from %s", self.relay)
+            self._close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self._state != _CLOSED:
+            log.info("connection from %s ended: %s", self.relay, exc.__class__.__name__)
+        self._state = _CLOSED
+        self._cancel_timer()
+        self._end_data()
+        self.server.forget(self)
+        log.debug("disconnect from %s", self.relay)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        """The client is not reading its replies: stop reading (and answering) it."""
+        self._write_paused = True
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+            self._guarded(self._run_commands)    # the commands left buffered
+
+    # --- deadlines ------------------------------------------------------------------------
+    def _arm(self, deadline: float) -> None:
+        """The current deadline.  The timer is moved only when it would fire too late; one
+        that fires early re-arms itself, so a session that keeps talking arms it once."""
+        self._deadline = deadline
+        if self._timer is None or self._timer.when() > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._state == _CLOSED:
+            return
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+            return
+        if self._state == _GREETING:
+            self._greet()
+            return
+        what = "DATA" if self._state == _DATA else "command"
+        log.info("timeout after %s from %s", what, self.relay)
+        self.reply(R.TIMEOUT)
+        self._close()
+
+    # --- the conversation -------------------------------------------------------------------
+    def _greet(self) -> None:
         verdict = self.policy.check_connect(self.client_ip)
         if not isinstance(verdict, Accept):
             log.info("connect from [%s] refused: %s", self.client_ip, verdict.reply)
             self.reply(verdict.reply)
-            return False
+            self._close()
+            return
         self._out.append(f"220 {self.server.hostname} ESMTP postroom\r\n".encode())
-        return True
+        self._state = _COMMAND
+        self._flush()
+        self._arm(self._loop.time() + self.limits.idle_timeout)
 
-    async def _read_command(self) -> bytes | None:
-        self._idle = True
-        if self._stop_requested:        # asked during the flush before this wait
-            self._idle = False
-            return None
-        try:
-            line = await self.lines.readline(self.limits.max_line, self.limits.idle_timeout)
-        except asyncio.TimeoutError:
-            log.info("timeout after %s from %s", "command", self.relay)
-            self.reply(R.TIMEOUT)
-            return None
-        except asyncio.CancelledError:
-            if not self._stop_requested:
-                raise
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            return None
-        finally:
-            self._idle = False
-        if line is LINE_TOO_LONG:
-            self._bad(R.LINE_TOO_LONG)
-            return b""
-        assert isinstance(line, bytes)
-        return line
+    def _run_commands(self) -> None:
+        """Answer every complete command buffered; then send the replies together and
+        wait for a whole command line within idle_timeout."""
+        answered = False
+        while self._state == _COMMAND and not self._write_paused:
+            line = self.lines.next_line()
+            if line is None:
+                break
+            answered = True
+            if line is LINE_TOO_LONG:
+                self._bad(R.LINE_TOO_LONG)
+                continue
+            assert isinstance(line, bytes)
+            self._dispatch(line)
+            if self._out_size > _REPLY_BATCH:
+                self._flush()                 # bounded replies, and flow control a chance
+        self._flush()
+        if answered and self._state == _COMMAND:
+            self._arm(self._loop.time() + self.limits.idle_timeout)
 
     def _bad(self, r: Reply) -> None:
         """Reply with a protocol error and count it toward the disconnect limit."""
@@ -183,11 +292,7 @@ class Session:
             self.reply(R.TOO_MANY_ERRORS)
             raise _Close()
 
-    async def _dispatch(self, raw: bytes) -> None:
-        if not raw:          # an over-long line, already answered
-            if self.bad_commands >= self.limits.max_bad_commands:
-                raise _Close()
-            return
+    def _dispatch(self, raw: bytes) -> None:
         if b"\0" in raw:
             self._bad(R.NUL_IN_COMMAND)
             return
@@ -204,7 +309,7 @@ class Session:
         if handler is None:
             self._bad(R.SYNTAX)
             return
-        await handler(self, arg)
+        handler(self, arg)
 
     # --- commands ---------------------------------------------------------------------------
     def _apply(self, verdict: Verdict, default: Reply) -> bool:
@@ -217,7 +322,7 @@ class Session:
                 return False
         raise TypeError(f"not a Verdict: {verdict!r}")
 
-    async def do_helo(self, arg: str, *, esmtp: bool = False) -> None:
+    def do_helo(self, arg: str, *, esmtp: bool = False) -> None:
         if not arg or " " in arg or not (is_domain(arg) or is_address_literal(arg)):
             self._bad(R.BAD_HELO)
             return
@@ -237,10 +342,10 @@ class Session:
         else:
             self.reply(Reply(250, None, f"{self.server.hostname} Hello {arg} [{self.client_ip}]"))
 
-    async def do_ehlo(self, arg: str) -> None:
-        await self.do_helo(arg, esmtp=True)
+    def do_ehlo(self, arg: str) -> None:
+        self.do_helo(arg, esmtp=True)
 
-    async def do_mail(self, arg: str) -> None:
+    def do_mail(self, arg: str) -> None:
         if self.helo is None:
             self._bad(R.NEED_HELO)
             return
@@ -284,7 +389,7 @@ class Session:
             return R.NEED_SMTPUTF8
         return None
 
-    async def do_rcpt(self, arg: str) -> None:
+    def do_rcpt(self, arg: str) -> None:
         if self.sender is None or self.helo is None:
             self._bad(R.NEED_MAIL)
             return
@@ -316,7 +421,7 @@ class Session:
                 self.reply(R.TOO_MANY_ERRORS)
                 raise _Close()
 
-    async def do_data(self, arg: str) -> None:
+    def do_data(self, arg: str) -> None:
         if arg:
             self._bad(R.SYNTAX_ARGS)
             return
@@ -333,33 +438,63 @@ class Session:
             log.error("cannot create queue file: %s", exc)
             self.reply(R.TEMP_LOCAL)
             return
+        self._msg = msg
+        self._received_at = time.time()
         try:
-            reply = await self._receive(msg)
-        finally:
-            if not msg.committed:
-                msg.abort()
-            self._reset()
-        self.reply(reply)
-
-    async def _receive(self, msg: IncomingMessage) -> Reply:
-        received_at = time.time()
-        msg.write(self._received_header(msg.qid, received_at))
-        rx = DataReceiver(msg.write, max_size=self.limits.max_message_size,
-                          max_text_line=self.limits.max_text_line,
-                          max_received=self.limits.max_received_headers)
+            msg.write(self._received_header(msg.qid, self._received_at))
+        except QueueError as exc:
+            self._data_failed(exc)
+        self._rx = DataReceiver(msg.write, max_size=self.limits.max_message_size,
+                                max_text_line=self.limits.max_text_line,
+                                max_received=self.limits.max_received_headers)
         self.reply(R.START_DATA)
-        await self.flush()
+        self._flush()
+        self._state = _DATA
+        self._data_started = self._loop.time()
+        self._arm(self._data_started + min(self.limits.data_timeout, self.limits.max_data_time))
+        rest = self.lines.take()        # what the client sent right after DATA is content
+        if rest:
+            self._feed_data(rest)
+
+    def _feed_data(self, data: bytes) -> None:
+        """Stream DATA into the queue file; at its end, commit and answer."""
+        rx = self._rx
+        assert rx is not None and self._msg is not None
+        size = rx.size
         try:
-            await feed_until_end(self.lines, rx, line_timeout=self.limits.data_timeout,
-                                 total_timeout=self.limits.max_data_time)
-        except asyncio.TimeoutError:
-            log.info("timeout after DATA from %s", self.relay)
-            self.reply(R.TIMEOUT)
-            raise _Close() from None
+            end = rx.feed(data)
         except QueueError as exc:         # a write failed (ENOSPC, EFBIG) mid-stream
-            log.error("%s: %s", msg.qid, exc)
-            self.reply(R.TEMP_LOCAL)
-            raise _Close() from None
+            self._data_failed(exc)
+        if end is None:
+            if rx.size != size:           # size grows only with complete lines
+                now = self._loop.time()
+                self._arm(min(now + self.limits.data_timeout, self._data_started + self.limits.max_data_time))
+            return
+        try:
+            self.reply(self._finish_data(self._msg, rx))
+        finally:
+            self._end_data()
+            self._reset()
+        self._state = _COMMAND
+        self.lines.push_back(data[end:])
+        if self._stop_requested:
+            self.reply(R.SHUTTING_DOWN)
+            raise _Close()
+        self._arm(self._loop.time() + self.limits.idle_timeout)
+
+    def _data_failed(self, exc: QueueError) -> None:
+        assert self._msg is not None
+        log.error("%s: %s", self._msg.qid, exc)
+        self.reply(R.TEMP_LOCAL)
+        raise _Close()
+
+    def _end_data(self) -> None:
+        """Forget the DATA in progress; a message not committed is removed."""
+        msg, self._msg, self._rx = self._msg, None, None
+        if msg is not None and not msg.committed:
+            msg.abort()
+
+    def _finish_data(self, msg: IncomingMessage, rx: DataReceiver) -> Reply:
         if rx.error is not None:
             log.info("%s: reject=%s, from=<%s>, size=%d, relay=%s", msg.qid, rx.error,
                      self.sender, rx.size, self.relay)
@@ -368,7 +503,7 @@ class Session:
         env = Envelope(
             sender=self.sender,
             recipients=[RecipientState(r) for r in self.recipients],
-            received_at=received_at, size=msg.size, client_ip=self.client_ip,
+            received_at=self._received_at, size=msg.size, client_ip=self.client_ip,
             client_name=None, helo=self.helo, protocol=self._protocol(),
             body=self.mail_params.get("BODY", "").upper() or None,
             smtputf8="SMTPUTF8" in self.mail_params, message_id=rx.message_id)
@@ -408,24 +543,24 @@ class Session:
             lines.append(f"\t{date}")
         return ("\n".join(lines) + "\n").encode("utf-8")
 
-    async def do_rset(self, arg: str) -> None:
+    def do_rset(self, arg: str) -> None:
         self._reset()
         self.reply(R.RESET_OK)
 
-    async def do_noop(self, arg: str) -> None:
+    def do_noop(self, arg: str) -> None:
         self.reply(R.OK)
 
-    async def do_quit(self, arg: str) -> None:
+    def do_quit(self, arg: str) -> None:
         self.reply(R.CLOSING)
         raise _Close()
 
-    async def do_vrfy(self, arg: str) -> None:
+    def do_vrfy(self, arg: str) -> None:
         if not arg:
             self._bad(R.SYNTAX_ARGS)
             return
         self.reply(R.CANNOT_VRFY)     # never reveals whether the user or list exists
 
-    async def do_help(self, arg: str) -> None:
+    def do_help(self, arg: str) -> None:
         self.reply(R.HELP)
 
 

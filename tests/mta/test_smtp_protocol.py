@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 from mta import reply as R
 from mta.smtp.commands import is_address_literal, is_domain, parse_path
-from mta.smtp.dataread import DataReceiver
+from mta.smtp.dataread import LINE_TOO_LONG, DataReceiver, LineBuffer
 from mta.smtp.simplepolicy import SimplePolicy
 
 MSG = b"From: a@example.org\r\nSubject: test\r\nMessage-ID: <m1@example.org>\r\n\r\nhello\r\n"
@@ -138,6 +139,25 @@ def test_pipelining_batch_and_pipelined_quit(smtp_server, raw):
     assert c.closed()
     assert len(rs.queued) == 1
     assert [r["address"] for r in envelope(rs, rs.queued[0])["recipients"]] == ["x@y.example", "z@y.example"]
+
+
+def test_client_that_reads_no_replies_is_not_read_until_it_does(smtp_server, raw):
+    """Flow control: a pipelining client that never reads its replies makes the server
+    stop reading it (the replies would otherwise pile up in the server's memory); once
+    it reads, every command it sent is answered, in order, and the session goes on."""
+    rs = smtp_server()
+    c = raw(rs)
+    c.cmd("EHLO client.example")
+    n = 60_000           # about 9 MB of EHLO replies: more than the kernel buffers hold
+    c.send(b"EHLO client.example\r\n" * n)
+    time.sleep(1.0)
+    (session,) = rs.server._sessions
+    assert not session._transport.is_reading()
+    assert session._transport.get_write_buffer_size() < 256 * 1024
+    for _ in range(n):
+        code, text = c.reply()
+        assert code == 250 and text.endswith("\nHELP")
+    assert c.cmd("QUIT")[0] == 221
 
 
 # --- smuggling and malformed input -----------------------------------------------------------
@@ -501,3 +521,30 @@ def test_received_date_memo_is_formatdate(when: float, later: float) -> None:
     from mta.smtp.session import _rfc5322_date
     for t in (when, when + later, when):
         assert _rfc5322_date(t) == email.utils.formatdate(int(t), localtime=True)
+
+
+def _reference_lines(stream: bytes, max_len: int) -> list[bytes | object]:
+    """Complete lines of ``stream``; a line longer than ``max_len`` stands as LINE_TOO_LONG."""
+    lines = stream.split(b"\n")[:-1]
+    return [LINE_TOO_LONG if len(line) + 1 > max_len else line + b"\n" for line in lines]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"\r\n", b"\n", b"NOOP", b"x" * 7, b"y" * 30, b"\r"]), max_size=30),
+       st.lists(st.integers(1, 40), max_size=12))
+def test_line_buffer_splits_any_chunking_like_the_whole(parts, cuts):
+    """However the bytes arrive, LineBuffer yields the lines of the whole stream, an
+    over-long line once as LINE_TOO_LONG, and never holds more than the limit of one."""
+    max_len = 16
+    stream = b"".join(parts)
+    buf = LineBuffer(max_len)
+    got: list[bytes | object] = []
+    pos = 0
+    for cut in cuts + [len(stream)]:
+        chunk = stream[pos:pos + cut]
+        pos += len(chunk)
+        buf.feed(chunk)
+        while (line := buf.next_line()) is not None:
+            got.append(line)
+        assert len(buf._buf) <= max_len + 40     # the limit plus at most one chunk
+    assert got == _reference_lines(stream, max_len)
