@@ -307,6 +307,22 @@ def test_idle_timeout(smtp_server, raw):
     assert 0.4 < time.monotonic() - t0 < 3 and c.closed()
 
 
+
+def test_idle_timeout_counts_from_the_last_command(smtp_server, raw):
+    """The deadline moves with every command (the timer, armed once, re-arms itself):
+    a session that keeps talking outlives idle_timeout many times over; silence ends it."""
+    rs = smtp_server(idle_timeout=0.5)
+    c = raw(rs)
+    t0 = time.monotonic()
+    while True:
+        assert c.cmd("NOOP") == (250, "2.0.0 Ok")
+        quiet = time.monotonic()
+        if quiet - t0 > 1.6:
+            break
+        time.sleep(0.3)
+    assert c.reply() == (421, "4.4.2 Timeout exceeded, closing connection")
+    assert 0.4 < time.monotonic() - quiet < 3 and c.closed()
+
 def test_slow_drip_command_is_dropped(smtp_server, raw):
     import select
     rs = smtp_server(idle_timeout=0.6)
@@ -377,6 +393,30 @@ def test_stop_tells_idle_sessions_421(smtp_server, raw):
     with pytest.raises(OSError):
         socket.create_connection((rs.host, rs.port), timeout=2)
 
+
+
+def test_stop_lets_a_session_inside_data_finish_its_transaction(smtp_server, raw):
+    import asyncio
+    rs = smtp_server()
+    c = raw(rs)
+    c.cmd("EHLO client.example")
+    c.cmd("MAIL FROM:<a@b.example>")
+    c.cmd("RCPT TO:<x@y.example>")
+    assert c.cmd("DATA")[0] == 354
+    c.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+    stopping = asyncio.run_coroutine_threadsafe(rs.server.stop(), rs.loop)
+    time.sleep(0.3)
+    assert not stopping.done()            # waits for the transaction in progress
+    with pytest.raises(OSError):          # while no new connection is accepted
+        socket.create_connection((rs.host, rs.port), timeout=2)
+    c.send(b"second half\r\n.\r\nNOOP\r\n")
+    code, text = c.reply()
+    assert code == 250 and "queued as" in text
+    assert c.reply() == (421, "4.3.2 Server shutting down")
+    assert c.closed()
+    stopping.result(10)
+    assert len(rs.queued) == 1
+    assert (qdir(rs, rs.queued[0]) / "message").read_bytes().endswith(b"first half\nsecond half\n")
 
 # --- memory stays flat with a large message ----------------------------------------------
 
