@@ -100,6 +100,13 @@ class RawClient:
         self.send((line.encode() if isinstance(line, str) else line) + b"\r\n")
         return self.reply()
 
+    def start_data(self) -> None:
+        """EHLO, one sender, one recipient and DATA, up to the 354."""
+        assert self.cmd("EHLO client.example")[0] == 250
+        assert self.cmd("MAIL FROM:<a@b.example>")[0] == 250
+        assert self.cmd("RCPT TO:<x@y.example>")[0] == 250
+        assert self.cmd("DATA")[0] == 354
+
     def closed(self) -> bool:
         """The server closed the connection (after any pending data)."""
         try:

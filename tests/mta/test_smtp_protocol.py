@@ -166,10 +166,7 @@ def test_client_that_reads_no_replies_is_not_read_until_it_does(smtp_server, raw
 def test_bare_cr_or_lf_around_dot_never_ends_data(smtp_server, raw, fake_end):
     rs = smtp_server()
     c = raw(rs)
-    c.cmd("EHLO client.example")
-    c.cmd("MAIL FROM:<a@b.example>")
-    c.cmd("RCPT TO:<x@y.example>")
-    assert c.cmd("DATA")[0] == 354
+    c.start_data()
     smuggled = (b"Subject: outer\r\n\r\nfirst" + fake_end +
                 b"MAIL FROM:<admin@victim.example>\r\nRCPT TO:<z@y.example>\r\nDATA\r\n"
                 b"Subject: smuggled\r\n\r\nevil\r\n.\r\n")
@@ -217,8 +214,7 @@ def test_overlong_command_line(smtp_server, raw):
 def test_overlong_text_line_rejected_after_data(smtp_server, raw):
     rs = smtp_server()
     c = raw(rs)
-    c.cmd("EHLO client.example"); c.cmd("MAIL FROM:<a@b.example>"); c.cmd("RCPT TO:<x@y.example>")
-    c.cmd("DATA")
+    c.start_data()
     code, text = c.cmd(b"Subject: x\r\n\r\n" + b"y" * 998 + b"\r\n" + b"z" * 999 + b"\r\n.")
     assert (code, text) == (552, "5.3.4 Message contains a line longer than 1000 octets")
     assert rs.queued == [] and rs.incoming() == [] and not list(Path(rs.spool.dirs["tmp"]).iterdir())
@@ -339,8 +335,7 @@ def test_slow_drip_command_is_dropped(smtp_server, raw):
 def test_slow_drip_data_is_dropped_and_nothing_queued(smtp_server, raw):
     rs = smtp_server(data_timeout=0.5)
     c = raw(rs)
-    c.cmd("EHLO client.example"); c.cmd("MAIL FROM:<a@b.example>"); c.cmd("RCPT TO:<x@y.example>")
-    c.cmd("DATA")
+    c.start_data()
     c.send(b"Subject: slow\r\n\r\n")
     t0 = time.monotonic()
     try:
@@ -399,10 +394,7 @@ def test_stop_lets_a_session_inside_data_finish_its_transaction(smtp_server, raw
     import asyncio
     rs = smtp_server()
     c = raw(rs)
-    c.cmd("EHLO client.example")
-    c.cmd("MAIL FROM:<a@b.example>")
-    c.cmd("RCPT TO:<x@y.example>")
-    assert c.cmd("DATA")[0] == 354
+    c.start_data()
     c.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
     stopping = asyncio.run_coroutine_threadsafe(rs.server.stop(), rs.loop)
     time.sleep(0.3)
