@@ -160,7 +160,7 @@ class Session(asyncio.Protocol):
         if pause > 0:
             self._arm(self._loop.time() + pause)
         else:
-            self._greet()
+            self._guarded(self._greet)
 
     def data_received(self, data: bytes) -> None:
         self._guarded(self._received, data)
@@ -243,7 +243,7 @@ class Session(asyncio.Protocol):
             self._timer = self._loop.call_at(self._deadline, self._on_timer)
             return
         if self._state == _GREETING:
-            self._greet()
+            self._guarded(self._greet)
             return
         what = "DATA" if self._state == _DATA else "command"
         log.info("timeout after %s from %s", what, self.relay)

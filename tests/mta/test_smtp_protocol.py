@@ -370,6 +370,41 @@ def test_connect_rejected_by_policy(smtp_server, raw):
     c.close()
 
 
+
+class _BrokenPolicy(SimplePolicy):
+    """A policy with a bug at one stage (raises instead of returning a Verdict)."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__()
+        self.stage = stage
+
+    def check_connect(self, client_ip):
+        if self.stage == "connect":
+            raise RuntimeError("policy bug")
+        return super().check_connect(client_ip)
+
+    def check_mail(self, client_ip, helo, sender, params):
+        if self.stage == "mail":
+            raise RuntimeError("policy bug")
+        return super().check_mail(client_ip, helo, sender, params)
+
+
+@pytest.mark.parametrize("stage", ["connect", "mail"])
+def test_a_bug_closes_only_its_own_connection(smtp_server, raw, stage, caplog):
+    """An exception in a session (here the policy's) is logged and ends that connection
+    at once, whether at the greeting or mid-conversation; the server goes on serving."""
+    rs = smtp_server(policy=_BrokenPolicy(stage))
+    c = raw(rs, greet=False, timeout=5)
+    if stage == "mail":
+        assert c.reply()[0] == 220
+        c.cmd("EHLO client.example")
+        c.send(b"MAIL FROM:<a@b.example>\r\n")
+    assert c.closed()
+    assert "session with [127.0.0.1] failed" in caplog.text
+    rs.server.policy.stage = None
+    ok = raw(rs)
+    assert ok.cmd("EHLO client.example")[0] == 250
+
 def test_http_request_ends_session(smtp_server, raw):
     rs = smtp_server()
     c = raw(rs)
