@@ -39,8 +39,10 @@ _DELIVER_LOG = logging.getLogger("deliver")    # the bridge's logger, looked up 
 
 
 def _int(value: str | None, default: int) -> int:
+    if not value:
+        return default                 # unset: the common case, no exception raised
     try:
-        return int((value or "").strip())
+        return int(value.strip())
     except ValueError:
         return default
 

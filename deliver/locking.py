@@ -307,17 +307,19 @@ class _ProcmailStyleLock(flufl.lock.Lock):
 class DotLock:
     """A procmail-compatible lock file at ``path``, held for a ``with`` block.
 
-    Raises LockError on failure (see the module docstring); never leaves ``path`` or a
-    claim file behind once the block is left — except, with ``claims`` (a batch's dict
+    Raises LockError on failure (see the module docstring); ``retry_missing_dir=False``
+    fails at once (errno ENOENT/ENOTDIR) where procmail would retry a missing directory
+    for a minute.  Never leaves ``path`` or a claim file behind once the block is left — except, with ``claims`` (a batch's dict
     of lock file -> claim file, deliver.groupcommit), the claim file, which is kept there
     unlinked for the next lock of the same file and removed by the batch's owner.
     """
 
     def __init__(self, path: str, policy: LockPolicy = LockPolicy(), *,
-                 claims: dict[str, str] | None = None) -> None:
+                 claims: dict[str, str] | None = None, retry_missing_dir: bool = True) -> None:
         self.path = path
         self.policy = policy
         self._claims = claims
+        self._retry_missing_dir = retry_missing_dir
         self._lock: _ProcmailStyleLock | None = None
         self._key = ""
 
@@ -340,7 +342,8 @@ class DotLock:
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     os.unlink(lock.claimfile)
-                if exc.errno in (errno.ENOENT, errno.ENOTDIR) and tries < self.policy.retries:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR) and self._retry_missing_dir \
+                        and tries < self.policy.retries:
                     tries += 1               # procmail retries a missing directory
                     time.sleep(self.policy.locksleep)
                     continue

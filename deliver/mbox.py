@@ -106,14 +106,16 @@ def append_mbox(path: str, data: bytes, *, policy: LockPolicy = LockPolicy(), um
                 raise MailboxError(f'Refusing mailbox "{path}": it is a symlink', path=path)
     with contextlib.ExitStack() as stack:
         lockfile = path + policy.lockext
-        # No directory, no mailbox: the open below fails at once, whereas a lock in a
-        # missing directory would be retried for a minute (procmail item 40).
-        parent = os.path.dirname(path) or "."
-        if lock and policy.lockext and not is_held(lockfile) and os.path.isdir(parent):
+        if lock and policy.lockext and not is_held(lockfile):
             try:
-                stack.enter_context(DotLock(lockfile, policy, claims=None if group is None else group.claims))
+                # No directory, no mailbox: the open below fails at once and says so,
+                # where a lock in a missing directory would be retried for a minute
+                # (procmail item 40) — hence no retries here.
+                stack.enter_context(DotLock(lockfile, policy, retry_missing_dir=False,
+                                            claims=None if group is None else group.claims))
             except LockError as exc:
-                if exc.temporary:
+                missing_dir = getattr(exc, "errno", None) in (errno.ENOENT, errno.ENOTDIR)
+                if exc.temporary and not missing_dir:
                     raise MailboxError(str(exc), temporary=True, path=path) from exc
                 # The implicit lock is postroom's own addition: procmail would not have
                 # tried, so this is not a line for the user's LOGFILE.

@@ -10,21 +10,24 @@ start never get the group.  Tiny on purpose: deliver.locking imports it on the h
 
 from __future__ import annotations
 
-import contextlib
 import os
-from typing import Iterator
 
 
-@contextlib.contextmanager
-def spool_group() -> Iterator[None]:
-    """Raise the saved gid (the spool's group, see drop_privileges) for the block.
-    A no-op for a process that keeps no such group."""
-    _real, effective, saved = os.getresgid()
-    if saved == effective or os.geteuid() == 0:
-        yield
-        return
-    os.setegid(saved)
-    try:
-        yield
-    finally:
-        os.setegid(effective)
+class spool_group:
+    """Raise the saved gid (the spool's group, see drop_privileges) for a ``with``
+    block.  A no-op for a process that keeps no such group.  A class rather than a
+    generator: it wraps every lock and unlock of every delivery."""
+
+    __slots__ = ("_lowered",)
+
+    def __enter__(self) -> None:
+        _real, effective, saved = os.getresgid()
+        if saved == effective or os.geteuid() == 0:
+            self._lowered = -1
+            return
+        os.setegid(saved)
+        self._lowered = effective
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lowered >= 0:
+            os.setegid(self._lowered)
