@@ -309,9 +309,10 @@ class DotLock:
 
     Raises LockError on failure (see the module docstring); ``retry_missing_dir=False``
     fails at once (errno ENOENT/ENOTDIR) where procmail would retry a missing directory
-    for a minute.  Never leaves ``path`` or a claim file behind once the block is left — except, with ``claims`` (a batch's dict
-    of lock file -> claim file, deliver.groupcommit), the claim file, which is kept there
-    unlinked for the next lock of the same file and removed by the batch's owner.
+    for a minute.  Never leaves ``path`` or a claim file behind once the block is left —
+    except, with ``claims`` (a batch's dict of lock file -> claim file,
+    deliver.groupcommit), the claim file, which is kept there unlinked for the next lock
+    of the same file and removed by the batch's owner.
     """
 
     def __init__(self, path: str, policy: LockPolicy = LockPolicy(), *,

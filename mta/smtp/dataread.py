@@ -67,9 +67,6 @@ class LineBuffer:
             data = data[nl + 1:]
         self._buf += data
 
-    def has_line(self) -> bool:
-        return b"\n" in self._buf
-
     def next_line(self) -> bytes | LineTooLong | None:
         nl = self._buf.find(b"\n")
         if nl < 0:

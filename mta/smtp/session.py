@@ -82,8 +82,8 @@ class Session(asyncio.Protocol):
         self.bad_commands = 0
         self.unknown_rcpts = 0
         self.lines = LineBuffer(self.limits.max_line)
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._loop = asyncio.get_running_loop()
+        self.closed: asyncio.Future[None] = self._loop.create_future()
         self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
         self._out_size = 0
@@ -120,16 +120,19 @@ class Session(asyncio.Protocol):
         self._out.clear()
         self._out_size = 0
 
-    def _close(self) -> None:
-        """Send what is queued and close; the rest of the input is ignored."""
+    def _close(self, *, abort: bool = False) -> None:
+        """Send what is queued and close (``abort``: drop it and reset the connection);
+        the rest of the input is ignored."""
         if self._state == _CLOSED:
             return
+        if abort:
+            self._out.clear()
         self._flush()
         self._state = _CLOSED
         self._cancel_timer()
         if self._transport is not None:
             # A client that reads nothing cannot make a closing session linger.
-            if self._transport.get_write_buffer_size() > 64 * 1024:
+            if abort or self._transport.get_write_buffer_size() > 64 * 1024:
                 self._transport.abort()
             else:
                 self._transport.close()
@@ -185,11 +188,7 @@ class Session(asyncio.Protocol):
             self._close()
         except Exception:
             log.exception("session with [%s] failed", self.client_ip)
-            self._out.clear()
-            self._state = _CLOSED
-            self._cancel_timer()
-            if self._transport is not None:
-                self._transport.abort()
+            self._close(abort=True)
 
     def eof_received(self) -> bool:
         if self._state != _CLOSED:

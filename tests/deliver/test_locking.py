@@ -6,6 +6,7 @@ directions; shape, naming and error cases are checked on real files.
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import shutil
@@ -147,6 +148,19 @@ def test_missing_directory_is_retried_then_temporary(prdir):
     assert info.value.temporary
     assert time.monotonic() - start >= 0.4
 
+
+
+def test_missing_directory_without_retries_fails_at_once(prdir):
+    """retry_missing_dir=False (an mbox append's implicit lock): no minute of retries,
+    a LockError naming ENOENT, and nothing left behind."""
+    lockfile = os.path.join(prdir, "missing", "box.lock")
+    start = time.monotonic()
+    with pytest.raises(LockError) as info:
+        with DotLock(lockfile, LockPolicy(locksleep=5, retries=7), retry_missing_dir=False):
+            pass
+    assert time.monotonic() - start < 2
+    assert info.value.errno == errno.ENOENT
+    assert entries(prdir) == []
 
 def test_missing_directory_appearing_during_retries(prdir):
     sub = os.path.join(prdir, "later")

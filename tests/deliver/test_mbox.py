@@ -61,6 +61,20 @@ def test_append_waits_for_a_held_lock(tmp_path):
         assert f.read() == b"late\n\n"
 
 
+
+def test_mailbox_in_a_missing_directory_fails_at_once(tmp_path):
+    """No directory, no mailbox: the append reports the open's error straight away,
+    without a minute of lock retries (README, differences from procmail), and creates
+    nothing."""
+    path = tmp_path / "nodir" / "box"
+    start = time.monotonic()
+    with pytest.raises(MailboxError) as info:
+        append_mbox(str(path), b"From a Thu Jan  1 00:00:00 1970\n\nx\n\n",
+                    policy=LockPolicy(locksleep=5, retries=7))
+    assert time.monotonic() - start < 2
+    assert "nodir" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
 def test_inside_own_recipe_lock_does_not_deadlock(tmp_path):
     box = str(tmp_path / "box")
     with DotLock(box + ".lock", FAST):            # `:0:` taken by the recipe
