@@ -31,8 +31,11 @@ DESCRIPTION
                result cross a pipe (pickle, length-prefixed).  A worker that dies is
                replaced; its delivery is a temporary failure (75), as in fork mode.
                Workers ignore SIGINT/SIGTERM/SIGHUP and finish the delivery in hand;
-               they exit when the server closes their pipe (or dies).
-    auto       fork when root (and dropping), otherwise pool with two workers
+               they exit when the server closes their pipe (or dies).  The split
+               daemon (`postroom serve`) runs pool delivery as delivery runners
+               instead (mta.deliveryrunners, ``for_delivery_runner``): worker
+               processes that take queued mail from the receivers themselves.
+    auto       fork when root (and dropping), otherwise pool with three workers
                (tests/benchmarks/bench_mta.py: the GIL shared by SMTP sessions and
                rule evaluation was the server's bottleneck).
 
@@ -71,7 +74,8 @@ from deliver.exitcodes import ExitCode
 from .config import Config
 from .maps.users import User as MapUser
 
-__all__ = ["Request", "Result", "LocalDelivery", "status_text", "recover_stale_locks"]
+__all__ = ["Request", "Result", "LocalDelivery", "resolve_mode", "status_text", "recover_stale_locks",
+           "close_inherited"]
 
 log = logging.getLogger("mta.local")
 
@@ -108,26 +112,35 @@ def status_text(status: int) -> str:
         return f"unknown exit status {status}"
 
 
+def resolve_mode(config: Config, mode: str, max_forks: int, *, warn: bool = True) -> tuple[str, int]:
+    """The delivery mode ``mode`` ("auto" or one of the modes) means for this server,
+    and how many delivery processes it runs (see the module docstring); ``warn`` logs
+    that recipes will run as root when that is so."""
+    root = os.geteuid() == 0
+    if warn and root and not config.deliver.run_as_root_drop:
+        log.warning("running as root with run_as_root_drop = false: recipes run as root")
+    if mode == "auto":
+        mode = "fork" if root and config.deliver.run_as_root_drop else "pool"
+        if mode == "pool":
+            max_forks = min(max_forks, 3)
+    if root and config.deliver.run_as_root_drop and mode != "fork":
+        mode = "fork"   # never run user recipes as root when asked to drop
+    if mode not in ("fork", "inprocess", "pool"):
+        raise ValueError(f"unknown delivery mode {mode!r}")
+    return mode, 1 if mode == "inprocess" else max(1, max_forks)
+
+
 class LocalDelivery:
     """Runs Requests; see the module docstring for the execution modes."""
 
     def __init__(self, config: Config, *, mode: str = "auto", max_forks: int = 4,
-                 sendmail: str | None = None) -> None:
+                 sendmail: str | None = None, warn: bool = True) -> None:
         self.config = config
         self.root = os.geteuid() == 0
-        if mode == "auto":
-            mode = "fork" if self.root and config.deliver.run_as_root_drop else "pool"
-            if mode == "pool":
-                max_forks = min(max_forks, 3)
-        if self.root and config.deliver.run_as_root_drop and mode != "fork":
-            mode = "fork"   # never run user recipes as root when asked to drop
-        if mode not in ("fork", "inprocess", "pool"):
-            raise ValueError(f"unknown delivery mode {mode!r}")
+        mode, workers = resolve_mode(config, mode, max_forks, warn=warn)
         self.mode = mode
         self.drop = self.root and config.deliver.run_as_root_drop
-        if self.root and not self.drop:
-            log.warning("running as root with run_as_root_drop = false: recipes run as root")
-        workers = 1 if mode == "inprocess" else max(1, max_forks)
+        self.inline = False           # deliver_async calls deliver_here on the loop's thread
         self.sendmail = sendmail or f"{sys.executable} -m mta.cli sendmail"
         self._site = None
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
@@ -154,6 +167,25 @@ class LocalDelivery:
             for _ in range(workers):
                 self._spawn()
         self.executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix=f"deliver-{mode}")
+
+    @classmethod
+    def for_delivery_runner(cls, config: Config, *, sendmail: str | None = None) -> "LocalDelivery":
+        """What a delivery runner (mta.deliveryrunners) delivers with: a pool worker's
+        delivery in the runner's own process, one at a time, called straight from its
+        loop (no thread); mailbox locks queue on the server-private flocks and the
+        lock claim files are kept, as in a pool worker."""
+        ld = cls(config, mode="inprocess", sendmail=sendmail, warn=False)
+        ld.inline = True
+        ld.lock_queue_dir = str(config.server.data_dir / "run" / "locks")
+        os.makedirs(ld.lock_queue_dir, mode=0o700, exist_ok=True)
+        ld._claims = {}
+        return ld
+
+    def remove_claim_files(self) -> None:
+        """The kept lock claim files (pool worker, delivery runner), at exit."""
+        for claim in (self._claims or {}).values():
+            with contextlib.suppress(OSError):
+                os.unlink(claim)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
@@ -214,6 +246,8 @@ class LocalDelivery:
         run ``deliver`` on ``executor``.  Use one of the two entry points per instance:
         the first call here moves the idle pool to the loop's queue."""
         import asyncio
+        if self.inline:
+            return self.deliver_here(req)
         if self.mode != "pool":
             return await asyncio.get_running_loop().run_in_executor(self.executor, self.deliver, req)
         if self._aidle is None:
@@ -249,7 +283,7 @@ class LocalDelivery:
         if pid == 0:  # the worker: never returns
             code = 0
             try:
-                _close_inherited({0, 1, 2, req_r, res_w})
+                close_inherited({0, 1, 2, req_r, res_w})
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
                     signal.signal(sig, signal.SIG_IGN)
                 signal.set_wakeup_fd(-1)
@@ -290,9 +324,7 @@ class LocalDelivery:
                 result = self.deliver_here(req)
                 _send(res_w, result)
         finally:
-            for claim in self._claims.values():
-                with contextlib.suppress(OSError):
-                    os.unlink(claim)
+            self.remove_claim_files()
 
     def deliver_here(self, req: Request) -> Result:
         """In-process delivery that never raises (the pool worker's body)."""
@@ -543,7 +575,7 @@ def _QueuedLockEffects(queue_dir: str, **kwargs):
     return _effects_class(queue_dir, **kwargs)
 
 
-def _close_inherited(keep: set[int]) -> None:
+def close_inherited(keep: set[int]) -> None:
     """In a pool worker: close what the server had open (listening sockets, the event
     loop, the pid file whose flock must die with the server, other workers' pipes),
     keeping ``keep`` and the log handlers' files."""

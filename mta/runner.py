@@ -26,7 +26,8 @@ DESCRIPTION
          deliveries to one mailbox are serialised inside the server rather than by
          polling lock files: one at a time per user, or two when the delivery pool
          queues them on the mailbox lock with a kernel flock (LocalDelivery.per_mailbox;
-         one evaluates recipes while the other writes).  Remote addresses are deferred:
+         one evaluates recipes while the other writes).  Delivery runners, one message
+         each at a time, queue on the same kernel flock.  Remote addresses are deferred:
          outbound SMTP is not part of this release.
       3. record: delivered; deferred with exponential back-off ([queue] initial doubling
          up to max_backoff); failed for a permanent error, or when the message is older
@@ -36,6 +37,11 @@ DESCRIPTION
     sender; a message with the null sender is never bounced.  Failures waiting for
     their bounce are listed in the envelope (extra["unbounced"]) until the bounce is
     committed, so a crash in between neither loses nor forgets them.
+
+    With a ``handoff`` the runner only schedules: what it would process goes to the
+    handoff instead (the split daemon's delivery runners, mta.deliveryrunners, each of
+    which runs ``process`` in its own process), and ``interrupted`` settles the claim of
+    a delivery process that died.
 
     Exit statuses become results through deliver.exitcodes' one table: its enhanced code
     decides defer (4.x.x) or fail (5.x.x); a status outside sysexits defers (Postfix).
@@ -161,10 +167,15 @@ def _exit_attempt(result: Result, mailer: str) -> Attempt:
 
 
 class Runner:
-    def __init__(self, config: Config, spool: Spool, router: Router, delivery: LocalDelivery, *,
+    def __init__(self, config: Config, spool: Spool, router: Router, delivery: LocalDelivery | None, *,
                  concurrency: int = 16, scan_interval: float | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 handoff: Callable[[str, bool], None] | None = None) -> None:
+        """``handoff(qid, force)``, when given, receives the messages to process instead
+        of this runner: it only schedules (scans, flushes) and other processes deliver
+        (mta.deliveryrunners); ``delivery`` may then be None."""
         self.config = config
+        self.handoff = handoff
         self.spool = spool
         self.router = router
         self.delivery = delivery
@@ -191,7 +202,7 @@ class Runner:
         """A message was just queued (called on the event loop): its delivery task is
         made at once rather than when ``run`` next wakes (a few loop turns sooner)."""
         self._ready.append(qid)
-        if self._running:
+        if self._running or self.handoff is not None:
             self._dispatch_ready()
         else:
             self._event.set()
@@ -263,6 +274,13 @@ class Runner:
 
     def _dispatch_ready(self) -> None:
         ready, self._ready = self._ready, []
+        if self.handoff is not None:
+            for qid in dict.fromkeys(ready):
+                if not self._stopping:
+                    force = qid in self._forced
+                    self._forced.discard(qid)
+                    self.handoff(qid, force)
+            return
         for qid in dict.fromkeys(ready):
             if qid in self._inflight or self._stopping:
                 continue
@@ -281,8 +299,11 @@ class Runner:
             self._inflight.discard(qid)
 
     # ------------------------------------------------------------------ one message
-    async def process(self, qid: str) -> str | None:
-        """One delivery pass over ``qid``; returns where the entry went, None if busy."""
+    async def process(self, qid: str, *, force: bool = False) -> str | None:
+        """One delivery pass over ``qid``; returns where the entry went, None if busy.
+        ``force``: deferred recipients are tried too (a queue flush)."""
+        if force:
+            self._forced.add(qid)
         # incoming/ means "try now" (new, released from hold, or recovered after a crash):
         # deferred recipients of such an entry are tried too, not only the due ones.
         # A claim is a few syscalls without fsync (open, flock, rename, read): cheaper on
@@ -296,6 +317,22 @@ class Runner:
             await self._process(claimed)
         finally:
             where = claimed.finish()     # no fsync when the entry is done (Spool)
+        return where
+
+    async def interrupted(self, claimed: ClaimedMessage, reason: str) -> str:
+        """A claim whose delivery process died (Spool.take_stale_claims): its pending
+        recipients are deferred as a failed delivery would be (backoff, expiry, bounce),
+        rather than tried again at once, so that a message that kills its delivery
+        process cannot do it in a loop."""
+        try:
+            started = self.clock()
+            for rcpt in list(claimed.envelope.recipients):
+                if rcpt.state == "pending":
+                    await self._record(claimed, rcpt, _exit_attempt(Result(ExitCode.TEMPFAIL, reason), "local"),
+                                       started)
+            await self._send_bounces(claimed)
+        finally:
+            where = claimed.finish()
         return where
 
     async def _process(self, claimed: ClaimedMessage) -> None:
@@ -431,6 +468,7 @@ class Runner:
         raise AssertionError(f"unknown destination {dest!r}")
 
     async def _run(self, req: Request) -> Result:
+        assert self.delivery is not None, "a runner with a handoff delivers nothing itself"
         return await self.delivery.deliver_async(req)
 
     async def _record(self, claimed: ClaimedMessage, rcpt: RecipientState, a: Attempt,

@@ -18,16 +18,24 @@ DESCRIPTION
       receivers       [smtp] processes - 1 more (default: one per CPU, at most 4), all
                       accepting from the same listening sockets; [smtp.limits]
                       max_connections bounds them together (mta.smtp.sessioncount)
-      queue runner    forked at start, told of each queued message over a pipe; its
-                      delivery pool's workers run the recipes (mta.localdelivery)
+      queue runner    forked at start: schedules retries (scans for deferred mail
+                      that became due, flushes) and, in fork and inprocess delivery,
+                      delivers what the receivers queued, told of it over a pipe
+      delivery        with pool delivery (the default when not root): the queue
+      runners         runner's children, --forks of them (at most 3 with auto).  They
+                      read the receivers' pipe themselves; each claims, routes and
+                      delivers one message at a time, running the recipes in its own
+                      process (mta.deliveryrunners)
 
     Each receiver commits a message's fsyncs on its own event loop (a commit thread cost
     more in GIL hand-offs than it saved), so concurrency comes from several receiver
     processes, and rule evaluation runs on other cores than the SMTP sessions
     (tests/benchmarks/bench_mta.py).  When the main receiver stops or dies, the other
-    receivers see their lifeline pipe close and stop, then the runner sees its pipe
-    close, finishes the deliveries in flight and exits.  A runner or receiver that dies
-    stops the daemon (exit 75).  --single-process keeps everything in one process.
+    receivers see their lifeline pipe close and stop, then the runner (or its delivery
+    runners) sees the receivers' pipe close, finishes the deliveries in flight and
+    exits.  A runner or receiver that dies stops the daemon (exit 75); a delivery
+    runner that dies is replaced.  --single-process keeps everything in one process
+    (pool delivery there is mta.localdelivery's worker pool).
 
     --embedded DIR   the self-contained default `make run` uses: Config.embedded_default
                      (SMTP on 127.0.0.1:2525, everything under DIR/var), the sample maps
@@ -70,6 +78,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .config import Config, ConfigError, install_samples, load_config
+from .deliveryrunners import RecordWriter
 
 __all__ = ["main", "select_config", "add_config_arguments", "pidfile_path", "poke",
            "daemon_pid", "flush_request_path"]
@@ -231,63 +240,21 @@ def prepare_queue(config: Config):
     return spool, maps
 
 
-class _Notifier:
-    """The receiver's end of the queue-runner pipe: one queue id per line, never blocking
-    the event loop (what the pipe cannot take now waits in memory for add_writer)."""
-
-    def __init__(self, loop, fd: int) -> None:
-        self.loop, self.fd = loop, fd
-        self.pending = bytearray()
-        os.set_blocking(fd, False)
-
-    def notify(self, qid: str) -> None:
-        if self.fd < 0:
-            return
-        first = not self.pending
-        self.pending += qid.encode("ascii") + b"\n"
-        if first:
-            self._flush()
-
-    def _flush(self) -> None:
-        try:
-            n = os.write(self.fd, self.pending)
-        except BlockingIOError:
-            n = 0
-        except OSError as exc:          # the runner process is gone: it rescans at start
-            log.error("cannot notify the queue runner: %s", exc)
-            self.pending.clear()
-            return
-        del self.pending[:n]
-        if self.pending:
-            self.loop.add_writer(self.fd, self._writable)
-
-    def _writable(self) -> None:
-        self.loop.remove_writer(self.fd)
-        self._flush()
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            self.loop.remove_writer(self.fd)
-            if self.pending:
-                os.set_blocking(self.fd, True)
-                try:
-                    os.write(self.fd, self.pending)
-                except OSError:
-                    pass
-            os.close(self.fd)
-            self.fd = -1
-
-
 async def run_queue_runner(config: Config, notify_fd: int, *, delivery_mode: str = "auto",
                            forks: int = 4, sendmail: str | None = None,
                            ready_fd: int | None = None) -> int:
     """The queue runner process of the split daemon (see ``main``): reads queue ids from
     ``notify_fd``, delivers, and stops (finishing deliveries in flight) at EOF — the
     receiver closed the pipe, or died — or on SIGTERM.  SIGINT is ignored: a Ctrl-C
-    reaches the receiver too, which then closes the pipe after its sessions."""
+    reaches the receiver too, which then closes the pipe after its sessions.
+
+    With pool delivery the delivery runners (mta.deliveryrunners) read ``notify_fd``
+    instead; this process schedules for them, and stops when one of them exits at the
+    pipe's EOF, or on SIGTERM."""
     import asyncio
 
-    from .localdelivery import LocalDelivery
+    from .deliveryrunners import DeliveryRunners
+    from .localdelivery import LocalDelivery, resolve_mode
     from .maps import Maps
     from .queue import Spool
     from .routing import Router
@@ -295,10 +262,17 @@ async def run_queue_runner(config: Config, notify_fd: int, *, delivery_mode: str
 
     spool = Spool(str(config.server.spool_dir), recover=False)
     router = Router(config, Maps.from_config(config))
-    delivery = LocalDelivery(config, mode=delivery_mode, max_forks=forks, sendmail=sendmail)
-    runner = Runner(config, spool, router, delivery)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    mode, processes = resolve_mode(config, delivery_mode, forks)
+    runners = delivery = None
+    if mode == "pool":            # the receivers' pipe goes straight to delivery runners
+        runners = DeliveryRunners(config, spool, notify_fd, processes, sendmail=sendmail)
+        runner = Runner(config, spool, router, None, handoff=runners.handoff)
+        runners.start(runner, on_stopped=stop.set)
+    else:
+        delivery = LocalDelivery(config, mode=mode, max_forks=forks, sendmail=sendmail, warn=False)
+        runner = Runner(config, spool, router, delivery)
     buf = bytearray()
     os.set_blocking(notify_fd, False)
 
@@ -321,11 +295,14 @@ async def run_queue_runner(config: Config, notify_fd: int, *, delivery_mode: str
     def reload() -> None:
         new_maps = Maps.from_config(config)
         runner.set_router(Router(config, new_maps))
+        if runners is not None:
+            runners.signal(signal.SIGHUP)
 
     def poked() -> None:
         _wake_runner(config, runner)
 
-    loop.add_reader(notify_fd, readable)
+    if runners is None:
+        loop.add_reader(notify_fd, readable)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
@@ -333,18 +310,22 @@ async def run_queue_runner(config: Config, notify_fd: int, *, delivery_mode: str
     if flush_request_path(config).exists():
         poked()
     runner_task = asyncio.create_task(runner.run())
-    log.info("queue runner started, delivery=%s, pid %d", delivery.mode, os.getpid())
+    log.info("queue runner started, delivery=%s, pid %d%s", mode, os.getpid(),
+             f", delivery runners {' '.join(map(str, sorted(runners.pids)))}" if runners else "")
     if ready_fd is not None:      # our signal handlers are in place: the receiver may go on
         os.write(ready_fd, b"r")
         os.close(ready_fd)
     await stop.wait()
     await _stop_runner(runner, runner_task, delivery)
+    if runners is not None:
+        await runners.stop()
     log.info("queue runner stopped")
     return 0
 
 
 async def _stop_runner(runner, runner_task, delivery) -> None:
-    """Finish the deliveries in flight, end the runner's task, close the delivery pool."""
+    """Finish the deliveries in flight, end the runner's task, close the delivery pool
+    (``delivery`` None: the runner only scheduled, mta.deliveryrunners delivered)."""
     import asyncio
     await runner.stop()
     runner_task.cancel()
@@ -352,7 +333,8 @@ async def _stop_runner(runner, runner_task, delivery) -> None:
         await runner_task
     except asyncio.CancelledError:
         pass
-    delivery.close()
+    if delivery is not None:
+        delivery.close()
 
 
 def _wake_runner(config: Config, runner) -> None:
@@ -407,7 +389,7 @@ async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
         runner = Runner(config, spool, router, delivery)
         on_queued = runner.notify
     else:
-        notifier = _Notifier(loop, notify_fd)
+        notifier = RecordWriter(loop, notify_fd)
         on_queued = notifier.notify
     lim = config.smtp.limits
     limits = ServerLimits(max_message_size=lim.max_message_size, max_recipients=lim.max_recipients,

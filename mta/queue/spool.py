@@ -50,6 +50,7 @@ logged, never raised to the runner.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -305,7 +306,9 @@ class ClaimedMessage:
                  source: str = "incoming") -> None:
         self.spool = spool
         self.qid = qid
-        self.source = source             # the state it was claimed from: incoming or deferred
+        # the state it was claimed from: incoming, deferred, or active (a dead owner's
+        # claim taken over by Spool.take_stale_claims)
+        self.source = source
         self.envelope = envelope
         self._fd: int | None = lock_fd
         self.dir = os.path.join(spool.dirs["active"], qid)
@@ -473,6 +476,33 @@ class Spool:
                 return None
             return ClaimedMessage(self, qid, fd, env, state)
         return None
+
+    def take_stale_claims(self) -> list[ClaimedMessage]:
+        """Claim, where they are, the entries of active/ whose owner died (their lock is
+        free): the caller decides what the interrupted delivery means for them, where
+        ``recover`` would only put them back into incoming/ to be tried again at once."""
+        taken = []
+        for qid in self._qids("active"):
+            d = os.path.join(self.dirs["active"], qid)
+            try:
+                fd = _try_lock(os.path.join(d, MESSAGE))
+            except FileNotFoundError:
+                continue          # finished meanwhile, or never whole: recover's business
+            if fd is None:
+                continue          # a live claim
+            if not os.path.isdir(d):   # moved out between the listing and the lock
+                os.close(fd)
+                continue
+            try:
+                env = self._read_envelope(d)
+            except (CorruptEnvelope, FileNotFoundError) as exc:
+                log.error("%s: unreadable envelope of a stale claim, moved to corrupt/: %s", qid, exc)
+                with contextlib.suppress(OSError):
+                    os.rename(d, os.path.join(self.dirs["corrupt"], qid))
+                os.close(fd)
+                continue
+            taken.append(ClaimedMessage(self, qid, fd, env, "active"))
+        return taken
 
     def scan_due(self, now: float) -> list[str]:
         """Queue ids worth claiming at ``now``: all of incoming/, due ones of deferred/."""

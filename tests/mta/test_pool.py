@@ -200,7 +200,8 @@ def test_daemon_pool_mailboxes_and_a_worker_killed_mid_delivery(pdaemon) -> None
     os.kill(worker, signal.SIGKILL)
     wait_for(lambda: "delivery process died" in d.log_text(), 10, "the deferral")
     log = d.log_text()
-    assert f"delivery worker {worker} failed" in log and "stat=Deferred: 4.3.0 delivery process died" in log
+    assert f"delivery runner {worker} failed (signal 9)" in log and "stat=Deferred: 4.3.0 delivery process died" in log
+    assert "the delivery runner died during its delivery; deferred" in log
     wait_for(lambda: len(children(runner)) == 3 and worker not in children(runner), 10, "a replacement")
     assert len(set(children(runner)) - set(before)) == 1
     # retried after [queue] initial = 1s, delivered this time

@@ -264,6 +264,44 @@ def test_stale_claim_of_a_killed_process_is_recovered(tmp_path):
     assert c is not None and c.open_message().read() == b"m\n"
 
 
+def test_take_stale_claims_takes_a_dead_claimers_entry_where_it_is(tmp_path):
+    """What the queue runner does when a delivery runner died (mta.deliveryrunners):
+    the dead one's claim is taken over in active/; live claims, this process's own
+    included, are left alone."""
+    spool = Spool(str(tmp_path))
+    dead_q, live_q, own_q = (put(spool, b"%d\n" % i, "a@x.example") for i in range(3))
+    own = spool.claim(own_q)
+    claimers = []
+    for qid in (dead_q, live_q):
+        child = run_child("""
+            import sys, time
+            from mta.queue import Spool
+            c = Spool(sys.argv[1], recover=False).claim(sys.argv[2])
+            print("claimed" if c else "none", flush=True)
+            time.sleep(60)
+        """, str(tmp_path), qid)
+        assert child.stdout.readline() == "claimed\n"
+        claimers.append(child)
+    try:
+        assert spool.take_stale_claims() == []
+        os.kill(claimers[0].pid, signal.SIGKILL)
+        claimers[0].wait()
+        (taken,) = spool.take_stale_claims()
+        assert (taken.qid, taken.source) == (dead_q, "active")
+        assert taken.open_message().read() == b"0\n"
+        assert spool.take_stale_claims() == []        # ours now: a live claim
+        taken.envelope.recipients[0].mark_deferred("delivery process died", time.time() + 60)
+        assert taken.finish() == "deferred"
+        assert listing(spool, "active") == sorted([live_q, own_q])
+        assert listing(spool, "deferred") == [dead_q]
+    finally:
+        for child in claimers:
+            child.kill()
+            child.wait()
+        assert own is not None
+        own.finish()
+
+
 # --- administration and corruption ---------------------------------------------------------
 
 def test_hold_release_delete_and_listing(tmp_path):

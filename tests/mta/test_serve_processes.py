@@ -214,13 +214,20 @@ def test_two_processes_and_sighup_reaches_the_runner(pdaemon) -> None:
 def test_runner_killed_exits_75_and_acknowledged_mail_is_delivered_after_restart(pdaemon) -> None:
     d = pdaemon(users={"alice": "", "bob": ""}).start()
     runner = d.runner()
-    workers = children(runner)
-    os.kill(runner, signal.SIGSTOP)          # a hung runner: the receiver still says 250
+    workers = children(runner)               # its delivery runners
+    assert len(workers) == 3
+    for pid in (runner, *workers):           # a hung delivery side: the receiver still says 250
+        os.kill(pid, signal.SIGSTOP)
     try:
         assert d.send(["alice@example.com"], "acked 1") == {}
         assert d.send(["bob@example.com", "alice@example.com"], "acked 2") == {}
     finally:
         os.kill(runner, signal.SIGKILL)
+        # gone for good: its delivery runners orphaned (a zombie leader may still have
+        # threads exiting, holding its pipes open)
+        wait_for(lambda: all(ppid(w) != runner for w in workers), 10, "the runner to die")
+        for pid in workers:                  # they see the runner gone and exit, delivering nothing
+            os.kill(pid, signal.SIGCONT)
     assert d.wait(15) == 75
     assert "exited unexpectedly" in d.log_text()
     wait_for(lambda: not any(alive(p) for p in [runner, *workers]), 10, "the old processes to go")

@@ -1,0 +1,318 @@
+"""mta.deliveryrunners — processes that take queued mail from the receivers and deliver it.
+
+SYNOPSIS
+    runners = DeliveryRunners(config, spool, work_fd, count=3, sendmail=wrapper)
+    runner = Runner(config, spool, router, None, handoff=runners.handoff)
+    runners.start(runner, on_stopped=stop.set)     # in the queue runner, on its loop
+    runner.set_router(...); runners.signal(signal.SIGHUP)
+    await runners.stop()             # each finishes the message in hand and exits
+
+DESCRIPTION
+    With pool delivery (the default for an unprivileged server) the split daemon's queue
+    runner process delivers nothing itself.  The receivers write each queued id into the
+    work pipe, and ``count`` delivery-runner processes read that pipe directly.  Each runs
+    one whole delivery pass at a time in its own process (mta.runner.Runner.process:
+    claim, route, the recipient's recipes through deliver.agent, record, release).  The
+    queue runner keeps the scheduling: what its periodic scans find due and what a flush
+    asks for reaches the delivery runners through a second pipe (``handoff``), and it
+    replaces a delivery runner that died.
+
+    Why: the pool before this had the queue runner claim and route every message, then
+    hand the delivery to a worker over a pipe and take the result back: two process
+    wake-ups and a pickled request and result per message.  Measured head to head
+    (tests/benchmarks/bench_mta.py, eight alternating runs each): 10% less CPU per
+    message, and the mailbox is written 0.3 ms sooner after the 250 reply.
+
+    Records: 20 bytes, a queue id (19 characters) then "\\n" (try what is due) or "!"
+    (a flush: deferred recipients too).  Writers write whole records, at most PIPE_BUF
+    bytes at a time, so every write is atomic and the pipe stays aligned on records; a
+    reader takes one record per read, so each id goes to one delivery runner.  A
+    duplicate (a scan that found a message before a runner claimed it) costs one failed
+    claim, nothing more.
+
+    Stopping: a delivery runner finishes the message in hand and exits when the work
+    pipe reaches EOF (every receiver is gone: the daemon is stopping), or when the
+    queue runner closes the schedule pipe (``stop``, or the queue runner died).  Ids
+    still in the pipe stay in incoming/, where the next start finds them.
+
+    A delivery runner that dies (killed, or a bug) leaves its claim in active/.  The
+    queue runner starts another, takes the dead one's claims over
+    (Spool.take_stale_claims) and defers their pending recipients ("delivery process
+    died"), as the pool did for a worker that died: a message that kills its delivery
+    process is retried with backoff, not in a loop.
+
+    Mailboxes: deliveries to one mailbox queue on the server-private flock before its
+    dot-lock, as the pool's workers did (LocalDelivery.for_delivery_runner), so two
+    runners delivering to one user wait in the kernel, not by polling the lock file.
+    Unlike the pool, no runner is kept free for other users: while mail for a user
+    whose recipes are slow is at the head of the pipe, it can occupy every runner.
+
+    Signals in a delivery runner: SIGHUP reloads the maps before the next message (the
+    queue runner passes its SIGHUP on); SIGINT, SIGTERM and SIGUSR1 are ignored, so a
+    signal to the whole service never cuts a delivery short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import select
+import signal
+from typing import Callable
+
+from .config import Config
+from .queue.ids import is_qid
+from .queue.spool import Spool
+
+__all__ = ["RECORD_SIZE", "record", "parse_record", "RecordWriter", "DeliveryRunners"]
+
+log = logging.getLogger("mta.deliveryrunners")
+
+RECORD_SIZE = 20
+_MAX_WRITE = (select.PIPE_BUF // RECORD_SIZE) * RECORD_SIZE   # whole records, atomic
+DIED = "delivery process died"
+
+
+def record(qid: str, force: bool = False) -> bytes:
+    """The pipe record for ``qid`` (``force``: a flush)."""
+    data = qid.encode("ascii") + (b"!" if force else b"\n")
+    if len(data) != RECORD_SIZE:
+        raise ValueError(f"not a queue id: {qid!r}")
+    return data
+
+
+def parse_record(data: bytes) -> tuple[str, bool] | None:
+    """``(qid, force)``, or None for anything that is not a whole, valid record."""
+    if len(data) != RECORD_SIZE or data[-1:] not in (b"\n", b"!"):
+        return None
+    qid = data[:-1].decode("ascii", "replace")
+    return (qid, data[-1:] == b"!") if is_qid(qid) else None
+
+
+class RecordWriter:
+    """The writing end of a record pipe on an event loop: never blocks the loop (what the
+    pipe cannot take now waits in memory for add_writer), and writes at most PIPE_BUF
+    bytes of whole records at a time, so writes from several processes never interleave
+    inside a record.  The receivers tell the queue of new mail through one of these."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self.loop, self.fd = loop, fd
+        self.pending = bytearray()
+        os.set_blocking(fd, False)
+
+    def notify(self, qid: str, force: bool = False) -> None:
+        if self.fd < 0:
+            return
+        first = not self.pending
+        self.pending += record(qid, force)
+        if first:
+            self._flush()
+
+    def _flush(self) -> None:
+        while self.pending:
+            try:
+                n = os.write(self.fd, self.pending[:_MAX_WRITE])
+            except BlockingIOError:
+                break
+            except OSError as exc:          # the reader is gone: it rescans at start
+                log.error("cannot pass queued mail on: %s", exc)
+                self.pending.clear()
+                return
+            del self.pending[:n]
+        if self.pending:
+            self.loop.add_writer(self.fd, self._writable)
+
+    def _writable(self) -> None:
+        self.loop.remove_writer(self.fd)
+        self._flush()
+
+    def close(self) -> None:
+        """Write what is pending (blocking: the daemon is stopping), then close: the
+        readers see EOF once every writer has closed."""
+        if self.fd >= 0:
+            self.loop.remove_writer(self.fd)
+            if self.pending:
+                os.set_blocking(self.fd, True)
+                view = memoryview(bytes(self.pending))
+                try:
+                    while view:
+                        view = view[os.write(self.fd, view[:_MAX_WRITE]):]
+                except OSError:
+                    pass
+            os.close(self.fd)
+            self.fd = -1
+
+
+class DeliveryRunners:
+    """The queue runner's side: forks the delivery runners, hands them scheduled ids,
+    replaces one that died, and stops them."""
+
+    def __init__(self, config: Config, spool: Spool, work_fd: int, count: int, *,
+                 sendmail: str | None = None) -> None:
+        self.config, self.spool, self.work_fd = config, spool, work_fd
+        self.count, self.sendmail = max(1, count), sendmail
+        self.pids: set[int] = set()
+        self._exits: dict[int, asyncio.Future[None]] = {}
+        self._sched_r = self._sched_w = -1
+        self._writer: RecordWriter | None = None
+        self._runner = None
+        self._on_stopped: Callable[[], None] = lambda: None
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------ control
+    def start(self, runner, *, on_stopped: Callable[[], None]) -> None:
+        """Fork ``count`` delivery runners.  ``runner`` (a mta.runner.Runner with this
+        object's ``handoff``) defers a dead runner's claims; ``on_stopped`` is called
+        when one exits by itself at the work pipe's EOF: every receiver is gone."""
+        self._loop = asyncio.get_running_loop()
+        self._runner, self._on_stopped = runner, on_stopped
+        self._sched_r, self._sched_w = os.pipe()
+        self._writer = RecordWriter(self._loop, self._sched_w)
+        for _ in range(self.count):
+            self._spawn()
+
+    def handoff(self, qid: str, force: bool) -> None:
+        if self._writer is not None:
+            self._writer.notify(qid, force)
+
+    def signal(self, sig: int) -> None:
+        for pid in list(self.pids):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    async def stop(self) -> None:
+        """Close the schedule pipe; each runner finishes the message in hand and exits."""
+        self._stopping = True
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._sched_r >= 0:
+            os.close(self._sched_r)
+            self._sched_r = -1
+        if self._exits:
+            await asyncio.gather(*list(self._exits.values()))
+
+    # ------------------------------------------------------------------ processes
+    def _spawn(self) -> None:
+        assert self._loop is not None
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:              # the delivery runner: never returns
+            code = 70
+            try:
+                code = _delivery_runner(self.config, self.work_fd, self._sched_r, self.sendmail, parent)
+            except BaseException:  # noqa: BLE001 - the child must exit, never return
+                try:
+                    log.exception("delivery runner failed")
+                except BaseException:  # noqa: BLE001
+                    pass
+            finally:
+                os._exit(code)
+        self.pids.add(pid)
+        exited: asyncio.Future[None] = self._loop.create_future()
+        self._exits[pid] = exited
+        pidfd = os.pidfd_open(pid)
+        self._loop.add_reader(pidfd, self._reap, pid, pidfd)
+
+    def _reap(self, pid: int, pidfd: int) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(pidfd)
+        os.close(pidfd)
+        try:
+            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        except ChildProcessError:
+            code = -1
+        self.pids.discard(pid)
+        self._exits.pop(pid).set_result(None)
+        if self._stopping:
+            return
+        if code == 0:
+            # The work pipe's EOF: every receiver is gone, the daemon is stopping.
+            self._on_stopped()
+            return
+        log.error("delivery runner %d failed (%s); starting another", pid,
+                  f"signal {-code}" if code < 0 else f"status {code}")
+        self._spawn()
+        self._loop.create_task(self._take_over_claims())
+
+    async def _take_over_claims(self) -> None:
+        """Defer what the dead runner was delivering (see the module docstring)."""
+        try:
+            stale = await asyncio.to_thread(self.spool.take_stale_claims)
+            for claimed in stale:
+                where = await self._runner.interrupted(claimed, DIED)
+                log.warning("%s: the delivery runner died during its delivery; %s", claimed.qid, where)
+        except Exception:  # noqa: BLE001 - recover at the next start instead
+            log.exception("cannot take over the claims of a dead delivery runner")
+
+
+# --------------------------------------------------------------------------- the process
+
+
+def _delivery_runner(config: Config, work_fd: int, sched_fd: int, sendmail: str | None,
+                     parent: int) -> int:
+    """A delivery runner's life (see the module docstring); 0 at either pipe's EOF, or
+    when the queue runner (``parent``) is gone."""
+    from .localdelivery import LocalDelivery, close_inherited
+    from .maps import Maps
+    from .routing import Router
+    from .runner import Runner
+
+    close_inherited({0, 1, 2, work_fd, sched_fd})
+    signal.set_wakeup_fd(-1)          # the queue runner's loop, not ours
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+    reload = [False]
+
+    def hup(_sig: int, _frame: object) -> None:
+        reload[0] = True
+    signal.signal(signal.SIGHUP, hup)
+
+    delivery = LocalDelivery.for_delivery_runner(config, sendmail=sendmail)
+    follow: list[tuple[str, bool]] = []     # bounces and owner-list copies it queued
+    def router() -> Router:
+        # Read every map now, not at first use: the runners started (or reloaded)
+        # together then route with one version of the maps, as one process would.
+        maps = Maps.from_config(config)
+        maps.diagnostics()
+        return Router(config, maps)
+
+    runner = Runner(config, Spool(str(config.server.spool_dir), recover=False), router(), delivery,
+                    handoff=lambda qid, force: follow.append((qid, force)))
+    loop = asyncio.new_event_loop()
+    for fd in (work_fd, sched_fd):
+        os.set_blocking(fd, False)
+    try:
+        while True:
+            ready, _, _ = select.select([sched_fd, work_fd], [], [])
+            fd = sched_fd if sched_fd in ready else work_fd
+            try:
+                data = os.read(fd, RECORD_SIZE)
+            except BlockingIOError:
+                continue                  # another runner took it
+            # The schedule pipe's EOF is not enough to tell that the queue runner died:
+            # a runner it forked a moment before may not have closed its inherited
+            # copy of the writing end yet.  Being orphaned is.
+            if not data or os.getppid() != parent:
+                return 0
+            job = parse_record(data)
+            if job is None:
+                log.error("delivery runner: a malformed record %r ignored", data)
+                continue
+            if reload[0]:
+                reload[0] = False
+                runner.set_router(router())
+            follow.append(job)
+            while follow:
+                qid, force = follow.pop(0)
+                try:
+                    loop.run_until_complete(runner.process(qid, force=force))
+                except Exception:  # noqa: BLE001 - a bug preserves the queue entry
+                    log.exception("%s: delivery pass failed; the message stays queued", qid)
+    finally:
+        delivery.remove_claim_files()
+        loop.close()
