@@ -286,9 +286,14 @@ def _delivery_runner(config: Config, work_fd: int, sched_fd: int, sendmail: str 
     loop = asyncio.new_event_loop()
     for fd in (work_fd, sched_fd):
         os.set_blocking(fd, False)
+    # EPOLLEXCLUSIVE: a record wakes one waiting runner, not all of them (with select
+    # every runner woke for every message and all but one found the pipe empty).
+    poller = select.epoll()
+    poller.register(work_fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+    poller.register(sched_fd, select.EPOLLIN)
     try:
         while True:
-            ready, _, _ = select.select([sched_fd, work_fd], [], [])
+            ready = {fd for fd, _ in poller.poll()}
             fd = sched_fd if sched_fd in ready else work_fd
             try:
                 data = os.read(fd, RECORD_SIZE)
@@ -315,4 +320,5 @@ def _delivery_runner(config: Config, work_fd: int, sched_fd: int, sendmail: str 
                     log.exception("%s: delivery pass failed; the message stays queued", qid)
     finally:
         delivery.remove_claim_files()
+        poller.close()
         loop.close()
