@@ -519,11 +519,18 @@ class Session(asyncio.Protocol):
                  qid, self.sender, msg.size, len(self.recipients), rx.message_id or "",
                  env.protocol, self.relay)
         if self.server.on_queued is not None:
-            try:
-                self.server.on_queued(qid)
-            except Exception:
-                log.exception("%s: on_queued callback failed (message stays queued)", qid)
+            # After this turn of the loop, when the 250 has gone out: the delivery the
+            # notice wakes (another process) would otherwise take the CPU the reply is
+            # waiting for (bench_mta's latency probe: end of DATA to 250 took 1.2 ms
+            # longer with the notice first).
+            self._loop.call_soon(self._queued, qid)
         return R.OK.with_text(f"Ok: queued as {qid}")
+
+    def _queued(self, qid: str) -> None:
+        try:
+            self.server.on_queued(qid)   # type: ignore[misc]
+        except Exception:
+            log.exception("%s: on_queued callback failed (message stays queued)", qid)
 
     def _protocol(self) -> str:
         if "SMTPUTF8" in self.mail_params:

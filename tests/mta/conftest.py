@@ -32,7 +32,14 @@ class RunningServer:
     spool: Spool
     server: SmtpServer
     loop: asyncio.AbstractEventLoop
-    queued: list[str] = field(default_factory=list)
+    notified: list[str] = field(default_factory=list)
+
+    @property
+    def queued(self) -> list[str]:
+        """The ids on_queued was given.  The server calls it on the loop's turn after
+        the 250 went out, so a client that has its 250 first lets the loop catch up."""
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), self.loop).result(10)
+        return self.notified
 
     def incoming(self) -> list[str]:
         return sorted(p.name for p in Path(self.spool.dirs["incoming"]).iterdir())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import select
 import smtplib
 import socket
 import subprocess
@@ -55,6 +56,34 @@ def test_smtplib_send_is_on_disk_before_the_250_is_read(smtp_server):
     assert env["size"] == len(body) and env["message_id"] == "<m1@x>" and env["protocol"] == "ESMTP"
     assert rs.queued == [qid]
     assert not list(Path(rs.spool.dirs["tmp"]).iterdir())
+
+
+def test_the_250_is_sent_before_the_queue_is_told(smtp_server, raw):
+    """on_queued wakes a delivery in another process, which would take the CPU the 250
+    is waiting for: when it is called, the reply is already on its way to the client."""
+    rs = smtp_server()
+    c = raw(rs)
+    seen: list[bytes] = []
+    called = threading.Event()
+
+    def on_queued(qid: str) -> None:
+        try:
+            # The reply may still be in the loopback's queue: wait for it, but not for
+            # ever (were it still to be written, it never would be while this blocks
+            # the server's loop).
+            select.select([c.sock], [], [], 5)
+            seen.append(c.sock.recv(4096, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+            rs.notified.append(qid)
+        finally:
+            called.set()
+
+    rs.server.on_queued = on_queued
+    c.start_data()
+    c.send(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+    assert called.wait(10)            # the client reads its reply only after the peek
+    code, text = c.reply()
+    assert code == 250 and len(rs.queued) == 1 and rs.queued[0] in text
+    assert seen == [f"250 {text}\r\n".encode()]
 
 
 def test_ehlo_keywords_and_greeting(smtp_server, raw):
