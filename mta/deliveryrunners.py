@@ -63,6 +63,7 @@ import signal
 from typing import Callable
 
 from .config import Config
+from .forking import fork_process
 from .queue.ids import is_qid
 from .queue.spool import Spool
 
@@ -201,18 +202,8 @@ class DeliveryRunners:
     def _spawn(self) -> None:
         assert self._loop is not None
         parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:              # the delivery runner: never returns
-            code = 70
-            try:
-                code = _delivery_runner(self.config, self.work_fd, self._sched_r, self.sendmail, parent)
-            except BaseException:  # noqa: BLE001 - the child must exit, never return
-                try:
-                    log.exception("delivery runner failed")
-                except BaseException:  # noqa: BLE001
-                    pass
-            finally:
-                os._exit(code)
+        pid = fork_process("delivery runner", lambda: _delivery_runner(
+            self.config, self.work_fd, self._sched_r, self.sendmail, parent))
         self.pids.add(pid)
         exited: asyncio.Future[None] = self._loop.create_future()
         self._exits[pid] = exited

@@ -72,6 +72,7 @@ from typing import Iterator, Literal
 from deliver.exitcodes import ExitCode
 
 from .config import Config
+from .forking import fork_process
 from .maps.users import User as MapUser
 
 __all__ = ["Request", "Result", "LocalDelivery", "resolve_mode", "status_text", "recover_stale_locks",
@@ -279,23 +280,16 @@ class LocalDelivery:
         """Fork one pool worker (see the module docstring, mode ``pool``)."""
         req_r, req_w = os.pipe()
         res_r, res_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the worker: never returns
-            code = 0
-            try:
-                close_inherited({0, 1, 2, req_r, res_w})
-                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
-                    signal.signal(sig, signal.SIG_IGN)
-                signal.set_wakeup_fd(-1)
-                self._serve_pool(req_r, res_w)
-            except BaseException:  # noqa: BLE001 - the worker must exit, never return
-                code = 1
-                try:
-                    log.exception("delivery worker failed")
-                except BaseException:  # noqa: BLE001
-                    pass
-            finally:
-                os._exit(code)
+
+        def worker() -> int:
+            close_inherited({0, 1, 2, req_r, res_w})
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+                signal.signal(sig, signal.SIG_IGN)
+            signal.set_wakeup_fd(-1)
+            self._serve_pool(req_r, res_w)
+            return 0
+
+        pid = fork_process("delivery worker", worker, failed=1)
         os.close(req_r)
         os.close(res_w)
         worker = _Worker(pid, req_w, res_r)

@@ -79,6 +79,7 @@ from typing import Callable, Sequence
 
 from .config import Config, ConfigError, install_samples, load_config
 from .deliveryrunners import RecordWriter
+from .forking import fork_process
 
 __all__ = ["main", "select_config", "add_config_arguments", "pidfile_path", "poke",
            "daemon_pid", "flush_request_path"]
@@ -546,7 +547,7 @@ def _serve_split(config: Config, args: argparse.Namespace, pidfile_fd: int,
                                             forks=args.forks, sendmail=sendmail,
                                             ready_fd=ready_w))
 
-    pid = _fork("queue runner", queue_runner)
+    pid = fork_process("queue runner", queue_runner)
     os.close(r)
     os.close(ready_w)
     started = os.read(ready_r, 1)
@@ -580,7 +581,7 @@ def _serve_split(config: Config, args: argparse.Namespace, pidfile_fd: int,
                                      session_count=session_count, index=index,
                                      lifeline_fd=lifeline_r))
 
-        child = _fork("receiver", receiver)
+        child = fork_process("receiver", receiver)
         receivers.append(child)
     os.close(lifeline_r)
     try:
@@ -590,24 +591,6 @@ def _serve_split(config: Config, args: argparse.Namespace, pidfile_fd: int,
                                  receivers=receivers, session_count=session_count))
     finally:
         os.close(lifeline_w)
-
-
-def _fork(what: str, body: Callable[[], int]) -> int:
-    """Fork a daemon process that runs ``body`` and exits with its status (70 when it
-    raised); returns the child's pid in the parent, never returns in the child."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 70
-    try:
-        code = body()
-    except BaseException:  # noqa: BLE001 - the child must exit, never return
-        log.exception("the %s process failed", what)
-    finally:
-        logging.shutdown()
-        os._exit(code)
 
 
 BIND_RETRY_SECONDS = 10.0
