@@ -156,8 +156,9 @@ class DeliveryRunners:
         self.count, self.sendmail = max(1, count), sendmail
         self.pids: set[int] = set()
         self._exits: dict[int, asyncio.Future[None]] = {}
-        self._sched_r = self._sched_w = -1
+        self._sched_r = -1
         self._writer: RecordWriter | None = None
+        self._takeovers: set[asyncio.Task[None]] = set()
         self._runner = None
         self._on_stopped: Callable[[], None] = lambda: None
         self._stopping = False
@@ -170,8 +171,8 @@ class DeliveryRunners:
         when one exits by itself at the work pipe's EOF: every receiver is gone."""
         self._loop = asyncio.get_running_loop()
         self._runner, self._on_stopped = runner, on_stopped
-        self._sched_r, self._sched_w = os.pipe()
-        self._writer = RecordWriter(self._loop, self._sched_w)
+        self._sched_r, sched_w = os.pipe()
+        self._writer = RecordWriter(self._loop, sched_w)
         for _ in range(self.count):
             self._spawn()
 
@@ -195,8 +196,8 @@ class DeliveryRunners:
         if self._sched_r >= 0:
             os.close(self._sched_r)
             self._sched_r = -1
-        if self._exits:
-            await asyncio.gather(*list(self._exits.values()))
+        if self._exits or self._takeovers:
+            await asyncio.gather(*self._exits.values(), *self._takeovers)
 
     # ------------------------------------------------------------------ processes
     def _spawn(self) -> None:
@@ -229,7 +230,9 @@ class DeliveryRunners:
         log.error("delivery runner %d failed (%s); starting another", pid,
                   f"signal {-code}" if code < 0 else f"status {code}")
         self._spawn()
-        self._loop.create_task(self._take_over_claims())
+        task = self._loop.create_task(self._take_over_claims())
+        self._takeovers.add(task)           # referenced until done (asyncio keeps weak ones)
+        task.add_done_callback(self._takeovers.discard)
 
     async def _take_over_claims(self) -> None:
         """Defer what the dead runner was delivering (see the module docstring)."""
