@@ -63,7 +63,7 @@ import signal
 from typing import Callable
 
 from .config import Config
-from .forking import fork_process
+from .forking import describe_exit, fork_process, watch_exit
 from .queue.ids import is_qid
 from .queue.spool import Spool
 
@@ -155,7 +155,7 @@ class DeliveryRunners:
         self.config, self.spool, self.work_fd = config, spool, work_fd
         self.count, self.sendmail = max(1, count), sendmail
         self.pids: set[int] = set()
-        self._exits: dict[int, asyncio.Future[None]] = {}
+        self._exits: dict[int, asyncio.Future[int]] = {}
         self._sched_r = -1
         self._writer: RecordWriter | None = None
         self._takeovers: set[asyncio.Task[None]] = set()
@@ -206,29 +206,19 @@ class DeliveryRunners:
         pid = fork_process("delivery runner", lambda: _delivery_runner(
             self.config, self.work_fd, self._sched_r, self.sendmail, parent))
         self.pids.add(pid)
-        exited: asyncio.Future[None] = self._loop.create_future()
-        self._exits[pid] = exited
-        pidfd = os.pidfd_open(pid)
-        self._loop.add_reader(pidfd, self._reap, pid, pidfd)
+        self._exits[pid] = watch_exit(self._loop, pid, lambda code: self._exited(pid, code))
 
-    def _reap(self, pid: int, pidfd: int) -> None:
+    def _exited(self, pid: int, code: int) -> None:
         assert self._loop is not None
-        self._loop.remove_reader(pidfd)
-        os.close(pidfd)
-        try:
-            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-        except ChildProcessError:
-            code = -1
         self.pids.discard(pid)
-        self._exits.pop(pid).set_result(None)
+        del self._exits[pid]
         if self._stopping:
             return
         if code == 0:
             # The work pipe's EOF: every receiver is gone, the daemon is stopping.
             self._on_stopped()
             return
-        log.error("delivery runner %d failed (%s); starting another", pid,
-                  f"signal {-code}" if code < 0 else f"status {code}")
+        log.error("delivery runner %d failed (%s); starting another", pid, describe_exit(code))
         self._spawn()
         task = self._loop.create_task(self._take_over_claims())
         self._takeovers.add(task)           # referenced until done (asyncio keeps weak ones)

@@ -78,8 +78,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .config import Config, ConfigError, install_samples, load_config
-from .deliveryrunners import RecordWriter
-from .forking import fork_process
+from .deliveryrunners import RECORD_SIZE, RecordWriter, parse_record
+from .forking import describe_exit, fork_process, watch_exit
 
 __all__ = ["main", "select_config", "add_config_arguments", "pidfile_path", "poke",
            "daemon_pid", "flush_request_path"]
@@ -287,11 +287,14 @@ async def run_queue_runner(config: Config, notify_fd: int, *, delivery_mode: str
             stop.set()
             return
         buf.extend(data)
-        *lines, rest = bytes(buf).split(b"\n")
-        buf[:] = rest
-        for line in lines:
-            if line:
-                runner.notify(line.decode("ascii"))
+        whole = len(buf) - len(buf) % RECORD_SIZE
+        for at in range(0, whole, RECORD_SIZE):
+            job = parse_record(bytes(buf[at:at + RECORD_SIZE]))
+            if job is None:
+                log.error("queue runner: a malformed record %r ignored", bytes(buf[at:at + RECORD_SIZE]))
+            else:
+                runner.notify(job[0])
+        del buf[:whole]
 
     def reload() -> None:
         new_maps = Maps.from_config(config)
@@ -402,34 +405,23 @@ async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
     stop = asyncio.Event()
     status = 0
 
-    def watch(pid: int, what: str) -> asyncio.Future[None]:
-        """Reap ``pid`` when it exits (a pidfd on the loop, no thread).  An exit before
-        we are stopping stops the daemon: with 75 when the child died, with 0 when it
-        stopped cleanly because it was told to (systemd's default KillMode signals
-        every process of the service at once, not only this one)."""
-        exited: asyncio.Future[None] = loop.create_future()
-        pidfd = os.pidfd_open(pid)
-
-        def reap() -> None:
+    def watch(pid: int, what: str) -> asyncio.Future[int]:
+        """Reap ``pid`` when it exits.  An exit before we are stopping stops the daemon:
+        with 75 when the child died, with 0 when it stopped cleanly because it was told
+        to (systemd's default KillMode signals every process of the service at once, not
+        only this one)."""
+        def exited(code: int) -> None:
             nonlocal status
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-            try:
-                code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-            except ChildProcessError:
-                code = -1
-            exited.set_result(None)
             if stop.is_set():
                 return
             if code == 0:
                 log.info("the %s process %d stopped; stopping", what, pid)
             else:
                 log.error("the %s process %d exited unexpectedly (%s); stopping", what, pid,
-                          f"signal {-code}" if code < 0 else f"status {code}")
+                          describe_exit(code))
                 status = 75
             stop.set()
-        loop.add_reader(pidfd, reap)
-        return exited
+        return watch_exit(loop, pid, exited)
 
     runner_exit = watch(runner_pid, "queue runner") if runner_pid is not None else None
     receiver_exits = [watch(pid, "receiver") for pid in receivers]

@@ -50,7 +50,6 @@ logged, never raised to the runner.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import logging
@@ -59,7 +58,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from .envelope import Envelope, RecipientState
 from .errors import CorruptEnvelope, QueueBusy, QueueError, UnknownMessage
@@ -477,29 +476,36 @@ class Spool:
             return ClaimedMessage(self, qid, fd, env, state)
         return None
 
-    def take_stale_claims(self) -> list[ClaimedMessage]:
-        """Claim, where they are, the entries of active/ whose owner died (their lock is
-        free): the caller decides what the interrupted delivery means for them, where
-        ``recover`` would only put them back into incoming/ to be tried again at once."""
-        taken = []
+    def _stale_claims(self) -> Iterator[tuple[str, str, int]]:
+        """``(qid, directory, locked fd)`` for each entry of active/ whose owner died
+        (its lock was free, now it is ours); an entry without its message file goes to
+        corrupt/.  The caller owns each fd."""
         for qid in self._qids("active"):
             d = os.path.join(self.dirs["active"], qid)
             try:
                 fd = _try_lock(os.path.join(d, MESSAGE))
             except FileNotFoundError:
-                continue          # finished meanwhile, or never whole: recover's business
+                if os.path.isdir(d):
+                    self._to_corrupt(qid, "active", "message file missing")
+                continue
             if fd is None:
-                continue          # a live claim
-            if not os.path.isdir(d):   # moved out between the listing and the lock
+                continue                  # a live claim
+            if not os.path.isdir(d):      # its owner moved it out between listing and lock
                 os.close(fd)
                 continue
+            yield qid, d, fd
+
+    def take_stale_claims(self) -> list[ClaimedMessage]:
+        """Claim, where they are, the entries of active/ whose owner died: the caller
+        decides what the interrupted delivery means for them, where ``recover`` would
+        only put them back into incoming/ to be tried again at once."""
+        taken = []
+        for qid, d, fd in self._stale_claims():
             try:
                 env = self._read_envelope(d)
             except (CorruptEnvelope, FileNotFoundError) as exc:
-                log.error("%s: unreadable envelope of a stale claim, moved to corrupt/: %s", qid, exc)
-                with contextlib.suppress(OSError):
-                    os.rename(d, os.path.join(self.dirs["corrupt"], qid))
                 os.close(fd)
+                self._to_corrupt(qid, "active", f"unreadable envelope of a stale claim: {exc}")
                 continue
             taken.append(ClaimedMessage(self, qid, fd, env, "active"))
         return taken
@@ -527,16 +533,7 @@ class Spool:
         seconds, covering the instant between a writer's mkdir and its flock.
         """
         counts = {"claims": 0, "tmp": 0}
-        for qid in self._qids("active"):
-            d = os.path.join(self.dirs["active"], qid)
-            try:
-                fd = _try_lock(os.path.join(d, MESSAGE))
-            except FileNotFoundError:
-                if os.path.isdir(d):
-                    self._to_corrupt(qid, "active", "message file missing")
-                continue
-            if fd is None:
-                continue  # a live claim
+        for qid, d, fd in self._stale_claims():
             try:
                 os.rename(d, os.path.join(self.dirs["incoming"], qid))
                 _fsync_dir(self.dirs["incoming"])

@@ -302,6 +302,24 @@ def test_take_stale_claims_takes_a_dead_claimers_entry_where_it_is(tmp_path):
         own.finish()
 
 
+def test_a_stale_claim_with_a_broken_envelope_goes_to_corrupt(tmp_path):
+    spool = Spool(str(tmp_path))
+    qid = put(spool, b"m\n", "a@x.example")
+    child = run_child("""
+        import sys, time
+        from mta.queue import Spool
+        c = Spool(sys.argv[1], recover=False).claim(sys.argv[2])
+        print("claimed" if c else "none", flush=True)
+        time.sleep(60)
+    """, str(tmp_path), qid)
+    assert child.stdout.readline() == "claimed\n"
+    (Path(spool.dirs["active"]) / qid / "envelope.json").write_text("{not json")
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert spool.take_stale_claims() == []
+    assert listing(spool, "active") == [] and listing(spool, "corrupt") == [qid]
+
+
 # --- administration and corruption ---------------------------------------------------------
 
 def test_hold_release_delete_and_listing(tmp_path):

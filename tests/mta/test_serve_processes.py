@@ -295,6 +295,22 @@ def test_single_process_end_to_end(pdaemon) -> None:
     assert not any(alive(p) for p in workers)
 
 
+def test_split_daemon_with_inprocess_delivery_reads_the_receivers_records_itself(pdaemon) -> None:
+    """Without pool delivery there are no delivery runners: the queue runner reads the
+    receivers' pipe and delivers, from both receivers, and stops at the pipe's EOF."""
+    d = pdaemon(users={"alice": "", "bob": ""}).start("--delivery", "inprocess")
+    runner = d.runner()
+    assert children(runner) == [] and "delivery=inprocess" in d.log_text()
+    jobs = [(f"{u}@example.com", f"{u} {i}") for i in range(5) for u in ("alice", "bob")]
+    for to, subject in jobs:               # one connection each: both receivers take some
+        assert d.send([to], subject) == {}
+    for user in ("alice", "bob"):
+        assert sorted(d.wait_subjects(d.inbox(user), 5)) == [f"{user} {i}" for i in range(5)]
+    assert "malformed record" not in d.log_text()
+    assert d.stop() == 0
+    assert not alive(runner)
+
+
 # --------------------------------------------------------------------------- receivers
 
 def _banner(port: int) -> tuple[socket.socket, bytes]:
