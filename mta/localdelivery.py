@@ -524,8 +524,8 @@ def _preload() -> None:
 
 
 def _read(req: Request) -> bytes:
-    with open(req.message_path, "rb") as fh:
-        return fh.read()
+    from .queue.spool import read_file
+    return read_file(req.message_path)
 
 
 def _queued_lock_effects():

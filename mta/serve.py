@@ -75,7 +75,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Coroutine, Sequence
 
 from .config import Config, ConfigError, install_samples, load_config
 from .deliveryrunners import RECORD_SIZE, RecordWriter, parse_record
@@ -381,6 +381,8 @@ async def serve(config: Config, *, delivery_mode: str = "auto", forks: int = 4,
     from .smtp.server import SmtpServer
 
     spool, maps = prepared if prepared is not None else prepare_queue(config)
+    if sockets is not None:           # one of the split daemon's receivers
+        spool.share_free(index, config.smtp.receiver_processes())
     router = Router(config, maps)
     policy = RecipientPolicy(router)
     loop = asyncio.get_running_loop()
@@ -568,21 +570,31 @@ def _serve_split(config: Config, args: argparse.Namespace, pidfile_fd: int,
                 signal.signal(sig, signal.SIG_IGN)
             os.close(lifeline_w)
             os.close(pidfile_fd)
-            return asyncio.run(serve(config, selector=config_argv(args), notify_fd=w,
-                                     prepared=prepared, sockets=sockets,
-                                     session_count=session_count, index=index,
-                                     lifeline_fd=lifeline_r))
+            return _run_receiving(sockets, serve(config, selector=config_argv(args), notify_fd=w,
+                                                 prepared=prepared, sockets=sockets,
+                                                 session_count=session_count, index=index,
+                                                 lifeline_fd=lifeline_r))
 
         child = fork_process("receiver", receiver)
         receivers.append(child)
     os.close(lifeline_r)
     try:
-        return asyncio.run(serve(config, delivery_mode=args.delivery, forks=args.forks,
-                                 selector=config_argv(args), ready=ready, runner_pid=pid,
-                                 notify_fd=w, prepared=prepared, sockets=sockets,
-                                 receivers=receivers, session_count=session_count))
+        return _run_receiving(sockets, serve(config, delivery_mode=args.delivery, forks=args.forks,
+                                             selector=config_argv(args), ready=ready, runner_pid=pid,
+                                             notify_fd=w, prepared=prepared, sockets=sockets,
+                                             receivers=receivers, session_count=session_count))
     finally:
         os.close(lifeline_w)
+
+
+def _run_receiving(sockets: list[socket.socket], main: Coroutine[Any, Any, int]) -> int:
+    """asyncio.run for a receiver: its loop accepts from the shared ``sockets`` so that
+    a connection wakes one receiver, not all (mta.smtp.sharedaccept)."""
+    import asyncio
+
+    from .smtp.sharedaccept import new_loop
+    with asyncio.Runner(loop_factory=lambda: new_loop(sockets)) as runner:
+        return runner.run(main)
 
 
 BIND_RETRY_SECONDS = 10.0

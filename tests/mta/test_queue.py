@@ -193,6 +193,35 @@ def test_finished_directories_are_recycled_and_fully_rewritten(tmp_path, monkeyp
         listing(spool, s) == [] for s in ("incoming", "active", "deferred", "tmp"))
 
 
+def test_receivers_sharing_free_take_disjoint_parts_of_it(tmp_path):
+    """share_free: receivers listing free/ together take disjoint sets of names, and
+    between them every recycled directory is used."""
+    spool = Spool(str(tmp_path))
+    for _ in range(40):
+        _deliver_all(spool, put(spool))
+    recycled = set(os.listdir(spool.free_dir))
+    assert len(recycled) == 40
+    receivers = [Spool(str(tmp_path), recover=False) for _ in range(3)]
+    for index, r in enumerate(receivers):
+        r.share_free(index, len(receivers))
+    taken: list[set[str]] = [set() for _ in receivers]
+    for index, r in enumerate(receivers):
+        while True:
+            before = set(os.listdir(r.free_dir))
+            if not r._take_free(os.path.join(r.dirs["tmp"], f"t{index}-{len(taken[index])}")):
+                break
+            (name,) = before - set(os.listdir(r.free_dir))
+            taken[index].add(name)
+    assert all(taken), taken                           # each had its share
+    assert sum(len(t) for t in taken) == 40 and set().union(*taken) == recycled
+    assert os.listdir(spool.free_dir) == []
+    # a single receiver (count 1) takes everything, as an unshared spool does
+    alone = Spool(str(tmp_path), recover=False)
+    alone.share_free(0, 1)
+    _deliver_all(spool, put(spool))
+    assert alone._take_free(os.path.join(alone.dirs["tmp"], "alone"))
+
+
 def test_a_recycled_directory_just_taken_is_not_recovered(tmp_path):
     """Between taking a directory from free/ and locking its message file a writer holds
     no lock; its old mtime must not make ``recover`` think it abandoned (ctime is new)."""
@@ -412,3 +441,31 @@ def test_no_recycling_where_directory_links_are_not_counted(tmp_path, monkeypatc
     monkeypatch.setattr("mta.queue.spool.os.stat", fake_stat)
     _deliver_all(spool, put(spool))
     assert os.listdir(spool.free_dir) == [] and listing(spool, "tmp") == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.binary(max_size=5000), told=st.integers(min_value=-3, max_value=3))
+def test_read_file_returns_the_whole_file_whatever_fstat_said(tmp_path_factory, data, told):
+    """read_file reads size+1 bytes after one fstat; a size that is wrong (a file that
+    grew or shrank in between, simulated here) still gives every byte."""
+    from mta.queue import spool as spool_mod
+    path = tmp_path_factory.mktemp("rf") / "f"
+    path.write_bytes(data)
+    assert spool_mod.read_file(str(path)) == data
+    real = os.fstat
+
+    class Lying:
+        def __init__(self, st):
+            self.st_size = max(st.st_size + told, 0)
+    try:
+        spool_mod.os.fstat = lambda fd: Lying(real(fd))   # type: ignore[assignment]
+        assert spool_mod.read_file(str(path)) == data
+    finally:
+        spool_mod.os.fstat = real                         # type: ignore[assignment]
+
+
+def test_read_file_of_a_large_file(tmp_path):
+    from mta.queue.spool import read_file
+    data = os.urandom(3 << 20)
+    (tmp_path / "big").write_bytes(data)
+    assert read_file(str(tmp_path / "big")) == data
