@@ -1,5 +1,6 @@
 """mta.deliveryrunners: the pipe records the receivers and the queue runner write, and
-the delivery runners read, for real.
+the delivery runners read, for real; RecordWriter.close writing its backlog; a delivery
+runner leaving when orphaned although no pipe reached EOF.
 
 The daemon-level behaviour (delivery runners taking mail straight from the receivers, a
 runner killed mid-delivery replaced and its message deferred, SIGHUP reaching them, a
@@ -115,3 +116,95 @@ def test_two_writers_three_readers_each_record_whole_and_once(tmp_path) -> None:
     counts = Counter(jobs)
     assert set(counts) == expected and max(counts.values()) == 1
     assert sum(per_reader) == 2 * n
+
+
+def test_close_writes_the_whole_backlog_before_the_eof(tmp_path) -> None:
+    """Records that the pipe could not take yet (no reader, one page) are written by
+    close(), blocking, in order, before the readers see EOF: a stopping receiver must
+    not drop the ids of mail it acknowledged."""
+    r, w = os.pipe()
+    fcntl.fcntl(w, F_SETPIPE_SZ, 4096)
+    loop = asyncio.new_event_loop()
+    try:
+        writer = RecordWriter(loop, w)
+        sent = [new_qid() for _ in range(1000)]          # 20 KB: five pipes full
+        for i, qid in enumerate(sent):
+            writer.notify(qid, force=i % 7 == 0)
+        assert len(writer.pending) > 4096                # a backlog waiting in memory
+        reader = _fork(lambda: (os.close(w), _reader(r, str(tmp_path / "got"))))
+        os.close(r)
+        writer.close()
+        assert writer.fd == -1
+    finally:
+        loop.close()
+    assert os.waitstatus_to_exitcode(os.waitpid(reader, 0)[1]) == 0
+    data = (tmp_path / "got").read_bytes()
+    got = [parse_record(data[k:k + RECORD_SIZE]) for k in range(0, len(data), RECORD_SIZE)]
+    assert got == [(qid, i % 7 == 0) for i, qid in enumerate(sent)]
+
+
+ORPHAN_HELPER = r"""
+import ctypes, os, signal, sys, time
+from mta.config import Config, install_samples
+from mta.deliveryrunners import _delivery_runner, record
+from mta.forking import fork_process
+from mta.queue.ids import new_qid
+
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)       # PR_SET_CHILD_SUBREAPER: orphans come here
+config = Config.embedded_default(sys.argv[1])
+install_samples(config)
+work_r, work_w = os.pipe()
+sched_r, sched_w = os.pipe()                  # this process keeps the writing end open
+told_r, told_w = os.pipe()
+queue_runner = os.fork()
+if queue_runner == 0:                         # a stand-in for the queue runner
+    me = os.getpid()
+    dr = fork_process("delivery runner",
+                      lambda: _delivery_runner(config, work_r, sched_r, None, me))
+    os.write(told_w, b"%d\n" % dr)
+    signal.pause()
+    os._exit(0)
+dr = int(os.read(told_r, 64))
+
+def exited(within):
+    # The delivery runner's exit status once it is this process's child (orphaned);
+    # before that, -1 if it ended (a zombie of its queue runner); None: still running.
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            pid, status = os.waitpid(dr, os.WNOHANG)
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            with open(f"/proc/{dr}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return -1
+        time.sleep(0.02)
+    return None
+
+# Control: with its queue runner alive, a record (for mail that is not there) is
+# handled and the delivery runner waits for the next one.
+os.write(work_w, record(new_qid()))
+early = exited(1.0)
+os.kill(queue_runner, signal.SIGKILL)
+if early is not None:
+    sys.exit(3)
+os.waitpid(queue_runner, 0)                   # now orphaned; both pipes still open
+os.write(work_w, record(new_qid()))
+code = exited(10.0)
+if code is None:
+    os.kill(dr, signal.SIGKILL)
+    sys.exit(4)
+sys.exit(10 + code)
+"""
+
+
+def test_an_orphaned_delivery_runner_exits_though_no_pipe_reached_eof(tmp_path) -> None:
+    """A delivery runner must not outlive its queue runner even while another process
+    still holds the schedule pipe's writing end (a runner forked a moment earlier
+    inherits it): at its next record it sees that it was orphaned and exits 0."""
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-c", ORPHAN_HELPER, str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 10, (p.returncode, p.stderr[-2000:])
