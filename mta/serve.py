@@ -570,7 +570,7 @@ def _serve_split(config: Config, args: argparse.Namespace, pidfile_fd: int,
                 signal.signal(sig, signal.SIG_IGN)
             os.close(lifeline_w)
             os.close(pidfile_fd)
-            return _run_receiving(sockets, serve(config, selector=config_argv(args), notify_fd=w,
+            return _run_receiving(serve(config, selector=config_argv(args), notify_fd=w,
                                                  prepared=prepared, sockets=sockets,
                                                  session_count=session_count, index=index,
                                                  lifeline_fd=lifeline_r))
@@ -579,7 +579,7 @@ def _serve_split(config: Config, args: argparse.Namespace, pidfile_fd: int,
         receivers.append(child)
     os.close(lifeline_r)
     try:
-        return _run_receiving(sockets, serve(config, delivery_mode=args.delivery, forks=args.forks,
+        return _run_receiving(serve(config, delivery_mode=args.delivery, forks=args.forks,
                                              selector=config_argv(args), ready=ready, runner_pid=pid,
                                              notify_fd=w, prepared=prepared, sockets=sockets,
                                              receivers=receivers, session_count=session_count))
@@ -587,13 +587,12 @@ def _serve_split(config: Config, args: argparse.Namespace, pidfile_fd: int,
         os.close(lifeline_w)
 
 
-def _run_receiving(sockets: list[socket.socket], main: Coroutine[Any, Any, int]) -> int:
-    """asyncio.run for a receiver: its loop accepts from the shared ``sockets`` so that
-    a connection wakes one receiver, not all (mta.smtp.sharedaccept)."""
+def _run_receiving(main: Coroutine[Any, Any, int]) -> int:
+    """asyncio.run for a receiver of the split daemon, on its own loop (mta.eventloop)."""
     import asyncio
 
-    from .smtp.sharedaccept import new_loop
-    with asyncio.Runner(loop_factory=lambda: new_loop(sockets)) as runner:
+    from .eventloop import new_loop
+    with asyncio.Runner(loop_factory=new_loop) as runner:
         return runner.run(main)
 
 

@@ -147,8 +147,7 @@ class Session(asyncio.Protocol):
 
     # --- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = transport  # type: ignore[assignment]  # asyncio or uvloop
         peer = transport.get_extra_info("peername") or ("unknown", 0)
         self.client_ip = str(peer[0])
         if not self.server.admit(self):

@@ -1,8 +1,8 @@
 """Fixtures for the SMTP receiver and queue tests: a real server on 127.0.0.1:0.
 
-``smtp_server(**limits)`` starts an SmtpServer on its own event loop in a thread, so the
-tests can talk to it with blocking clients (smtplib, raw sockets, swaks) and read the
-spool directly.  ``RawClient`` is a tiny line-level SMTP client for what smtplib will not
+``smtp_server(**limits)`` starts an SmtpServer on its own event loop in a thread (each
+test runs twice: asyncio's loop, then the receivers' uvloop), so the tests can talk to it
+with blocking clients (smtplib, raw sockets, swaks) and read the spool directly.  ``RawClient`` is a tiny line-level SMTP client for what smtplib will not
 send (pipelined batches, smuggling sequences, NUL bytes, early talk).
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import mta.eventloop
 from mta.queue import Spool
 from mta.smtp.limits import ServerLimits
 from mta.smtp.server import SessionPolicy, SmtpServer
@@ -45,13 +46,16 @@ class RunningServer:
         return sorted(p.name for p in Path(self.spool.dirs["incoming"]).iterdir())
 
 
-@pytest.fixture
-def smtp_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+@pytest.fixture(params=["asyncio", "uvloop"])
+def smtp_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Servers on asyncio's own loop (the single-process daemon) and on the receivers'
+    loop (mta.eventloop: uvloop): every protocol test runs on both."""
     started: list[tuple[RunningServer, threading.Thread]] = []
+    new_loop = asyncio.new_event_loop if request.param == "asyncio" else mta.eventloop.new_loop
 
     def start(policy: SessionPolicy | None = None, hostname: str = "mx.test",
               **limits: object) -> RunningServer:
-        loop = asyncio.new_event_loop()
+        loop = new_loop()
         spool = Spool(str(tmp_path / f"spool{len(started)}"))
         queued: list[str] = []
         server = SmtpServer(hostname=hostname, policy=policy or SimplePolicy(), spool=spool,

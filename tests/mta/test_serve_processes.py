@@ -69,6 +69,10 @@ def ppid(pid: int) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
 
 
+def uses_uvloop(pid: int) -> bool:
+    return "/uvloop/loop." in Path(f"/proc/{pid}/maps").read_text()
+
+
 def alive(pid: int) -> bool:
     """Running (a zombie waiting for an absent reaper counts as gone)."""
     try:
@@ -189,10 +193,13 @@ def test_two_processes_and_sighup_reaches_the_runner(pdaemon) -> None:
     assert (d.root / "var" / "run" / "postroom.pid").read_text().strip() == str(receiver)
     runner = d.runner()
     assert ppid(runner) == receiver and "mta.cli serve" in cmdline(runner)
-    # delivery auto without dropping privileges: a pool of three workers under the runner
+    # delivery auto without dropping privileges: three delivery runners under the runner
     workers = children(runner)
     assert len(workers) == 3 and all(ppid(w) == runner for w in workers)
     assert f"in runner process {runner}" in d.log_text()
+    # the per-message processes run on uvloop (mta.eventloop), the queue runner does not
+    wait_for(lambda: all(uses_uvloop(p) for p in (receiver, *workers)), 10, "uvloop loaded")
+    assert not uses_uvloop(runner)
 
     assert d.send(["list@example.com"], "one") == {}
     assert d.wait_subjects(d.inbox("alice"), 1) == ["one"]
