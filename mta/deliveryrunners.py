@@ -242,7 +242,6 @@ def _delivery_runner(config: Config, work_fd: int, sched_fd: int, sendmail: str 
                      parent: int) -> int:
     """A delivery runner's life (see the module docstring); 0 at either pipe's EOF, or
     when the queue runner (``parent``) is gone."""
-    from .eventloop import new_loop
     from .localdelivery import LocalDelivery, close_inherited
     from .maps import Maps
     from .routing import Router
@@ -269,7 +268,9 @@ def _delivery_runner(config: Config, work_fd: int, sched_fd: int, sendmail: str 
 
     runner = Runner(config, Spool(str(config.server.spool_dir), recover=False), router(), delivery,
                     handoff=lambda qid, force: follow.append((qid, force)))
-    loop = new_loop()                 # made after the fork (mta.eventloop)
+    # asyncio's own loop, not the receivers' uvloop (mta.eventloop): a run_until_complete
+    # per message costs more on uvloop (measured: +3-8% CPU on the delivery path).
+    loop = asyncio.new_event_loop()
     for fd in (work_fd, sched_fd):
         os.set_blocking(fd, False)
     # EPOLLEXCLUSIVE: a record wakes one waiting runner, not all of them (with select
