@@ -45,8 +45,12 @@ DESCRIPTION
     Mailboxes: deliveries to one mailbox queue on the server-private flock before its
     dot-lock, as the pool's workers did (LocalDelivery.for_delivery_runner), so two
     runners delivering to one user wait in the kernel, not by polling the lock file.
-    Unlike the pool, no runner is kept free for other users: while mail for a user
-    whose recipes are slow is at the head of the pipe, it can occupy every runner.
+    At most all runners but one deliver to one user at once (mta.userslots; Postfix's
+    local_destination_concurrency_limit): a runner that finds the user's slots taken
+    for SLOT_WAIT seconds puts the message back into incoming/ with the recipient
+    pending, takes other mail, and retries it WAIT_RETRY seconds later; so mail for a
+    user whose recipes are slow cannot occupy every runner.  A runner that dies leaves such a message in incoming/,
+    where the queue runner's next scan finds it.
 
     Signals in a delivery runner: SIGHUP reloads the maps before the next message (the
     queue runner passes its SIGHUP on); SIGINT, SIGTERM and SIGUSR1 are ignored, so a
@@ -60,6 +64,7 @@ import logging
 import os
 import select
 import signal
+import time
 from typing import Callable
 
 from .config import Config
@@ -74,6 +79,8 @@ log = logging.getLogger("mta.deliveryrunners")
 RECORD_SIZE = 20
 _MAX_WRITE = (select.PIPE_BUF // RECORD_SIZE) * RECORD_SIZE   # whole records, atomic
 DIED = "delivery process died"
+SLOT_WAIT = 0.5         # seconds a runner looks for a free slot of the user (mta.userslots)
+WAIT_RETRY = 0.25       # seconds before a message put back for a user's slot is retried
 
 
 def record(qid: str, force: bool = False) -> bytes:
@@ -203,8 +210,11 @@ class DeliveryRunners:
     def _spawn(self) -> None:
         assert self._loop is not None
         parent = os.getpid()
+        # One runner stays free for other users' mail (Postfix's default
+        # local_destination_concurrency_limit is 2, too): see mta.userslots.
+        slots = self.count - 1 if self.count > 1 else 0
         pid = fork_process("delivery runner", lambda: _delivery_runner(
-            self.config, self.work_fd, self._sched_r, self.sendmail, parent))
+            self.config, self.work_fd, self._sched_r, self.sendmail, parent, slots))
         self.pids.add(pid)
         self._exits[pid] = watch_exit(self._loop, pid, lambda code: self._exited(pid, code))
 
@@ -239,13 +249,15 @@ class DeliveryRunners:
 
 
 def _delivery_runner(config: Config, work_fd: int, sched_fd: int, sendmail: str | None,
-                     parent: int) -> int:
+                     parent: int, user_slots: int = 0) -> int:
     """A delivery runner's life (see the module docstring); 0 at either pipe's EOF, or
-    when the queue runner (``parent``) is gone."""
+    when the queue runner (``parent``) is gone.  ``user_slots``: how many runners may
+    deliver to one user at once (0: no bound)."""
     from .localdelivery import LocalDelivery, close_inherited
     from .maps import Maps
     from .routing import Router
     from .runner import Runner
+    from .userslots import UserSlots
 
     close_inherited({0, 1, 2, work_fd, sched_fd})
     signal.set_wakeup_fd(-1)          # the queue runner's loop, not ours
@@ -266,8 +278,11 @@ def _delivery_runner(config: Config, work_fd: int, sched_fd: int, sendmail: str 
         maps.diagnostics()
         return Router(config, maps)
 
+    slots = UserSlots(str(config.server.data_dir / "run" / "slots"), user_slots,
+                      wait=SLOT_WAIT) if user_slots else None
     runner = Runner(config, Spool(str(config.server.spool_dir), recover=False), router(), delivery,
-                    handoff=lambda qid, force: follow.append((qid, force)))
+                    handoff=lambda qid, force: follow.append((qid, force)), user_slots=slots)
+    waiting: dict[str, float] = {}      # put back for a user's slot: qid -> when to retry
     # asyncio's own loop, not the receivers' uvloop (mta.eventloop): a run_until_complete
     # per message costs more on uvloop (measured: +3-8% CPU on the delivery path).
     loop = asyncio.new_event_loop()
@@ -280,7 +295,15 @@ def _delivery_runner(config: Config, work_fd: int, sched_fd: int, sendmail: str 
     poller.register(sched_fd, select.EPOLLIN)
     try:
         while True:
-            ready = {fd for fd, _ in poller.poll()}
+            due = _due(waiting)
+            if due:
+                for qid in due:
+                    _deliver(runner, loop, qid, False, waiting, retry=True)
+                continue
+            timeout = max(0.0, min(waiting.values()) - time.monotonic()) if waiting else None
+            ready = {fd for fd, _ in poller.poll(timeout)}
+            if not ready:
+                continue                  # a retry is due
             fd = sched_fd if sched_fd in ready else work_fd
             try:
                 data = os.read(fd, RECORD_SIZE)
@@ -301,11 +324,31 @@ def _delivery_runner(config: Config, work_fd: int, sched_fd: int, sendmail: str 
             follow.append(job)
             while follow:
                 qid, force = follow.pop(0)
-                try:
-                    loop.run_until_complete(runner.process(qid, force=force))
-                except Exception:  # noqa: BLE001 - a bug preserves the queue entry
-                    log.exception("%s: delivery pass failed; the message stays queued", qid)
+                _deliver(runner, loop, qid, force, waiting)
     finally:
         delivery.remove_claim_files()
+        if slots is not None:
+            slots.close()
         poller.close()
         loop.close()
+
+
+def _due(waiting: dict[str, float]) -> list[str]:
+    now = time.monotonic()
+    due = [qid for qid, when in waiting.items() if when <= now]
+    for qid in due:
+        del waiting[qid]
+    return due
+
+
+def _deliver(runner, loop: asyncio.AbstractEventLoop, qid: str, force: bool,
+             waiting: dict[str, float], *, retry: bool = False) -> None:
+    """One pass over ``qid``; a message put back for a user's delivery slot is retried
+    after WAIT_RETRY seconds by this runner, which takes other mail meanwhile."""
+    try:
+        where = loop.run_until_complete(runner.process(qid, force=force, waited=retry))
+    except Exception:  # noqa: BLE001 - a bug preserves the queue entry
+        log.exception("%s: delivery pass failed; the message stays queued", qid)
+        return
+    if where == "incoming" and qid in runner.waiting:
+        waiting[qid] = time.monotonic() + WAIT_RETRY

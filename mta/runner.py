@@ -27,8 +27,11 @@ DESCRIPTION
          polling lock files: one at a time per user, or two when the delivery pool
          queues them on the mailbox lock with a kernel flock (LocalDelivery.per_mailbox;
          one evaluates recipes while the other writes).  Delivery runners, one message
-         each at a time, queue on the same kernel flock.  Remote addresses are deferred:
-         outbound SMTP is not part of this release.
+         each at a time, queue on the same kernel flock, and a local delivery needs one
+         of its user's slots (``user_slots``, mta.userslots): without one the recipient
+         is not tried and stays pending (``waiting``; the runner retries the message a
+         moment later).  Remote addresses are deferred: outbound SMTP is not part of
+         this release.
       3. record: delivered; deferred with exponential back-off ([queue] initial doubling
          up to max_backoff); failed for a permanent error, or when the message is older
          than queue_lifetime (Status 4.4.7).  The envelope is saved after every step.
@@ -73,6 +76,7 @@ from .queue.spool import ClaimedMessage, Spool
 from .reply import Reply
 from .routing import (Defer, Destination, Discard, ErrorDest, FileDest, LocalMailbox, ProgramDest,
                       RemoteDest, Reject, Router)
+from .userslots import UserSlots
 
 __all__ = ["Runner", "Attempt", "backoff", "encode_destination", "EXPIRED_STATUS"]
 
@@ -86,11 +90,16 @@ NO_OUTBOUND = Reply(451, "4.4.1", "Remote delivery is not available yet; message
 class Attempt:
     """The result of trying one recipient."""
 
-    outcome: Literal["sent", "deferred", "failed"]
+    outcome: Literal["sent", "deferred", "failed", "waiting"]
     status: str          # RFC 3463 code
     diagnostic: str      # RFC 3464 Diagnostic-Code value, "smtp; 550 ..." / "x-unix; ..."
     stat: str            # the maillog stat= text
     mailer: str = "local"
+
+
+# Not tried: every delivery slot of the user is taken (mta.userslots).  The recipient
+# stays pending, no attempt is counted, nothing is logged as a deferral.
+WAITING = Attempt("waiting", "4.3.2", "x-unix; delivery slots of the user busy", "Waiting for a delivery slot")
 
 
 def backoff(attempts: int, initial: float, maximum: float) -> float:
@@ -170,10 +179,13 @@ class Runner:
     def __init__(self, config: Config, spool: Spool, router: Router, delivery: LocalDelivery | None, *,
                  concurrency: int = 16, scan_interval: float | None = None,
                  clock: Callable[[], float] = time.time,
-                 handoff: Callable[[str, bool], None] | None = None) -> None:
+                 handoff: Callable[[str, bool], None] | None = None,
+                 user_slots: UserSlots | None = None) -> None:
         """``handoff(qid, force)``, when given, receives the messages to process instead
         of this runner: it only schedules (scans, flushes) and other processes deliver
-        (mta.deliveryrunners); ``delivery`` may then be None."""
+        (mta.deliveryrunners); ``delivery`` may then be None.  ``user_slots`` (a delivery
+        runner's): a local delivery needs one of its user's slots; without one the
+        recipient waits (``waiting``) instead of the process."""
         self.config = config
         self.handoff = handoff
         self.spool = spool
@@ -193,6 +205,9 @@ class Runner:
         self._scan_now = True
         self._flush = False
         self._forced: set[str] = set()
+        self.user_slots = user_slots
+        self.waiting: set[str] = set()      # messages whose last pass waited for a slot
+        self._announced: set[str] = set()   # ... whose wait is logged already
         self._stopping = False
         self._running = False
         self.delivered = 0
@@ -299,9 +314,11 @@ class Runner:
             self._inflight.discard(qid)
 
     # ------------------------------------------------------------------ one message
-    async def process(self, qid: str, *, force: bool = False) -> str | None:
+    async def process(self, qid: str, *, force: bool = False, waited: bool = False) -> str | None:
         """One delivery pass over ``qid``; returns where the entry went, None if busy.
-        ``force``: deferred recipients are tried too (a queue flush)."""
+        ``force``: deferred recipients are tried too (a queue flush).  ``waited``: the
+        retry of a message put back for a delivery slot (``waiting``), whose deferred
+        recipients keep their back-off although it is in incoming/."""
         if force:
             self._forced.add(qid)
         # incoming/ means "try now" (new, released from hold, or recovered after a crash):
@@ -311,12 +328,15 @@ class Runner:
         claimed = self.spool.claim(qid)
         if claimed is None:
             return None
-        if claimed.source == "incoming":
+        if claimed.source == "incoming" and not waited:
             self._forced.add(qid)
+        self.waiting.discard(qid)
         try:
             await self._process(claimed)
         finally:
             where = claimed.finish()     # no fsync when the entry is done (Spool)
+            if qid not in self.waiting:
+                self._announced.discard(qid)
         return where
 
     async def interrupted(self, claimed: ClaimedMessage, reason: str) -> str:
@@ -441,6 +461,12 @@ class Runner:
                 if u is None:
                     return Attempt("failed", "5.1.1", "x-unix; user unknown", "5.1.1 User unknown")
                 req = Request("mailbox", sender, rcpt.orcpt or rcpt.address, path, user=u, detail=detail)
+                if self.user_slots is not None:
+                    slot = self.user_slots.take(u.name)
+                    if slot is None:
+                        return WAITING
+                    with slot:
+                        return _exit_attempt(await self._run(req), "local")
                 # At most delivery.per_mailbox deliveries per user at once (1, or 2 when
                 # the delivery queues them on the mailbox lock in the kernel).
                 gate = self._mailbox_gates.get(u.name)
@@ -475,6 +501,13 @@ class Runner:
                       started: float) -> int:
         env = claimed.envelope
         now = self.clock()
+        if a.outcome == "waiting":
+            if claimed.qid not in self._announced:
+                self._announced.add(claimed.qid)
+                log.info("%s: to=<%s>, %s (%d deliveries to the user in progress)", claimed.qid,
+                         rcpt.address, a.stat, self.user_slots.count if self.user_slots else 0)
+            self.waiting.add(claimed.qid)
+            return 1
         if a.outcome == "sent":
             rcpt.mark_delivered()
             self.delivered += 1

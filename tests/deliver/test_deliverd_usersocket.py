@@ -133,8 +133,11 @@ s.settimeout(10)
 s.connect(sys.argv[1])
 cwd = os.open("/", os.O_PATH | os.O_DIRECTORY)
 req = encode_request([sys.argv[3]], 0o022, {b"HOME": b"/"})
-s.sendmsg([req], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                   b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2, cwd)))])
+try:
+    s.sendmsg([req], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                       b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2, cwd)))])
+except BrokenPipeError:
+    pass    # the spare refused (and closed) before we sent: its "R" is still ours to read
 sys.stdout.write(repr(s.recv(1)))
 """
 

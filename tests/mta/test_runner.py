@@ -210,6 +210,37 @@ def test_deferred_exit_75_is_retried_then_delivered(make_site) -> None:
     assert [m["Subject"] for m in site.messages(site.inbox("alice"))] == ["later"]
 
 
+def test_a_recipient_whose_user_has_no_free_slot_waits_without_an_attempt(make_site) -> None:
+    """With user slots (the delivery runners'), a local delivery whose user's slots are
+    all taken is not tried: the recipient stays pending with no attempt counted, the
+    entry goes back to incoming/, the others are delivered; the retry (``waited``) takes
+    the pending one and leaves a deferred one to its back-off."""
+    from mta.userslots import UserSlots
+    site = make_site(users={"alice": "", "bob": "", "carol": "EXITCODE=75\n:0\n/dev/null\n"},
+                     queue="initial = 3600\n")
+    slots_dir = str(site.root / "slots")
+    runner = Runner(site.config, site.spool, site.runner_router, site.delivery, clock=site.clock,
+                    user_slots=UserSlots(slots_dir, 1))
+    qid = site.queue(["alice@example.com", "bob@example.com", "carol@example.com"])
+    busy = UserSlots(slots_dir, 1).take("alice")       # another runner delivers to alice
+    assert busy is not None
+    assert asyncio.run(runner.process(qid)) == "incoming" and qid in runner.waiting
+    where, env = site.state(qid)
+    alice, bob, carol = env.recipients
+    assert where == "incoming"
+    assert (alice.state, alice.attempts) == ("pending", 0)
+    assert bob.state == "delivered" and (carol.state, carol.attempts) == ("deferred", 1)
+    assert site.messages(site.inbox("alice")) == [] and len(site.messages(site.inbox("bob"))) == 1
+    busy.release()
+    (site.home("carol") / ".procmailrc").write_text("")    # carol would succeed now ...
+    assert asyncio.run(runner.process(qid, waited=True)) == "deferred"
+    assert qid not in runner.waiting
+    where, env = site.state(qid)
+    assert [r.state for r in env.recipients] == ["delivered", "delivered", "deferred"]
+    assert env.recipients[2].attempts == 1                # ... but waits for its back-off
+    assert len(site.messages(site.inbox("alice"))) == 1 and site.messages(site.inbox("carol")) == []
+
+
 def test_failing_w_pipe_with_tempfail_semantics_defers(make_site) -> None:
     # procmail -t semantics through EXITCODE: a failing 'w' pipe makes nothing delivered
     site = make_site(users={"alice": ":0 w\n| exit 1\nEXITCODE=75\n:0\n/dev/null\n"})

@@ -73,6 +73,19 @@ def uses_uvloop(pid: int) -> bool:
     return "/uvloop/loop." in Path(f"/proc/{pid}/maps").read_text()
 
 
+def hanging(marker: Path) -> list[int]:
+    """Processes whose command line names ``marker`` (the shells of hanging recipes)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if str(marker).encode() in Path(f"/proc/{name}/cmdline").read_bytes():
+                    found.append(int(name))
+            except OSError:
+                pass
+    return found
+
+
 def alive(pid: int) -> bool:
     """Running (a zombie waiting for an absent reaper counts as gone)."""
     try:
@@ -271,6 +284,34 @@ def test_sigterm_finishes_the_delivery_in_flight_then_both_exit_0(pdaemon) -> No
     assert log.count("queue runner stopped") == 1 and "stat=Sent" in log
     # the runner's last words come before the receiver's
     assert log.index("queue runner stopped") < log.rindex("stopped\n")
+
+
+def test_a_user_with_slow_recipes_cannot_hold_every_delivery_runner(pdaemon, tmp_path) -> None:
+    """Three messages for a user whose recipe hangs occupy two of the three delivery
+    runners; the third waits for a slot (mta.userslots) without holding a runner, so
+    mail for another user is delivered meanwhile.  Without the bound the three runners
+    all hang in the recipe and the other user's mail waits for them (checked)."""
+    release = tmp_path / "release"
+    hang = f":0 wc\n| cat >/dev/null; while [ ! -e {release} ]; do sleep 0.05; done\n"
+    d = pdaemon(users={"slow": hang, "fast": ""}).start()
+    runner = d.runner()
+    try:
+        for i in range(3):
+            assert d.send(["slow@example.com"], f"slow {i}") == {}
+        wait_for(lambda: len(hanging(release)) >= 2, 10, "two recipes to hang")
+        time.sleep(0.5)                        # the third message reaches a runner too
+        assert d.send(["fast@example.com"], "fast") == {}
+        assert d.wait_subjects(d.inbox("fast"), 1, timeout=10) == ["fast"]
+        assert d.subjects(d.inbox("slow")) == [] and len(hanging(release)) == 2
+        waits = [line for line in d.log_text().splitlines() if "Waiting for a delivery slot" in line]
+        assert len(waits) == 1, waits          # logged once, however often it was retried
+    finally:
+        release.touch()
+    assert sorted(d.wait_subjects(d.inbox("slow"), 3)) == ["slow 0", "slow 1", "slow 2"]
+    assert "Deferred" not in d.log_text()     # a wait is no failed attempt
+    wait_for(lambda: d.cli("mailq").stdout == "Mail queue is empty\n", what="empty queue")
+    assert len(children(runner)) == 3         # nothing died on the way
+    assert d.stop() == 0
 
 
 def _try_slow_worker(runner: int):
