@@ -48,8 +48,9 @@ DESCRIPTION
     At most all runners but one deliver to one user at once (mta.userslots; Postfix's
     local_destination_concurrency_limit): a runner that finds the user's slots taken
     for SLOT_WAIT seconds puts the message back into incoming/ with the recipient
-    pending, takes other mail, and retries it WAIT_RETRY seconds later; so mail for a
-    user whose recipes are slow cannot occupy every runner.  A runner that dies leaves such a message in incoming/,
+    pending, takes other mail, and retries it WAIT_RETRY seconds later (doubling while
+    the slots stay taken); so mail for a user whose recipes are slow cannot occupy
+    every runner.  A runner that dies leaves such a message in incoming/,
     where the queue runner's next scan finds it.
 
     Signals in a delivery runner: SIGHUP reloads the maps before the next message (the
@@ -80,7 +81,8 @@ RECORD_SIZE = 20
 _MAX_WRITE = (select.PIPE_BUF // RECORD_SIZE) * RECORD_SIZE   # whole records, atomic
 DIED = "delivery process died"
 SLOT_WAIT = 0.5         # seconds a runner looks for a free slot of the user (mta.userslots)
-WAIT_RETRY = 0.25       # seconds before a message put back for a user's slot is retried
+WAIT_RETRY = 0.25       # seconds before a message put back for a user's slot is retried,
+WAIT_RETRY_MAX = 8.0    # doubling up to this while the slots stay taken
 
 
 def record(qid: str, force: bool = False) -> bytes:
@@ -282,7 +284,7 @@ def _delivery_runner(config: Config, work_fd: int, sched_fd: int, sendmail: str 
                       wait=SLOT_WAIT) if user_slots else None
     runner = Runner(config, Spool(str(config.server.spool_dir), recover=False), router(), delivery,
                     handoff=lambda qid, force: follow.append((qid, force)), user_slots=slots)
-    waiting: dict[str, float] = {}      # put back for a user's slot: qid -> when to retry
+    waiting = _Waiting()
     # asyncio's own loop, not the receivers' uvloop (mta.eventloop): a run_until_complete
     # per message costs more on uvloop (measured: +3-8% CPU on the delivery path).
     loop = asyncio.new_event_loop()
@@ -295,13 +297,12 @@ def _delivery_runner(config: Config, work_fd: int, sched_fd: int, sendmail: str 
     poller.register(sched_fd, select.EPOLLIN)
     try:
         while True:
-            due = _due(waiting)
+            due = waiting.due()
             if due:
                 for qid in due:
                     _deliver(runner, loop, qid, False, waiting, retry=True)
                 continue
-            timeout = max(0.0, min(waiting.values()) - time.monotonic()) if waiting else None
-            ready = {fd for fd, _ in poller.poll(timeout)}
+            ready = {fd for fd, _ in poller.poll(waiting.timeout())}
             if not ready:
                 continue                  # a retry is due
             fd = sched_fd if sched_fd in ready else work_fd
@@ -333,22 +334,46 @@ def _delivery_runner(config: Config, work_fd: int, sched_fd: int, sendmail: str 
         loop.close()
 
 
-def _due(waiting: dict[str, float]) -> list[str]:
-    now = time.monotonic()
-    due = [qid for qid, when in waiting.items() if when <= now]
-    for qid in due:
-        del waiting[qid]
-    return due
+class _Waiting:
+    """A runner's messages put back for a user's delivery slot and when to retry each:
+    WAIT_RETRY seconds, doubling up to WAIT_RETRY_MAX while the slots stay taken (each
+    retry may spend SLOT_WAIT looking for a slot: a user's recipes hanging for minutes
+    must not keep a runner looking most of the time)."""
+
+    def __init__(self) -> None:
+        self._when: dict[str, float] = {}
+        self._delay: dict[str, float] = {}
+
+    def add(self, qid: str) -> None:
+        delay = min(self._delay.get(qid, WAIT_RETRY / 2) * 2, WAIT_RETRY_MAX)
+        self._delay[qid] = delay
+        self._when[qid] = time.monotonic() + delay
+
+    def done(self, qid: str) -> None:
+        self._delay.pop(qid, None)
+
+    def due(self) -> list[str]:
+        now = time.monotonic()
+        due = [qid for qid, when in self._when.items() if when <= now]
+        for qid in due:
+            del self._when[qid]
+        return due
+
+    def timeout(self) -> float | None:
+        """Seconds until the next retry; None when nothing waits."""
+        return max(0.0, min(self._when.values()) - time.monotonic()) if self._when else None
 
 
 def _deliver(runner, loop: asyncio.AbstractEventLoop, qid: str, force: bool,
-             waiting: dict[str, float], *, retry: bool = False) -> None:
+             waiting: _Waiting, *, retry: bool = False) -> None:
     """One pass over ``qid``; a message put back for a user's delivery slot is retried
-    after WAIT_RETRY seconds by this runner, which takes other mail meanwhile."""
+    later by this runner (``waiting``), which takes other mail meanwhile."""
     try:
         where = loop.run_until_complete(runner.process(qid, force=force, waited=retry))
     except Exception:  # noqa: BLE001 - a bug preserves the queue entry
         log.exception("%s: delivery pass failed; the message stays queued", qid)
         return
     if where == "incoming" and qid in runner.waiting:
-        waiting[qid] = time.monotonic() + WAIT_RETRY
+        waiting.add(qid)
+    else:
+        waiting.done(qid)

@@ -208,3 +208,20 @@ def test_an_orphaned_delivery_runner_exits_though_no_pipe_reached_eof(tmp_path) 
     p = subprocess.run([sys.executable, "-c", ORPHAN_HELPER, str(tmp_path)],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 10, (p.returncode, p.stderr[-2000:])
+
+
+def test_a_waiting_message_is_retried_later_and_later_while_it_waits() -> None:
+    import time as _time
+    from mta import deliveryrunners as dr
+    w = dr._Waiting()
+    assert w.timeout() is None and w.due() == []
+    delays = []
+    for _ in range(8):
+        w.add("Q")
+        delays.append(round(w.timeout() or 0.0, 2))
+        w._when["Q"] = _time.monotonic() - 1          # pretend the time came
+        assert w.due() == ["Q"] and w.due() == []
+    assert delays == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    w.done("Q")                                       # delivered: the next wait starts over
+    w.add("Q")
+    assert round(w.timeout() or 0.0, 2) == 0.25
