@@ -178,8 +178,10 @@ class DeliveryRunners:
         """Fork ``count`` delivery runners.  ``runner`` (a mta.runner.Runner with this
         object's ``handoff``) defers a dead runner's claims; ``on_stopped`` is called
         when one exits by itself at the work pipe's EOF: every receiver is gone."""
+        from .localdelivery import preload
         self._loop = asyncio.get_running_loop()
         self._runner, self._on_stopped = runner, on_stopped
+        preload()           # imported once here, shared by every runner it forks
         self._sched_r, sched_w = os.pipe()
         self._writer = RecordWriter(self._loop, sched_w)
         for _ in range(self.count):

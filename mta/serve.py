@@ -17,7 +17,9 @@ DESCRIPTION
                       listeners, forks the others, receives signals and passes them on
       receivers       [smtp] processes - 1 more (default: one per CPU, at most 4), all
                       accepting from the same listening sockets; [smtp.limits]
-                      max_connections bounds them together (mta.smtp.sessioncount)
+                      max_connections bounds them together (mta.smtp.sessioncount).
+                      The receivers run on uvloop (mta.eventloop), the other processes
+                      on asyncio's own loop
       queue runner    forked at start: schedules retries (scans for deferred mail
                       that became due, flushes) and, in fork and inprocess delivery,
                       delivers what the receivers queued, told of it over a pipe
@@ -25,7 +27,9 @@ DESCRIPTION
       runners         runner's children, --forks of them (at most 3 with auto).  They
                       read the receivers' pipe themselves; each claims, routes and
                       delivers one message at a time, running the recipes in its own
-                      process (mta.deliveryrunners)
+                      process (mta.deliveryrunners).  At most --forks - 1 of them
+                      deliver to one user at once (mta.userslots), so a user whose
+                      recipes hang cannot hold them all
 
     Each receiver commits a message's fsyncs on its own event loop (a commit thread cost
     more in GIL hand-offs than it saved), so concurrency comes from several receiver
