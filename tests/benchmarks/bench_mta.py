@@ -41,9 +41,12 @@ DESCRIPTION
     when it is missing, leaving no system instance running).  Without root or without
     the test user, configurations that cannot run are reported as skipped.
 
+    The last line is a JSON summary (the ratios, "ok": every target met) that
+    tests/benchmarks/run.py collects.
+
 EXIT STATUS
-    0 when every configuration ran (targets missed are reported, not an error), 1 when
-    one could not run.
+    0 when every configuration ran and every target was met (as bench_deliver.py), 1
+    when a target was missed or a configuration could not run.
 """
 
 from __future__ import annotations
@@ -210,6 +213,26 @@ def report(rounds: list[dict[str, Row]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def verdict(rounds: list[dict[str, Row]]) -> dict[str, object]:
+    """The targets, judged as ``report`` prints them: the JSON summary's fields."""
+    out: dict[str, object] = {"bench": "mta"}
+    met = True
+    ratios = {}
+    for ref, target, name in (("b", 1.0, "postfix_local"), ("a", 3.0, "postfix_procmail")):
+        r = median_ratios(rounds, ref)
+        if r is None:
+            met = False
+            continue
+        ratios[ref] = r
+        met = met and r.rate >= target
+        out[name] = {"throughput_ratio": round(r.rate, 3), "cpu_ratio": round(r.cpu, 3),
+                     "latency_ratio": round(r.latency, 3)}
+    if ratios:
+        met = met and max(r.cpu for r in ratios.values()) <= 1 and max(r.latency for r in ratios.values()) <= 1
+    out["ok"] = met
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--messages", type=int, default=2000)
@@ -285,11 +308,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     print(report(rounds, args))
+    summary = verdict(rounds)
+    summary["command"] = " ".join([sys.executable, *sys.argv])
+    print(json.dumps(summary))
     sys.stdout.flush()
     if args.json:
         Path(args.json).write_text(json.dumps([[r.as_dict() for r in rows.values()] for rows in rounds],
                                               indent=2) + "\n")
-    return 0 if all(r.load is not None for rows in rounds for r in rows.values()) else 1
+    ran = all(r.load is not None for rows in rounds for r in rows.values())
+    return 0 if ran and summary["ok"] else 1
 
 
 def _reap() -> None:
