@@ -325,12 +325,13 @@ class Runner:
         # deferred recipients of such an entry are tried too, not only the due ones.
         # A claim is a few syscalls without fsync (open, flock, rename, read): cheaper on
         # the loop than a hop to a worker thread and back (tests/benchmarks/bench_mta.py).
+        self.waiting.discard(qid)
         claimed = self.spool.claim(qid)
         if claimed is None:
+            self._announced.discard(qid)
             return None
         if claimed.source == "incoming" and not waited:
             self._forced.add(qid)
-        self.waiting.discard(qid)
         try:
             await self._process(claimed)
         finally:
