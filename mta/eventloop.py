@@ -2,9 +2,9 @@
 
 Why: a receiver spends a good part of its CPU turning the event loop (a read, a reply
 and a timer per SMTP command).  Head to head under the benchmark's load (smtp-source,
-2000 messages, ten pairs of runs alternating), the daemon with receivers on uvloop used
-7% less CPU per message than on asyncio's own loop, with 11% more throughput and 15%
-less latency.
+2000 messages, eight pairs of runs alternating), the daemon with its receivers on uvloop
+used 13% less CPU per message than on asyncio's own loop, with 17% more throughput and
+11% less latency.
 
 The other processes keep asyncio's loop.  The queue runner and the single-process
 daemon fork delivery runners and pool workers while their loop runs, and a child of a

@@ -164,7 +164,7 @@ class LocalDelivery:
             # user whose recipes are slow must not hold up other users' mail.
             self.per_mailbox = min(2, workers - 1)
         if mode == "pool":
-            _preload()
+            preload()
             for _ in range(workers):
                 self._spawn()
         self.executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix=f"deliver-{mode}")
@@ -330,7 +330,7 @@ class LocalDelivery:
 
     def _forked(self, req: Request) -> Result:
         raw = _read(req)      # as the server: the spool is not the recipient's to read
-        _preload()
+        preload()
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: never returns
@@ -512,7 +512,7 @@ def recover_stale_locks(directories: list[str]) -> list[str]:
 _preloaded = False
 
 
-def _preload() -> None:
+def preload() -> None:
     """Import what a delivery needs before the first fork and freeze the heap (gc.freeze),
     so children neither re-import nor copy the parent's objects on write.
 
@@ -533,11 +533,6 @@ def _preload() -> None:
         gc.freeze()
         _preloaded = True
 
-
-def preload() -> None:
-    """For a process that forks delivery processes (the queue runner, before its
-    delivery runners): see _preload."""
-    _preload()
 
 
 def _read(req: Request) -> bytes:

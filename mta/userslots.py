@@ -54,6 +54,9 @@ class Slot:
 
 
 class UserSlots:
+    """``count`` delivery slots per user, shared by every process using ``directory``
+    (see the module docstring); ``take`` looks for a free one for ``wait`` seconds."""
+
     def __init__(self, directory: str, count: int, wait: float = 0.0) -> None:
         if count < 1:
             raise ValueError("a user needs at least one delivery slot")
