@@ -274,7 +274,9 @@ def _delivery_runner(config: Config, work_fd: int, sched_fd: int, sendmail: str 
     signal.signal(signal.SIGHUP, hup)
 
     delivery = LocalDelivery.for_delivery_runner(config, sendmail=sendmail)
-    follow: list[tuple[str, bool]] = []     # bounces and owner-list copies it queued
+    # (qid, force, retry): the record read, the retries that came due, and what their
+    # deliveries queued themselves (bounces, owner-list copies)
+    follow: list[tuple[str, bool, bool]] = []
     def router() -> Router:
         # Read every map now, not at first use: the runners started (or reloaded)
         # together then route with one version of the maps, as one process would.
@@ -285,7 +287,7 @@ def _delivery_runner(config: Config, work_fd: int, sched_fd: int, sendmail: str 
     slots = UserSlots(str(config.server.data_dir / "run" / "slots"), user_slots,
                       wait=SLOT_WAIT) if user_slots else None
     runner = Runner(config, Spool(str(config.server.spool_dir), recover=False), router(), delivery,
-                    handoff=lambda qid, force: follow.append((qid, force)), user_slots=slots)
+                    handoff=lambda qid, force: follow.append((qid, force, False)), user_slots=slots)
     waiting = _Waiting()
     # asyncio's own loop, not the receivers' uvloop (mta.eventloop): a run_until_complete
     # per message costs more on uvloop (measured: +3-8% CPU on the delivery path).
@@ -301,33 +303,32 @@ def _delivery_runner(config: Config, work_fd: int, sched_fd: int, sendmail: str 
         while True:
             due = waiting.due()
             if due:
-                for qid in due:
-                    _deliver(runner, loop, qid, False, waiting, retry=True)
-                continue
-            ready = {fd for fd, _ in poller.poll(waiting.timeout())}
-            if not ready:
-                continue                  # a retry is due
-            fd = sched_fd if sched_fd in ready else work_fd
-            try:
-                data = os.read(fd, RECORD_SIZE)
-            except BlockingIOError:
-                continue                  # another runner took it
-            # The schedule pipe's EOF is not enough to tell that the queue runner died:
-            # a runner it forked a moment before may not have closed its inherited
-            # copy of the writing end yet.  Being orphaned is.
-            if not data or os.getppid() != parent:
-                return 0
-            job = parse_record(data)
-            if job is None:
-                log.error("delivery runner: a malformed record %r ignored", data)
-                continue
+                follow.extend((qid, False, True) for qid in due)
+            else:
+                ready = {fd for fd, _ in poller.poll(waiting.timeout())}
+                if not ready:
+                    continue                  # a retry is due
+                fd = sched_fd if sched_fd in ready else work_fd
+                try:
+                    data = os.read(fd, RECORD_SIZE)
+                except BlockingIOError:
+                    continue                  # another runner took it
+                # The schedule pipe's EOF is not enough to tell that the queue runner
+                # died: a runner it forked a moment before may not have closed its
+                # inherited copy of the writing end yet.  Being orphaned is.
+                if not data or os.getppid() != parent:
+                    return 0
+                job = parse_record(data)
+                if job is None:
+                    log.error("delivery runner: a malformed record %r ignored", data)
+                    continue
+                follow.append((*job, False))
             if reload[0]:
                 reload[0] = False
                 runner.set_router(router())
-            follow.append(job)
             while follow:
-                qid, force = follow.pop(0)
-                _deliver(runner, loop, qid, force, waiting)
+                qid, force, retry = follow.pop(0)
+                _deliver(runner, loop, qid, force, waiting, retry=retry)
     finally:
         delivery.remove_claim_files()
         if slots is not None:

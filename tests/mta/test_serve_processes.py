@@ -314,6 +314,28 @@ def test_a_user_with_slow_recipes_cannot_hold_every_delivery_runner(pdaemon, tmp
     assert d.stop() == 0
 
 
+def test_a_bounce_queued_by_a_waiting_messages_retry_is_delivered_at_once(pdaemon, tmp_path) -> None:
+    """A message that waited for a user's slot fails when retried: the bounce its retry
+    queues is delivered by that runner right away, not when the next record arrives or
+    the queue runner's next scan (a minute here) finds it.  (It waited for the scan
+    before the fix: checked.)"""
+    release = tmp_path / "release"
+    rc = (f":0 wc\n* ^Subject: hang\n| cat >/dev/null; while [ ! -e {release} ]; do sleep 0.05; done\n\n"
+          ":0\n* ^Subject: fail\n{\n  EXITCODE=67\n  :0\n  /dev/null\n}\n")
+    d = pdaemon(users={"slow": rc, "fast": ""}, queue='initial = "10m"\n').start()
+    try:
+        for i in range(2):
+            assert d.send(["slow@example.com"], f"hang {i}", sender="fast@example.com") == {}
+        wait_for(lambda: len(hanging(release)) >= 2, 10, "two recipes to hang")
+        assert d.send(["slow@example.com"], "fail", sender="fast@example.com") == {}
+        wait_for(lambda: "Waiting for a delivery slot" in d.log_text(), 10, "the third to wait")
+    finally:
+        release.touch()
+    assert d.wait_subjects(d.inbox("fast"), 1, timeout=10) == ["Returned mail: see transcript for details"]
+    assert sorted(d.wait_subjects(d.inbox("slow"), 2)) == ["hang 0", "hang 1"]
+    assert d.stop() == 0
+
+
 def _try_slow_worker(runner: int):
     try:
         return slow_worker(runner)
