@@ -534,7 +534,6 @@ def preload() -> None:
         _preloaded = True
 
 
-
 def _read(req: Request) -> bytes:
     from .queue.spool import read_file
     return read_file(req.message_path)

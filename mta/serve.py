@@ -575,18 +575,18 @@ def _serve_split(config: Config, args: argparse.Namespace, pidfile_fd: int,
             os.close(lifeline_w)
             os.close(pidfile_fd)
             return _run_receiving(serve(config, selector=config_argv(args), notify_fd=w,
-                                                 prepared=prepared, sockets=sockets,
-                                                 session_count=session_count, index=index,
-                                                 lifeline_fd=lifeline_r))
+                                        prepared=prepared, sockets=sockets,
+                                        session_count=session_count, index=index,
+                                        lifeline_fd=lifeline_r))
 
         child = fork_process("receiver", receiver)
         receivers.append(child)
     os.close(lifeline_r)
     try:
         return _run_receiving(serve(config, delivery_mode=args.delivery, forks=args.forks,
-                                             selector=config_argv(args), ready=ready, runner_pid=pid,
-                                             notify_fd=w, prepared=prepared, sockets=sockets,
-                                             receivers=receivers, session_count=session_count))
+                                    selector=config_argv(args), ready=ready, runner_pid=pid,
+                                    notify_fd=w, prepared=prepared, sockets=sockets,
+                                    receivers=receivers, session_count=session_count))
     finally:
         os.close(lifeline_w)
 
