@@ -224,6 +224,22 @@ def _resolve(node: Any, at_end: bool) -> Any:
     return node
 
 
+def _min_length(node: Any) -> int:
+    """A lower bound on the bytes any match of ``node`` spans: where the search for a
+    match's earliest end can start (CompiledRegex._earliest_end).  Anchors and ``\\/``
+    count as zero, which is safe: too small a bound costs only a probe or two more."""
+    kind = node[0]
+    if kind == "set":
+        return 1
+    if kind == "cat":
+        return sum(_min_length(x) for x in node[1])
+    if kind == "alt":
+        return min((_min_length(x) for x in node[1]), default=0)
+    if kind == "plus":
+        return _min_length(node[1])
+    return 0      # star, opt, bot, eot, bom
+
+
 # ------------------------------------------------------------------- RE2 syntax
 
 
@@ -464,7 +480,7 @@ class CompiledRegex:
     """An immutable compiled condition regex."""
 
     __slots__ = ("pattern", "case_sensitive", "_node", "_re", "_anchor", "_has_bom",
-                 "_empty", "_nfa", "_fast_count")
+                 "_empty", "_nfa", "_fast_count", "_min_length")
 
     def __init__(self, pattern: str, node: Any, re2obj: Any, has_bom: bool,
                  case_sensitive: bool, end_anchor: bool = False) -> None:
@@ -478,6 +494,7 @@ class CompiledRegex:
         self._fast_count = not has_bom and not end_anchor
         self._empty = node is None
         self._nfa: tuple[list[tuple[Any, ...]], int] | None = None
+        self._min_length = 0 if node is None else _min_length(node)
 
     def __repr__(self) -> str:
         return f"CompiledRegex({self.pattern!r}, case_sensitive={self.case_sensitive})"
@@ -502,20 +519,25 @@ class CompiledRegex:
         a, b = spans[0]
         if a < 0 or a > len(buf) - 2:  # no thread starts at the trailing newline
             return None
-        # Gallop from a (matches that end early are usually short), then bisect.
+        # Gallop from a (matches that end early are usually short), then bisect.  No
+        # match starts before a (RE2's leftmost start), so each probe searches [a, end],
+        # not [pos, end]: the same answer without rescanning the text before the match
+        # (RE2 still sees the bytes before a as context for ^ and \b).
+        # No match is shorter than _min_length, so no end comes before a + _min_length:
+        # a literal like "click here" needs this one RE2 call, not a dozen.
         match = self._re.Match
         anchor = self._anchor
-        lo, step = a, 1
+        lo, step = a + self._min_length, 1
         while True:
             if lo >= b:
                 return b
             hi = min(lo + step - 1, b - 1)
-            if match(anchor, buf, pos, hi)[0][0] >= 0:
+            if match(anchor, buf, a, hi)[0][0] >= 0:
                 break
             lo, step = hi + 1, step * 2
-        while lo < hi:  # the least end in [lo, hi] with a match inside [pos, end]
+        while lo < hi:  # the least end in [lo, hi] with a match inside [a, end]
             mid = (lo + hi) // 2
-            if match(anchor, buf, pos, mid)[0][0] >= 0:
+            if match(anchor, buf, a, mid)[0][0] >= 0:
                 hi = mid
             else:
                 lo = mid + 1

@@ -17,11 +17,11 @@ import tempfile
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from deliver.mboxformat import (header_end, maildir_bytes, mbox_bytes, program_bytes,
-                                rewrite_content_length)
+from deliver.mboxformat import (_escape_points, header_end, maildir_bytes, mbox_bytes,
+                                program_bytes, rewrite_content_length)
 
 PROCMAIL = "/usr/bin/procmail"
 
@@ -127,6 +127,24 @@ def test_no_unescaped_from_line_after_the_first(body, final_nl):
     assert out.endswith(b"\n")
     undo = re.compile(rb"(?m)^>From ")
     assert undo.sub(b"From ", out).rstrip(b"\n") == undo.sub(b"From ", msg).rstrip(b"\n")
+
+
+_pieces = st.lists(st.sampled_from([b"\n", b"F", b"From ", b"rom ", b"\nFrom", b" ", b"\0", b"x"]),
+                  max_size=30).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=_pieces, a=st.integers(0, 40), b=st.integers(0, 40))
+@example(data=b"x\nFrom y", a=0, b=6)         # a From line cut by the window's end
+@example(data=b"\nFrom \0\nFrom ", a=0, b=14)  # one before the NUL, none after
+def test_escape_points_are_every_newline_of_a_from_line_in_the_window(data, a, b):
+    """The fast search ("\nF", then the rest) finds what the plain definition does: every
+    "\nFrom " lying wholly in [start, stop), none after a NUL."""
+    start, stop = min(a, b, len(data)), min(max(a, b), len(data))
+    nul = data.find(b"\0", start, stop)
+    end = stop if nul < 0 else nul
+    expected = [i for i in range(start, end) if data.startswith(b"\nFrom ", i) and i + 6 <= end]
+    assert _escape_points(data, start, stop) == expected
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
