@@ -319,8 +319,6 @@ class Runner:
         ``force``: deferred recipients are tried too (a queue flush).  ``waited``: the
         retry of a message put back for a delivery slot (``waiting``), whose deferred
         recipients keep their back-off although it is in incoming/."""
-        if force:
-            self._forced.add(qid)
         # incoming/ means "try now" (new, released from hold, or recovered after a crash):
         # deferred recipients of such an entry are tried too, not only the due ones.
         # A claim is a few syscalls without fsync (open, flock, rename, read): cheaper on
@@ -330,8 +328,8 @@ class Runner:
         if claimed is None:
             self._announced.discard(qid)
             return None
-        if claimed.source == "incoming" and not waited:
-            self._forced.add(qid)
+        if force or (claimed.source == "incoming" and not waited):
+            self._forced.add(qid)       # only once claimed: a busy message keeps no flush
         try:
             await self._process(claimed)
         finally:

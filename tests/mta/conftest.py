@@ -2,8 +2,9 @@
 
 ``smtp_server(**limits)`` starts an SmtpServer on its own event loop in a thread (each
 test runs twice: asyncio's loop, then the receivers' uvloop), so the tests can talk to it
-with blocking clients (smtplib, raw sockets, swaks) and read the spool directly.  ``RawClient`` is a tiny line-level SMTP client for what smtplib will not
-send (pipelined batches, smuggling sequences, NUL bytes, early talk).
+with blocking clients (smtplib, raw sockets, swaks) and read the spool directly.
+``RawClient`` is a tiny line-level SMTP client for what smtplib will not send (pipelined
+batches, smuggling sequences, NUL bytes, early talk).
 """
 
 from __future__ import annotations

@@ -241,6 +241,22 @@ def test_a_recipient_whose_user_has_no_free_slot_waits_without_an_attempt(make_s
     assert len(site.messages(site.inbox("alice"))) == 1 and site.messages(site.inbox("carol")) == []
 
 
+def test_a_flush_of_a_message_another_process_holds_is_not_kept_for_later(make_site) -> None:
+    """process(force=True) for a message claimed elsewhere does nothing, and leaves no
+    flush behind: a later ordinary pass still leaves the deferred recipient to its
+    back-off (the force was once kept, and tried it early)."""
+    site = make_site(users={"carol": "EXITCODE=75\n:0\n/dev/null\n"}, queue="initial = 3600\n")
+    qid = site.queue(["carol@example.com"])
+    runner = site.drain()
+    assert site.state(qid)[0] == "deferred"
+    held = site.spool.claim(qid)                      # another delivery runner has it
+    assert held is not None
+    assert asyncio.run(runner.process(qid, force=True)) is None
+    assert held.finish() == "deferred"
+    assert asyncio.run(runner.process(qid)) == "deferred"
+    assert site.state(qid)[1].recipients[0].attempts == 1
+
+
 def test_failing_w_pipe_with_tempfail_semantics_defers(make_site) -> None:
     # procmail -t semantics through EXITCODE: a failing 'w' pipe makes nothing delivered
     site = make_site(users={"alice": ":0 w\n| exit 1\nEXITCODE=75\n:0\n/dev/null\n"})
