@@ -18,8 +18,9 @@ message and its envelope can never be seen apart.
 
 Guarantees
   * ``IncomingMessage.commit`` returns only after the message file, the envelope file and
-    the message directory are fsync'd, the directory is renamed into incoming/ and
-    incoming/ itself is fsync'd: a 250 sent after it can survive a crash at any moment.
+    the message directory are durable (fsync'd; see "Recycling" for one flush that
+    covers two files), the directory is renamed into incoming/ and incoming/ itself is
+    fsync'd: a 250 sent after it can survive a crash at any moment.
     Before the rename the entry lives in tmp/ only, so a crash (or kill -9) while writing
     never leaves half a message in incoming/; ``recover`` removes such leftovers.
   * Exclusive claims: whoever holds ``flock(LOCK_EX)`` on a message's ``message`` file
@@ -38,7 +39,10 @@ Guarantees
     its two files.  Creating three inodes per message and deleting them again was a
     fifth of the receiver's CPU on ext4 (its inode allocator steps over recently freed
     inodes one by one; tests/benchmarks/bench_mta.py).  A reused directory's entries
-    are already durable, so its commit needs no fsync of the directory itself.  Until
+    are already durable, so its commit needs no fsync of the directory itself, and its
+    envelope, rewritten in place at the same size, needs no cache flush of its own: its
+    writes complete before the message's fsync, whose flush covers them
+    (mta.queue.writeback; ext4, XFS and btrfs only, else the envelope is fsync'd).  Until
     it is reused, a free/ directory still holds the last message that went through it,
     as a deleted queue file's blocks would: the spool is the daemon's own (mode 0700).
 
@@ -64,6 +68,7 @@ from typing import BinaryIO, Iterator
 from .envelope import Envelope, RecipientState
 from .errors import CorruptEnvelope, QueueBusy, QueueError, UnknownMessage
 from .ids import check_qid, is_qid, new_qid
+from .writeback import flush_covers_other_files, start_writeback, wait_writeback
 
 log = logging.getLogger("mta.queue")
 
@@ -103,6 +108,27 @@ def _write_file_synced(path: str, data: bytes, *, exclusive: bool) -> None:
         if not exclusive:
             os.ftruncate(fd, len(data))
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rewrite_before_flush(path: str, data: bytes, message_fd: int) -> bool:
+    """Overwrite the envelope ``path`` in place and make it and the message durable with
+    the message's fsync alone (its cache flush covers the envelope's completed writes:
+    mta.queue.writeback).  False, with nothing written, when the envelope's size would
+    change: a new size is inode metadata, which only its own fsync writes."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        if os.fstat(fd).st_size != len(data):
+            return False
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        start_writeback(fd)
+        start_writeback(message_fd)       # both files' writes travel together
+        wait_writeback(fd)
+        os.fsync(message_fd)              # the flush comes after the envelope's writes completed
+        return True
     finally:
         os.close(fd)
 
@@ -269,11 +295,14 @@ class IncomingMessage:
                 self._materialize()
             assert self._file is not None
             self._file.flush()
+            fd = self._file.fileno()
             if self._reused:
-                os.ftruncate(self._file.fileno(), self._file.tell())
-            os.fsync(self._file.fileno())
-            _write_file_synced(os.path.join(self._dir, ENVELOPE), _padded(envelope.to_json()),
-                               exclusive=not self._reused)
+                os.ftruncate(fd, self._file.tell())
+            data = _padded(envelope.to_json())
+            path = os.path.join(self._dir, ENVELOPE)
+            if not (self._reused and spool.shared_flush and _rewrite_before_flush(path, data, fd)):
+                os.fsync(fd)
+                _write_file_synced(path, data, exclusive=not self._reused)
             if not self._reused:         # a recycled directory's entries are on disk
                 _fsync_dir(self._dir)
             os.rename(self._dir, os.path.join(spool.dirs["incoming"], self.qid))
@@ -416,6 +445,8 @@ class Spool:
         self._free_names: list[str] = []
         self._free_listed = 0.0
         self._free_share: tuple[int, int] | None = None
+        # One cache flush per commit fewer where the file system allows it (commit)
+        self.shared_flush = flush_covers_other_files(self.root)
         if recover:
             self.recover()
 

@@ -191,7 +191,7 @@ def test_another_process_reads_message_and_envelope_right_after_commit(tmp_path:
 
 def _strace(argv: list[str], out: Path, **kw) -> subprocess.Popen[str]:
     return subprocess.Popen([STRACE, "-f", "-y", "-s", "300", "-o", str(out),
-                             "-e", "trace=mkdir,openat,fsync,fdatasync,rename,write,sendto", *argv],
+                             "-e", "trace=mkdir,openat,fsync,fdatasync,rename,write,sendto,sync_file_range", *argv],
                             cwd=ROOT, text=True, stdout=subprocess.PIPE, **kw)
 
 
@@ -296,54 +296,106 @@ def test_smtp_250_only_after_fsync(tmp_path: Path) -> None:
     _durable_order(calls, root, qid, f"queued as {qid}")
 
 
-def test_a_recycled_directory_is_as_durable_with_fewer_syncs(tmp_path: Path) -> None:
-    """The second message reuses the first one's directory (mta.queue.spool, "Recycling"):
-    its files are rewritten in place; the envelope, padded to the same size, needs only
-    fdatasync; the directory's entries exist already, so only incoming/ is fsync'd after
-    the rename — still all before commit returns."""
+_RECYCLE = textwrap.dedent("""
+    import os, sys, time
+    from mta.queue import Envelope, RecipientState, Spool
+    spool = Spool(sys.argv[1])
+    spool.shared_flush = sys.argv[2] == "shared"
+    def put(text, rcpts):
+        m = spool.new_message(deferred=True)
+        m.write(text)
+        return m.commit(Envelope("s@x.example", [RecipientState(r) for r in rcpts], time.time(), 0))
+    first = put(b"Subject: one\\n\\nfirst body, the longer one\\n",
+                [f"r{i}@x.example" for i in range(int(sys.argv[3]))])
+    c = spool.claim(first)
+    for r in c.envelope.recipients:
+        r.mark_delivered()
+    c.finish()
+    time.sleep(0.15)
+    os.write(1, b"SECOND\\n")
+    qid = put(b"Subject: two\\n\\nsecond\\n", ["r@x.example"])
+    os.write(1, ("COMMITTED " + qid + "\\n").encode())
+""")
+
+
+def _recycled_commit(tmp_path: Path, mode: str, first_recipients: int = 1) -> tuple[list[str], str, str]:
+    """Commit a message, deliver it, commit a second one into its recycled directory,
+    all under strace; the second commit's system calls, the spool root and its qid."""
     root = str(tmp_path / "spool")
     trace = tmp_path / "trace"
-    p = _strace([sys.executable, "-c", textwrap.dedent("""
-        import os, sys, time
-        from mta.queue import Envelope, RecipientState, Spool
-        spool = Spool(sys.argv[1])
-        def put(text):
-            m = spool.new_message(deferred=True)
-            m.write(text)
-            return m.commit(Envelope("s@x.example", [RecipientState("r@x.example")], time.time(), 0))
-        first = put(b"Subject: one\\n\\nfirst body, the longer one\\n")
-        c = spool.claim(first)
-        c.envelope.recipients[0].mark_delivered()
-        c.finish()
-        time.sleep(0.15)
-        os.write(1, b"SECOND\\n")
-        qid = put(b"Subject: two\\n\\nsecond\\n")
-        os.write(1, ("COMMITTED " + qid + "\\n").encode())
-    """), root], trace)
+    p = _strace([sys.executable, "-c", _RECYCLE, root, mode, str(first_recipients)], trace)
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 0, out
     qid = out.split("COMMITTED ")[1].strip()
     calls = _completions(trace.read_text())
     start = next(i for i, c in enumerate(calls) if "SECOND" in c)
     calls = calls[start:]
-    tmpd, inc = f"{root}/tmp/{qid}", f"{root}/incoming"
-
-    def first(pred, what: str) -> int:
-        for i, c in enumerate(calls):
-            if pred(c):
-                return i
-        raise AssertionError(f"no {what} in the trace")
-
-    take = first(lambda c: c.startswith(f'rename("{root}/free/') and f'"{tmpd}")' in c, "the reuse")
+    tmpd = f"{root}/tmp/{qid}"
+    assert any(c.startswith(f'rename("{root}/free/') and f'"{tmpd}")' in c for c in calls), "not recycled"
     assert not any(c.startswith(f'mkdir("{tmpd}"') for c in calls)
-    msg = first(lambda c: c.startswith("fsync(") and f"<{tmpd}/message>" in c and "= 0" in c, "message fsync")
-    envl = first(lambda c: c.startswith("fdatasync(") and f"<{tmpd}/envelope.json>" in c and "= 0" in c,
-                 "envelope fdatasync")
-    ren = first(lambda c: c.startswith(f'rename("{tmpd}", "{inc}/{qid}")') and "= 0" in c, "rename")
+    d = Path(root) / "incoming" / qid
+    assert (d / "message").read_bytes() == b"Subject: two\n\nsecond\n"
+    assert Envelope.from_json((d / "envelope.json").read_bytes()).recipients[0].address == "r@x.example"
+    assert (d / "envelope.json").stat().st_size % 512 == 0
+    return calls, root, qid
+
+
+def _index(calls: list[str], pred, what: str) -> int:
+    for i, c in enumerate(calls):
+        if pred(c):
+            return i
+    raise AssertionError(f"no {what} in the trace")
+
+
+def test_a_recycled_directory_is_as_durable_with_fewer_syncs(tmp_path: Path) -> None:
+    """The second message reuses the first one's directory (mta.queue.spool, "Recycling"):
+    its files are rewritten in place; the envelope, padded to the same size, needs only
+    fdatasync; the directory's entries exist already, so only incoming/ is fsync'd after
+    the rename — still all before commit returns.  (A file system where one flush does
+    not cover two files: Spool.shared_flush False.)"""
+    calls, root, qid = _recycled_commit(tmp_path, "separate")
+    tmpd, inc = f"{root}/tmp/{qid}", f"{root}/incoming"
+    msg = _index(calls, lambda c: c.startswith("fsync(") and f"<{tmpd}/message>" in c and "= 0" in c,
+                 "message fsync")
+    envl = _index(calls, lambda c: c.startswith("fdatasync(") and f"<{tmpd}/envelope.json>" in c
+                  and "= 0" in c, "envelope fdatasync")
+    ren = _index(calls, lambda c: c.startswith(f'rename("{tmpd}", "{inc}/{qid}")') and "= 0" in c, "rename")
     incf = next(i for i in range(ren + 1, len(calls))
                 if calls[i].startswith("fsync(") and f"<{inc}>" in calls[i] and "= 0" in calls[i])
-    ack = first(lambda c: "COMMITTED" in c, "COMMITTED")
-    assert take < msg < ren and take < envl < ren < incf < ack, (take, msg, envl, ren, incf, ack)
-    d = Path(inc) / qid
-    assert (d / "message").read_bytes() == b"Subject: two\n\nsecond\n"
-    assert (d / "envelope.json").stat().st_size % 512 == 0
+    ack = _index(calls, lambda c: "COMMITTED" in c, "COMMITTED")
+    assert msg < ren and envl < ren < incf < ack, (msg, envl, ren, incf, ack)
+    assert not any("sync_file_range" in c for c in calls)
+
+
+def test_a_recycled_envelope_is_made_durable_by_the_messages_flush(tmp_path: Path) -> None:
+    """On ext4/XFS/btrfs (mta.queue.writeback) the envelope rewritten in place gets no
+    fdatasync of its own: its writes are started and waited for (sync_file_range), and
+    only then is the message fsync'd, whose cache flush makes both durable; then the
+    rename and incoming/'s fsync, all before commit returns."""
+    calls, root, qid = _recycled_commit(tmp_path, "shared")
+    tmpd, inc = f"{root}/tmp/{qid}", f"{root}/incoming"
+    env_write = _index(calls, lambda c: c.startswith("write(") and f"<{tmpd}/envelope.json>" in c,
+                       "envelope write")
+    env_wait = _index(calls, lambda c: c.startswith("sync_file_range(") and f"<{tmpd}/envelope.json>" in c
+                      and "SYNC_FILE_RANGE_WAIT_AFTER" in c and "= 0" in c, "wait for the envelope's writes")
+    msg = _index(calls, lambda c: c.startswith("fsync(") and f"<{tmpd}/message>" in c and "= 0" in c,
+                 "message fsync")
+    ren = _index(calls, lambda c: c.startswith(f'rename("{tmpd}", "{inc}/{qid}")') and "= 0" in c, "rename")
+    incf = next(i for i in range(ren + 1, len(calls))
+                if calls[i].startswith("fsync(") and f"<{inc}>" in calls[i] and "= 0" in calls[i])
+    ack = _index(calls, lambda c: "COMMITTED" in c, "COMMITTED")
+    assert env_write < env_wait < msg < ren < incf < ack, (env_write, env_wait, msg, ren, incf, ack)
+    assert not any(c.startswith(("fsync(", "fdatasync(")) and "envelope.json" in c for c in calls)
+
+
+def test_a_recycled_envelope_that_changes_size_is_fsynced(tmp_path: Path) -> None:
+    """An envelope whose padded size changes (the first message had 40 recipients) has a
+    new size in its inode, which only its own fsync writes: no shortcut then."""
+    calls, root, qid = _recycled_commit(tmp_path, "shared", first_recipients=40)
+    tmpd = f"{root}/tmp/{qid}"
+    msg = _index(calls, lambda c: c.startswith("fsync(") and f"<{tmpd}/message>" in c and "= 0" in c,
+                 "message fsync")
+    envl = _index(calls, lambda c: c.startswith("fsync(") and f"<{tmpd}/envelope.json>" in c and "= 0" in c,
+                  "envelope fsync")
+    assert msg < envl
+    assert not any("sync_file_range" in c and "WAIT_AFTER" in c for c in calls)
