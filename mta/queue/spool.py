@@ -88,15 +88,15 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _write_file_synced(path: str, data: bytes, *, exclusive: bool) -> None:
-    """Write ``data`` as the whole of ``path`` and make it durable.  An existing file is
+def _write_file_synced(path: str, data: bytes, *, exclusive: bool) -> bool:
+    """Write ``data`` as the whole of ``path`` and make it durable; True when the file
+    was created (its directory entry is then for the caller to sync).  An existing file is
     overwritten in place and then cut to length rather than truncated first: its blocks
     are reused instead of freed and allocated again (a recycled directory's files).
     When its size does not change, fdatasync is enough (only the times changed in the
     inode), which saves the inode write: envelopes are padded (``_padded``) so that a
     recycled envelope file usually keeps its size."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else 0)
-    fd = os.open(path, flags, 0o600)
+    fd, created = _open_for_rewrite(path, exclusive=exclusive)
     try:
         same_size = not exclusive and os.fstat(fd).st_size == len(data)
         view = memoryview(data)
@@ -104,12 +104,25 @@ def _write_file_synced(path: str, data: bytes, *, exclusive: bool) -> None:
             view = view[os.write(fd, view):]
         if same_size:
             os.fdatasync(fd)
-            return
+            return created
         if not exclusive:
             os.ftruncate(fd, len(data))
         os.fsync(fd)
+        return created
     finally:
         os.close(fd)
+
+
+def _open_for_rewrite(path: str, *, exclusive: bool) -> tuple[int, bool]:
+    """``(fd, created)``: ``path`` opened for writing; a new file unless ``exclusive``
+    is False and one exists (a recycled directory's file, which could only be missing
+    if something else removed it)."""
+    if not exclusive:
+        try:
+            return os.open(path, os.O_WRONLY), False
+        except FileNotFoundError:
+            pass
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), True
 
 
 def _rewrite_before_flush(path: str, data: bytes, message_fd: int) -> bool:
@@ -117,7 +130,10 @@ def _rewrite_before_flush(path: str, data: bytes, message_fd: int) -> bool:
     the message's fsync alone (its cache flush covers the envelope's completed writes:
     mta.queue.writeback).  False, with nothing written, when the envelope's size would
     change: a new size is inode metadata, which only its own fsync writes."""
-    fd = os.open(path, os.O_WRONLY)
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        return False
     try:
         if os.fstat(fd).st_size != len(data):
             return False
@@ -226,6 +242,7 @@ class IncomingMessage:
         self._done = False
         self._created = False
         self._reused = False
+        self._new_entry = False
         self.size = 0
         self.committed = False
         if deferred:
@@ -249,12 +266,15 @@ class IncomingMessage:
         if not self._reused:
             os.mkdir(self._dir, 0o700)
         self._created = True
+        # the directory's entries need an fsync of it: a new directory, or a recycled
+        # one whose file had gone (created again, see _open_for_rewrite)
+        self._new_entry = not self._reused
 
     def _open_file(self) -> None:
         # A recycled directory still holds the previous message: it is overwritten in
         # place and cut to length at commit (no new inode, its blocks reused).
-        mode = 0 if self._reused else os.O_EXCL
-        fd = os.open(os.path.join(self._dir, MESSAGE), os.O_WRONLY | os.O_CREAT | mode, 0o600)
+        fd, created = _open_for_rewrite(os.path.join(self._dir, MESSAGE), exclusive=not self._reused)
+        self._new_entry = self._new_entry or created
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._file = os.fdopen(fd, "wb", buffering=_WRITE_BUFFER)
 
@@ -302,8 +322,9 @@ class IncomingMessage:
             path = os.path.join(self._dir, ENVELOPE)
             if not (self._reused and spool.shared_flush and _rewrite_before_flush(path, data, fd)):
                 os.fsync(fd)
-                _write_file_synced(path, data, exclusive=not self._reused)
-            if not self._reused:         # a recycled directory's entries are on disk
+                if _write_file_synced(path, data, exclusive=not self._reused):
+                    self._new_entry = True
+            if self._new_entry:          # a recycled directory's entries are on disk
                 _fsync_dir(self._dir)
             os.rename(self._dir, os.path.join(spool.dirs["incoming"], self.qid))
             _fsync_dir(spool.dirs["incoming"])

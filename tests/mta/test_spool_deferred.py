@@ -311,6 +311,9 @@ _RECYCLE = textwrap.dedent("""
     for r in c.envelope.recipients:
         r.mark_delivered()
     c.finish()
+    if sys.argv[4]:                       # a recycled directory that lost a file
+        (free,) = os.listdir(os.path.join(sys.argv[1], "free"))
+        os.unlink(os.path.join(sys.argv[1], "free", free, sys.argv[4]))
     time.sleep(0.15)
     os.write(1, b"SECOND\\n")
     qid = put(b"Subject: two\\n\\nsecond\\n", ["r@x.example"])
@@ -318,12 +321,14 @@ _RECYCLE = textwrap.dedent("""
 """)
 
 
-def _recycled_commit(tmp_path: Path, mode: str, first_recipients: int = 1) -> tuple[list[str], str, str]:
-    """Commit a message, deliver it, commit a second one into its recycled directory,
-    all under strace; the second commit's system calls, the spool root and its qid."""
+def _recycled_commit(tmp_path: Path, mode: str, first_recipients: int = 1,
+                     remove: str = "") -> tuple[list[str], str, str]:
+    """Commit a message, deliver it, commit a second one into its recycled directory
+    (from which the file ``remove`` was deleted meanwhile), all under strace; the second
+    commit's system calls, the spool root and its qid."""
     root = str(tmp_path / "spool")
     trace = tmp_path / "trace"
-    p = _strace([sys.executable, "-c", _RECYCLE, root, mode, str(first_recipients)], trace)
+    p = _strace([sys.executable, "-c", _RECYCLE, root, mode, str(first_recipients), remove], trace)
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 0, out
     qid = out.split("COMMITTED ")[1].strip()
@@ -385,7 +390,24 @@ def test_a_recycled_envelope_is_made_durable_by_the_messages_flush(tmp_path: Pat
                 if calls[i].startswith("fsync(") and f"<{inc}>" in calls[i] and "= 0" in calls[i])
     ack = _index(calls, lambda c: "COMMITTED" in c, "COMMITTED")
     assert env_write < env_wait < msg < ren < incf < ack, (env_write, env_wait, msg, ren, incf, ack)
+    assert not any(c.startswith("fsync(") and f"<{tmpd}>" in c for c in calls)   # its entries exist
     assert not any(c.startswith(("fsync(", "fdatasync(")) and "envelope.json" in c for c in calls)
+
+
+@pytest.mark.parametrize("mode", ["shared", "separate"])
+@pytest.mark.parametrize("lost", ["envelope.json", "message"])
+def test_a_recycled_directory_that_lost_a_file_gets_it_back_durably(tmp_path: Path, lost: str,
+                                                                     mode: str) -> None:
+    """A directory in free/ whose file something removed: the commit creates the file
+    again (no 451 for the client) and, as for a new directory, fsyncs the directory so
+    that the new entry survives a crash; all before the rename into incoming/."""
+    calls, root, qid = _recycled_commit(tmp_path, mode, remove=lost)
+    tmpd, inc = f"{root}/tmp/{qid}", f"{root}/incoming"
+    made = _index(calls, lambda c: c.startswith("openat(") and f'"{tmpd}/{lost}"' in c and "O_CREAT|O_EXCL" in c
+                  and "= -1" not in c, f"the {lost} made again")
+    dirf = _index(calls, lambda c: c.startswith("fsync(") and f"<{tmpd}>" in c and "= 0" in c, "tmp dir fsync")
+    ren = _index(calls, lambda c: c.startswith(f'rename("{tmpd}", "{inc}/{qid}")') and "= 0" in c, "rename")
+    assert made < dirf < ren, (made, dirf, ren)
 
 
 def test_a_recycled_envelope_that_changes_size_is_fsynced(tmp_path: Path) -> None:
