@@ -129,7 +129,8 @@ def _rewrite_before_flush(path: str, data: bytes, message_fd: int) -> bool:
     """Overwrite the envelope ``path`` in place and make it and the message durable with
     the message's fsync alone (its cache flush covers the envelope's completed writes:
     mta.queue.writeback).  False, with nothing written, when the envelope's size would
-    change: a new size is inode metadata, which only its own fsync writes."""
+    change (a new size is inode metadata, which only its own fsync writes) or the file
+    is missing."""
     try:
         fd = os.open(path, os.O_WRONLY)
     except FileNotFoundError:
@@ -324,7 +325,7 @@ class IncomingMessage:
                 os.fsync(fd)
                 if _write_file_synced(path, data, exclusive=not self._reused):
                     self._new_entry = True
-            if self._new_entry:          # a recycled directory's entries are on disk
+            if self._new_entry:          # a new directory, or a file made again in one
                 _fsync_dir(self._dir)
             os.rename(self._dir, os.path.join(spool.dirs["incoming"], self.qid))
             _fsync_dir(spool.dirs["incoming"])
