@@ -42,7 +42,7 @@ Guarantees
     are already durable, so its commit needs no fsync of the directory itself, and its
     envelope, rewritten in place at the same size, needs no cache flush of its own: its
     writes complete before the message's fsync, whose flush covers them
-    (mta.queue.writeback; ext4 and XFS only, else the envelope is fsync'd).  Until
+    (mta.queue.writeback; ext2/3/4 only, else the envelope is fsync'd).  Until
     it is reused, a free/ directory still holds the last message that went through it,
     as a deleted queue file's blocks would: the spool is the daemon's own (mode 0700).
 

@@ -21,16 +21,18 @@ DESCRIPTION
 
     sync_file_range(2) alone promises nothing about durability: it neither writes
     metadata nor flushes the disk's cache.  What makes it safe here is the fsync that
-    follows, on the same file system, which ends with a flush on the file systems
-    named in SHARED_FLUSH (ext2/3/4 with or without a journal and XFS send one when
-    fsync wrote data; with ext4's data=journal the fsync commits the transaction that
-    holds the journalled envelope), and that both overwrite a written block in place.
-    A copy-on-write file system does not: btrfs writes the new envelope elsewhere and
-    only a sync of the envelope itself makes the new extent part of the file, so a
-    crash could bring back the previous message's envelope; it is left out, as are NFS
-    (a COMMIT covers one file), tmpfs, FUSE and any unknown type, where
-    ``flush_covers_other_files`` is False and callers keep one fsync per file.  The
-    file system is recognised by statfs(2)'s f_type.
+    follows, on the same file system, which ends with a flush on the file system named
+    in SHARED_FLUSH (ext2/3/4, with or without a journal, sends one when fsync wrote
+    data; with data=journal the fsync commits the transaction that holds the journalled
+    envelope), and that ext4 overwrites a written block in place.  A file system that
+    may write an overwritten block elsewhere does not qualify: there only a sync of the
+    envelope itself makes the new extent part of the file, so a crash could bring back
+    the previous message's envelope.  That is btrfs always, and XFS for an extent
+    shared by a reflink copy (coreutils' cp makes those by default since 9.0, so a
+    spool copied to a backup on the same XFS would do it).  Those, NFS (a COMMIT covers
+    one file), tmpfs, FUSE and any unknown type get False from
+    ``flush_covers_other_files``, and callers keep one fsync per file.  The file system
+    is recognised by statfs(2)'s f_type.
 
     Python's os module has neither sync_file_range nor statfs, so both are called
     through ctypes; where either is missing, the answer is False and nothing changes.
@@ -46,7 +48,6 @@ __all__ = ["SHARED_FLUSH", "flush_covers_other_files", "start_writeback", "wait_
 # statfs(2) f_type magic numbers (linux/magic.h)
 SHARED_FLUSH = {
     0xEF53: "ext2/ext3/ext4",
-    0x58465342: "xfs",
 }
 
 _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4     # SYNC_FILE_RANGE_* (linux/fs.h)

@@ -373,7 +373,7 @@ def test_a_recycled_directory_is_as_durable_with_fewer_syncs(tmp_path: Path) -> 
 
 
 def test_a_recycled_envelope_is_made_durable_by_the_messages_flush(tmp_path: Path) -> None:
-    """On ext4 and XFS (mta.queue.writeback) the envelope rewritten in place gets no
+    """On ext4 (mta.queue.writeback) the envelope rewritten in place gets no
     fdatasync of its own: its writes are started and waited for (sync_file_range), and
     only then is the message fsync'd, whose cache flush makes both durable; then the
     rename and incoming/'s fsync, all before commit returns."""
