@@ -88,24 +88,35 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _write_file_synced(path: str, data: bytes, *, exclusive: bool) -> bool:
-    """Write ``data`` as the whole of ``path`` and make it durable; True when the file
-    was created (its directory entry is then for the caller to sync).  An existing file is
+def _write_file_synced(path: str, data: bytes, *, exclusive: bool, with_fd: int | None = None) -> bool:
+    """Write ``data`` as the whole of ``path`` and make it durable, and the file
+    ``with_fd`` too when given (it is fsync'd here); True when ``path`` was created (its
+    directory entry is then for the caller to sync).  An existing file is
     overwritten in place and then cut to length rather than truncated first: its blocks
     are reused instead of freed and allocated again (a recycled directory's files).
     When its size does not change, fdatasync is enough (only the times changed in the
     inode), which saves the inode write: envelopes are padded (``_padded``) so that a
-    recycled envelope file usually keeps its size."""
+    recycled envelope file usually keeps its size.  With ``with_fd`` such a file gets no
+    flush of its own: its writes are waited for, then ``with_fd``'s fsync flushes both
+    (mta.queue.writeback; the caller passes ``with_fd`` only where that holds)."""
     fd, created = _open_for_rewrite(path, exclusive=exclusive)
     try:
-        same_size = not exclusive and os.fstat(fd).st_size == len(data)
+        same_size = not created and os.fstat(fd).st_size == len(data)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+        if with_fd is not None:
+            if same_size:
+                start_writeback(fd)
+                start_writeback(with_fd)      # both files' writes travel together
+                wait_writeback(fd)
+                os.fsync(with_fd)             # its flush comes after this file's writes completed
+                return created
+            os.fsync(with_fd)
         if same_size:
             os.fdatasync(fd)
             return created
-        if not exclusive:
+        if not created:
             os.ftruncate(fd, len(data))
         os.fsync(fd)
         return created
@@ -123,31 +134,6 @@ def _open_for_rewrite(path: str, *, exclusive: bool) -> tuple[int, bool]:
         except FileNotFoundError:
             pass
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), True
-
-
-def _rewrite_before_flush(path: str, data: bytes, message_fd: int) -> bool:
-    """Overwrite the envelope ``path`` in place and make it and the message durable with
-    the message's fsync alone (its cache flush covers the envelope's completed writes:
-    mta.queue.writeback).  False, with nothing written, when the envelope's size would
-    change (a new size is inode metadata, which only its own fsync writes) or the file
-    is missing."""
-    try:
-        fd = os.open(path, os.O_WRONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        if os.fstat(fd).st_size != len(data):
-            return False
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        start_writeback(fd)
-        start_writeback(message_fd)       # both files' writes travel together
-        wait_writeback(fd)
-        os.fsync(message_fd)              # the flush comes after the envelope's writes completed
-        return True
-    finally:
-        os.close(fd)
 
 
 _ENVELOPE_BLOCK = 512
@@ -321,10 +307,12 @@ class IncomingMessage:
                 os.ftruncate(fd, self._file.tell())
             data = _padded(envelope.to_json())
             path = os.path.join(self._dir, ENVELOPE)
-            if not (self._reused and spool.shared_flush and _rewrite_before_flush(path, data, fd)):
+            one_flush = self._reused and spool.shared_flush
+            if not one_flush:
                 os.fsync(fd)
-                if _write_file_synced(path, data, exclusive=not self._reused):
-                    self._new_entry = True
+            if _write_file_synced(path, data, exclusive=not self._reused,
+                                  with_fd=fd if one_flush else None):
+                self._new_entry = True
             if self._new_entry:          # a new directory, or a file made again in one
                 _fsync_dir(self._dir)
             os.rename(self._dir, os.path.join(spool.dirs["incoming"], self.qid))
