@@ -61,6 +61,7 @@ DESCRIPTION
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import select
@@ -276,7 +277,7 @@ def _delivery_runner(config: Config, work_fd: int, sched_fd: int, sendmail: str 
     delivery = LocalDelivery.for_delivery_runner(config, sendmail=sendmail)
     # (qid, force, retry): the record read, the retries that came due, and what their
     # deliveries queued themselves (bounces, owner-list copies)
-    follow: list[tuple[str, bool, bool]] = []
+    follow: collections.deque[tuple[str, bool, bool]] = collections.deque()
     def router() -> Router:
         # Read every map now, not at first use: the runners started (or reloaded)
         # together then route with one version of the maps, as one process would.
@@ -327,7 +328,7 @@ def _delivery_runner(config: Config, work_fd: int, sched_fd: int, sendmail: str 
                 reload[0] = False
                 runner.set_router(router())
             while follow:
-                qid, force, retry = follow.pop(0)
+                qid, force, retry = follow.popleft()
                 _deliver(runner, loop, qid, force, waiting, retry=retry)
     finally:
         delivery.remove_claim_files()
@@ -353,7 +354,10 @@ class _Waiting:
         self._when[qid] = time.monotonic() + delay
 
     def done(self, qid: str) -> None:
+        """``qid`` needs no retry from here: delivered, or held by another runner (a
+        record for it came while it waited here; that runner retries it if it must)."""
         self._delay.pop(qid, None)
+        self._when.pop(qid, None)
 
     def due(self) -> list[str]:
         now = time.monotonic()

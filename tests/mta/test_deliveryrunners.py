@@ -225,3 +225,5 @@ def test_a_waiting_message_is_retried_later_and_later_while_it_waits() -> None:
     w.done("Q")                                       # delivered: the next wait starts over
     w.add("Q")
     assert round(w.timeout() or 0.0, 2) == 0.25
+    w.done("Q")                   # delivered through a record while its retry was scheduled
+    assert w.timeout() is None and "Q" not in w._when   # no pointless retry left behind
