@@ -38,7 +38,7 @@ import email.utils
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .. import reply as R
 from ..queue.envelope import Envelope, RecipientState
@@ -53,6 +53,18 @@ if TYPE_CHECKING:
     from .server import SmtpServer
 
 log = logging.getLogger("mta.smtp")
+
+
+class _Queued(NamedTuple):
+    """A message just queued: what the notice and the from= log line need once the 250
+    has gone out (the session's transaction is reset by then)."""
+    qid: str
+    sender: str
+    size: int
+    nrcpts: int
+    msgid: str
+    proto: str
+    relay: str
 
 # Commands some non-SMTP clients send; seeing one ends the session (Postfix
 # smtpd_forbidden_commands: a web browser or proxy pointed at port 25).
@@ -468,11 +480,20 @@ class Session(asyncio.Protocol):
                 now = self._loop.time()
                 self._arm(min(now + self.limits.data_timeout, self._data_started + self.limits.max_data_time))
             return
+        queued: _Queued | None = None
         try:
-            self.reply(self._finish_data(self._msg, rx))
+            reply, queued = self._finish_data(self._msg, rx)
+            self.reply(reply)
         finally:
             self._end_data()
             self._reset()
+        if queued is not None:
+            # The 250 goes out now, ahead of any reply to commands pipelined after the
+            # dot; then the queue is told, then the log line is written: both were on
+            # the path from the commit to the client's 250 and to the delivery's start
+            # (bench_mta's latency probe, 2026-12-06: each came ~0.1 ms sooner).
+            self._flush()
+            self._queued(queued)
         self._state = _COMMAND
         self.lines.push_back(data[end:])
         if self._stop_requested:
@@ -492,11 +513,13 @@ class Session(asyncio.Protocol):
         if msg is not None and not msg.committed:
             msg.abort()
 
-    def _finish_data(self, msg: IncomingMessage, rx: DataReceiver) -> Reply:
+    def _finish_data(self, msg: IncomingMessage, rx: DataReceiver) -> tuple[Reply, _Queued | None]:
+        """The reply to the end of DATA, and what to announce once it is sent (None
+        when nothing was queued)."""
         if rx.error is not None:
             log.info("%s: reject=%s, from=<%s>, size=%d, relay=%s", msg.qid, rx.error,
                      self.sender, rx.size, self.relay)
-            return rx.error
+            return rx.error, None
         assert self.sender is not None
         env = Envelope(
             sender=self.sender,
@@ -513,23 +536,22 @@ class Session(asyncio.Protocol):
             qid = msg.commit(env)
         except QueueError as exc:
             log.error("%s: cannot queue: %s", msg.qid, exc)
-            return R.TEMP_LOCAL
-        log.info("%s: from=<%s>, size=%d, class=0, nrcpts=%d, msgid=%s, proto=%s, relay=%s",
-                 qid, self.sender, msg.size, len(self.recipients), rx.message_id or "",
-                 env.protocol, self.relay)
-        if self.server.on_queued is not None:
-            # After this turn of the loop, when the 250 has gone out: the delivery the
-            # notice wakes (another process) would otherwise take the CPU the reply is
-            # waiting for (bench_mta's latency probe: end of DATA to 250 took 1.2 ms
-            # longer with the notice first).
-            self._loop.call_soon(self._queued, qid)
-        return R.OK.with_text(f"Ok: queued as {qid}")
+            return R.TEMP_LOCAL, None
+        queued = _Queued(qid, self.sender, msg.size, len(self.recipients), rx.message_id or "",
+                         env.protocol, self.relay)
+        return R.OK.with_text(f"Ok: queued as {qid}"), queued
 
-    def _queued(self, qid: str) -> None:
-        try:
-            self.server.on_queued(qid)   # type: ignore[misc]
-        except Exception:
-            log.exception("%s: on_queued callback failed (message stays queued)", qid)
+    def _queued(self, q: _Queued) -> None:
+        """Tell the queue, once the 250 is on its way: the delivery the notice wakes (in
+        another process) would otherwise take the CPU the reply is waiting for (the
+        latency probe: end of DATA to 250 took 1.2 ms longer with the notice first)."""
+        if self.server.on_queued is not None:
+            try:
+                self.server.on_queued(q.qid)
+            except Exception:
+                log.exception("%s: on_queued callback failed (message stays queued)", q.qid)
+        log.info("%s: from=<%s>, size=%d, class=0, nrcpts=%d, msgid=%s, proto=%s, relay=%s",
+                 q.qid, q.sender, q.size, q.nrcpts, q.msgid, q.proto, q.relay)
 
     def _protocol(self) -> str:
         if "SMTPUTF8" in self.mail_params:

@@ -38,8 +38,8 @@ class RunningServer:
 
     @property
     def queued(self) -> list[str]:
-        """The ids on_queued was given.  The server calls it on the loop's turn after
-        the 250 went out, so a client that has its 250 first lets the loop catch up."""
+        """The ids on_queued was given.  The server calls it just after writing the
+        250, so a client that has its 250 first lets the loop catch up."""
         asyncio.run_coroutine_threadsafe(asyncio.sleep(0), self.loop).result(10)
         return self.notified
 
