@@ -30,7 +30,7 @@ DESCRIPTION
          each at a time, queue on the same kernel flock, and a local delivery needs one
          of its user's slots (``user_slots``, mta.userslots): without one the recipient
          is not tried and stays pending (``waiting``; the runner retries the message a
-         moment later).  Remote addresses are deferred: outbound SMTP is not part of
+         moment later; past queue_lifetime it fails as a deferral would).  Remote addresses are deferred: outbound SMTP is not part of
          this release.
       3. record: delivered; deferred with exponential back-off ([queue] initial doubling
          up to max_backoff); failed for a permanent error, or when the message is older
@@ -500,6 +500,10 @@ class Runner:
                       started: float) -> int:
         env = claimed.envelope
         now = self.clock()
+        if a.outcome == "waiting" and now - env.received_at >= self.config.queue.queue_lifetime:
+            # A user whose slots stay taken past queue_lifetime (recipes hanging, or so
+            # much mail that this one never gets a turn) expires like any deferral.
+            a = replace(a, outcome="deferred")
         if a.outcome == "waiting":
             if claimed.qid not in self._announced:
                 self._announced.add(claimed.qid)

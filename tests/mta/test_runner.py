@@ -241,6 +241,32 @@ def test_a_recipient_whose_user_has_no_free_slot_waits_without_an_attempt(make_s
     assert len(site.messages(site.inbox("alice"))) == 1 and site.messages(site.inbox("carol")) == []
 
 
+def test_a_recipient_waiting_for_a_slot_past_queue_lifetime_fails_with_4_4_7(make_site) -> None:
+    """Waiting for a user's slot is not forever: past queue_lifetime the recipient fails
+    (4.4.7, "expired", bounced to the sender) as a deferred one would."""
+    from mta.userslots import UserSlots
+    site = make_site(users={"alice": "", "bob": ""}, queue='queue_lifetime = "1h"\n')
+    slots_dir = str(site.root / "slots")
+    runner = Runner(site.config, site.spool, site.runner_router, site.delivery, clock=site.clock,
+                    user_slots=UserSlots(slots_dir, 1))
+    qid = site.queue(["bob@example.com"], sender="alice@example.com", subject="stuck")
+    busy = UserSlots(slots_dir, 1).take("bob")         # bob's only slot stays taken
+    assert busy is not None
+    assert asyncio.run(runner.process(qid)) == "incoming" and qid in runner.waiting
+    assert site.state(qid)[1].recipients[0].state == "pending"
+    site.clock.now += 3601
+    assert asyncio.run(runner.process(qid, waited=True)) == "done"
+    assert qid not in runner.waiting
+    busy.release()
+    site.drain()                                       # delivers the bounce
+    assert site.state(qid) == (None, None)
+    assert site.messages(site.inbox("bob")) == []
+    bounce = bounce_of(site, "alice")
+    blocks = [dict(b.items()) for b in list(bounce.iter_parts())[1].get_payload()]
+    assert blocks[1]["Status"] == "4.4.7" and blocks[1]["Action"] == "failed"
+    assert "expired" in blocks[1]["Diagnostic-Code"] and "slot" in blocks[1]["Diagnostic-Code"]
+
+
 def test_a_flush_of_a_message_another_process_holds_is_not_kept_for_later(make_site) -> None:
     """process(force=True) for a message claimed elsewhere does nothing, and leaves no
     flush behind: a later ordinary pass still leaves the deferred recipient to its
