@@ -580,6 +580,8 @@ class Evaluator:
         if recipe.lock.name is not None:
             value = self._expand_value(recipe.lock.name)
             return value or None
+        if target == "/dev/null":
+            return None    # procmail tries no /dev/null.lock (it could never be made)
         return target + lockext
 
     def _act(self, recipe: Recipe, action: Folder | Pipe | Forward, tr: RecipeTrace) -> tuple[bool, bool]:
