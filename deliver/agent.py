@@ -84,6 +84,8 @@ class Site:
     sendmail: str = "/usr/sbin/sendmail"
     # procmail has no limit; a delivery agent must not be made to hold any amount of mail
     max_message_size: int = 1 << 30
+    # what $0 expands to: procmail gives its own argv[0], which a recipe may run again
+    program: str = "postroom deliver"
 
 
 @dataclass(slots=True)
@@ -245,7 +247,7 @@ class Agent:
         del raw     # a 50 MB mail must not be held twice longer than needed
         variables = initial_environment(self.user, inv, self.site, caller_env)
         message = Message(data)
-        ev = Evaluator(eff, variables, message, positional=inv.positional,
+        ev = Evaluator(eff, variables, message, positional=inv.positional, argv0=self.site.program,
                        on_clone_end=self._finish_clone, tracing=self.tracing)
         eff.set_umask(0o077)
         candidates = self._rc_candidates(inv)

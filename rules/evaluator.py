@@ -120,6 +120,7 @@ class Evaluator:
 
     def __init__(self, effects: Effects, variables: dict[str, str], message: Message, *,
                  positional: Sequence[str] = (), pid: int | None = None,
+                 argv0: str = "procmail",
                  on_clone_end: Callable[["Evaluator", End], None] | None = None,
                  tracing: bool = True) -> None:
         self.effects = effects
@@ -129,6 +130,7 @@ class Evaluator:
         self.vars = variables
         self.message = message
         self.positional = list(positional)
+        self.argv0 = argv0               # $0: procmail's own argv[0], not the rc file
         self.pid = os.getpid() if pid is None else pid
         self.on_clone_end = on_clone_end
         self.lastcond = False
@@ -210,7 +212,7 @@ class Evaluator:
         if name.isdigit():
             n = int(name)
             if n == 0:
-                return self.current_file
+                return self.argv0
             return self.positional[n - 1] if n <= len(self.positional) else None
         special = _SPECIAL_LOOKUPS.get(name)
         if special is not None:

@@ -150,6 +150,17 @@ def test_weighted_scoring_and_dollar_equals():
     assert ev.lastscore == 5
 
 
+def test_dollar_zero_is_the_programs_name_and_dollar_underscore_the_rc_file():
+    """procmail: $0 is its own argv[0] (/usr/bin/procmail when run so), not the rc file,
+    which is $_ (checked against the real procmail in tests/rules/test_expand_oracle.py)."""
+    _, eff, ev = run("X=$0\nY=$_\n")
+    assert (ev.vars["X"], ev.vars["Y"]) == ("procmail", "rc")
+    eff = Recorder()
+    ev = Evaluator(eff, {"LINEBUF": "2048"}, Message(MAIL), argv0="postroom deliver")
+    ev.run_rcfile(parse_rc("X=$0\n", "rc"))
+    assert ev.vars["X"] == "postroom deliver"
+
+
 def test_score_must_be_positive():
     _, eff, ev = run(":0\n* -1^0 hello\nnever\n")
     assert eff.saved == [] and ev.lastscore == -1
