@@ -364,11 +364,12 @@ def format_abstract(message: bytes, folder: str, size: int) -> str:
     if header.startswith(b"From "):
         nl = header.find(b"\n")
         line = header if nl < 0 else header[:nl]
-        out.append(line.decode("latin-1") + "\n")
+        out.append(line.decode("latin-1").partition("\0")[0] + "\n")
         start = len(header) if nl < 0 else nl + 1
     subject = _subject_line(header, start)
     if subject is not None:
-        out.append(" " + _detab(subject[:MAX_SUBJECT_SHOW]) + "\n")
+        # procmail's lines are C strings: a NUL byte ends the text shown
+        out.append(" " + _detab(subject.partition("\0")[0][:MAX_SUBJECT_SHOW]) + "\n")
     name = _detab(folder[:MAX_FOLDER_SHOW])
     line = "  Folder: " + name
     i = len(line) - len(line) % TAB
