@@ -282,6 +282,8 @@ class Evaluator:
         if value is None:
             self.vars.pop(name, None)
         else:
+            if "\0" in value:           # procmail's variables are C strings
+                value = value.partition("\0")[0]
             self.vars[name] = value
         if handler is not None:
             handler(self, value, old)
@@ -491,7 +493,7 @@ class Evaluator:
         if weight is None:
             m = rx.search(text, buf)
             if m is not None and m.match is not None:
-                self.vars["MATCH"] = m.match.decode("latin-1")
+                self.vars["MATCH"] = m.match.partition(b"\0")[0].decode("latin-1")
                 ct.matched_text = self.vars["MATCH"]
             return (m is not None) != negate
         w, x = weight.weight, weight.exponent
