@@ -12,7 +12,7 @@ from rules.cache import load_rc
 RC = "P=$0\nR=$_\n:0\n* P ?? ^^custom deliver^^\n* R ?? rc^^\nyes\n:0\nno\n"
 
 
-def test_dollar_zero_is_the_sites_program(tmp_path) -> None:
+def test_dollar_zero_is_the_sites_program(tmp_path, agent_process_state) -> None:
     pw = pwd.getpwuid(os.geteuid())
     user = User(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, "/bin/sh")
     rc = tmp_path / "rc"

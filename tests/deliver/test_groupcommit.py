@@ -40,15 +40,8 @@ boss
 
 
 @pytest.fixture(autouse=True)
-def _process_state():
-    """Agent.run sets the umask and changes directory, as the real delivery process
-    does; the test process must get both back for the tests that follow."""
-    cwd = os.getcwd()
-    mask = os.umask(0o022)
-    os.umask(mask)
-    yield
-    os.chdir(cwd)
-    os.umask(mask)
+def _process_state(agent_process_state):
+    """Every test here may run Agent in this process (conftest.agent_process_state)."""
 
 
 def _mail(i: int) -> bytes:
