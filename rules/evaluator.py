@@ -627,7 +627,7 @@ class Evaluator:
         words = self._expand_words(action.text)
         if words is None:
             return False
-        sendmail = self.vars.get("SENDMAIL", "/usr/sbin/sendmail")
+        sendmail = self.vars.get("SENDMAIL", "")   # unset: empty, as in procmail
         sendmailflags = self.vars.get("SENDMAILFLAGS", "").split()
         argv = (sendmail, *sendmailflags, *words)
         if data is self.message.data or data.startswith(b"From "):
