@@ -282,6 +282,8 @@ class RealEffects:
             return ProgramResult(False)
         if res.timed_out:
             self.log(f'procmail: Timeout, terminating "{name}"\n')
+            if wait and not quiet and res.status != 0:   # procmail then reports the kill
+                self.log(f'procmail: Program failure ({res.status}) of "{name}"\n')
             return ProgramResult(False, res.status, res.output)
         if res.overflow:
             self.log(f'procmail: Exceeded output limit of "{name}"\n')
