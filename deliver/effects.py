@@ -282,6 +282,11 @@ class RealEffects:
             return ProgramResult(False)
         if res.timed_out:
             self.log(f'procmail: Timeout, terminating "{name}"\n')
+            if not wait and res.fed:
+                # procmail does not wait for it: it had the whole mail, so it is
+                # delivered, not tried again elsewhere (postroom reaps it at TIMEOUT).
+                self.last_size = len(data)
+                return ProgramResult(True, res.status, res.output)
             if wait and not quiet and res.status != 0:   # procmail then reports the kill
                 self.log(f'procmail: Program failure ({res.status}) of "{name}"\n')
             return ProgramResult(False, res.status, res.output)

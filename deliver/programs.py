@@ -37,6 +37,7 @@ class RunResult:
     write_error: bool
     timed_out: bool
     overflow: bool = False
+    fed: bool = False         # all of the input went in before the end or the timeout
 
 
 def run(argv: Sequence[str], data: bytes, *, env: Mapping[bytes, bytes], stderr_fd: int,
@@ -129,6 +130,7 @@ def _communicate(proc: subprocess.Popen[bytes], write_fd: int, view: memoryview,
                         overflow = True
                     else:
                         chunks.append(block)
+        fed = write_fd < 0 and not write_error
         if timed_out:
             proc.send_signal(signal.SIGTERM)
         remaining = None if deadline is None or timed_out else max(0.1, deadline - time.monotonic())
@@ -144,4 +146,4 @@ def _communicate(proc: subprocess.Popen[bytes], write_fd: int, view: memoryview,
             os.close(write_fd)
         if proc.stdout is not None and not proc.stdout.closed:
             proc.stdout.close()
-    return RunResult(status, b"".join(chunks), write_error, timed_out, overflow)
+    return RunResult(status, b"".join(chunks), write_error, timed_out, overflow, fed)
