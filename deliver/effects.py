@@ -282,12 +282,14 @@ class RealEffects:
             return ProgramResult(False)
         if res.timed_out:
             self.log(f'procmail: Timeout, terminating "{name}"\n')
-            if not wait and res.fed:
+            if not wait and res.fed and not capture:
                 # procmail does not wait for it: it had the whole mail, so it is
                 # delivered, not tried again elsewhere (postroom reaps it at TIMEOUT).
+                # A filter's or a capture's output is waited for by procmail too.
                 self.last_size = len(data)
                 return ProgramResult(True, res.status, res.output)
-            if wait and not quiet and res.status != 0:   # procmail then reports the kill
+            if wait and not quiet and res.status != 0 and not capture:
+                # procmail reports the kill of a waited-for pipe (not of a filter's)
                 self.log(f'procmail: Program failure ({res.status}) of "{name}"\n')
             return ProgramResult(False, res.status, res.output)
         if res.overflow:
