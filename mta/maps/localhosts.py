@@ -5,8 +5,10 @@ FORMAT
     class reads every word); ``#`` comment lines; address literals ``[192.0.2.1]``.
     Names are compared case-insensitively, with one trailing dot ignored.
 
-    The server's own host name (``[server] hostname``) and ``localhost`` are always local,
-    whether or not the file lists them, as sendmail's $=w always holds $j.
+    The server's own host name (``[server] hostname``), ``localhost`` and the loopback
+    address literals ``[127.0.0.1]`` and ``[IPv6:::1]`` are always local, whether or not
+    the file lists them, as sendmail's $=w always holds $j and its own addresses.  Other
+    addresses of the host are listed in the file as literals when wanted.
 
 GUARANTEES
     A bad word is reported as ``file:line: error: bad domain ...`` and skipped; the
@@ -46,11 +48,13 @@ class _DomainFile(MapFile[frozenset[str]]):
 
 
 class LocalHostNames:
-    """The local domains: ``hostname``, ``localhost`` and the file's names (if any)."""
+    """The local domains: ``hostname``, ``localhost``, the loopback literals and the
+    file's names (if any)."""
 
     def __init__(self, path: Path | str | None, hostname: str) -> None:
         self.file = _DomainFile(path) if path is not None else None
-        self.builtin = frozenset({normalize_domain(hostname), "localhost"})
+        self.builtin = frozenset({normalize_domain(hostname), "localhost",
+                                  "[127.0.0.1]", "[IPv6:::1]"})
 
     def refresh(self) -> bool:
         return self.file.refresh() if self.file is not None else False

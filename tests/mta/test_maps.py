@@ -269,6 +269,9 @@ def test_local_host_names(tmp_path: Path) -> None:
         assert lh.lookup(d), d
     assert not lh.lookup("sub.example.com") and not lh.lookup("evil..com")
     assert LocalHostNames(None, "h.example").lookup("h.example")
+    for literal in ("[127.0.0.1]", "[IPv6:::1]", "[ipv6:0:0:0:0:0:0:0:1]"):   # this host, always
+        assert LocalHostNames(None, "h.example").lookup(literal), literal
+    assert not LocalHostNames(None, "h.example").lookup("[127.0.0.2]")
 
 
 def test_relay_domains_cover_subdomains(tmp_path: Path) -> None:
