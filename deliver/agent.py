@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from rules.ast import RcFile
+from rules.envint import renvint
 from rules.evaluator import End, Evaluator
 from rules.message import Message
 
@@ -338,10 +339,7 @@ class Agent:
             if exitcode is not None and exitcode.strip() == "":
                 return trap_status
         if exitcode is not None and exitcode.strip():
-            try:
-                value = int(exitcode.strip())
-            except ValueError:
-                return status
+            value = renvint(-1, exitcode)   # "yes" is 1, "all" 2, as procmail reads it
             if value >= 0:
                 return value
         return status

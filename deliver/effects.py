@@ -22,6 +22,7 @@ from typing import Iterator, Mapping, Sequence
 
 from rules.ast import RcFile
 from rules.effects import Command, ProgramResult, SaveResult
+from rules.envint import renvint
 
 from . import programs
 from .errors import DeliveryError, LockError
@@ -39,12 +40,7 @@ _DELIVER_LOG = logging.getLogger("deliver")    # the bridge's logger, looked up 
 
 
 def _int(value: str | None, default: int) -> int:
-    if not value:
-        return default                 # unset: the common case, no exception raised
-    try:
-        return int(value.strip())
-    except ValueError:
-        return default
+    return renvint(default, value)
 
 
 class _LogBridge(logging.Handler):
@@ -345,18 +341,16 @@ class RealEffects:
     # ------------------------------------------------------------------ abstract
 
     def abstract_enabled(self, final: bool) -> bool:
-        """LOGABSTRACT: unset logs the final delivery when a LOGFILE is open; `all`
-        every delivering recipe; `no` nothing (procmail's lgabstract)."""
-        value = (self.vars.get("LOGABSTRACT") or "").strip().lower()
-        if value == "all":
+        """LOGABSTRACT, read as a number (rules.envint: `all` is 2, `yes` 1, `no` 0):
+        above 1 every delivering recipe is logged, 1 the final delivery, 0 nothing;
+        unset (or negative) the final delivery when a LOGFILE is open (procmail's
+        lgabstract)."""
+        level = renvint(-1, self.vars.get("LOGABSTRACT"))
+        if level > 1:
             return True
-        if value in ("no", "off", "n", "0", "false"):
+        if level == 0 or not final:
             return False
-        if not final:
-            return False
-        if value:
-            return True
-        return self._log_opened
+        return level > 0 or self._log_opened
 
     def abstract(self, message: bytes, folder: str) -> None:
         if self.abstract_enabled(final=False):

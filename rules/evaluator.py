@@ -31,6 +31,7 @@ from .ast import (Assignment, Block, Condition, ExpandTest, Flag, Folder, Forwar
                   VarTest, Weight)
 from .condparse import parse_condition
 from .effects import Command, Effects
+from .envint import renvint
 from .errors import ExpansionError, RcSyntaxError, RegexError
 from .message import Message, skip_from_line
 from .regex import compile_regex, padded
@@ -233,10 +234,7 @@ class Evaluator:
         cached = self._linebuf_memo
         if cached[0] == raw:
             return cached[1]
-        try:
-            value = max(MIN_LINEBUF, int(raw))
-        except ValueError:
-            value = 2048
+        value = max(MIN_LINEBUF, renvint(2048, raw))
         self._linebuf_memo = (raw, value)
         return value
 
@@ -947,10 +945,7 @@ def _lockfile(ev: Evaluator, value: str | None, old: str | None) -> None:
 
 
 def _shift(ev: Evaluator, value: str | None, old: str | None) -> None:
-    try:
-        n = int(value or "0")
-    except ValueError:
-        n = 0
+    n = renvint(0, value)
     if n > 0:
         del ev.positional[:n]
     ev.vars.pop("SHIFT", None)
