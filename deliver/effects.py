@@ -39,10 +39,6 @@ ABSTRACT_COLUMN = 72
 _DELIVER_LOG = logging.getLogger("deliver")    # the bridge's logger, looked up once
 
 
-def _int(value: str | None, default: int) -> int:
-    return renvint(default, value)
-
-
 class _LogBridge(logging.Handler):
     """deliver/'s modules report through `logging` (Unable to treat as directory,
     Skipped, Forcing lock on ...); during a delivery those lines belong in the user's
@@ -192,8 +188,8 @@ class RealEffects:
         cached = self._policy_memo
         if cached is not None and cached[0] == raw:
             return cached[1]
-        policy = LockPolicy(lockext=raw[0], locktimeout=_int(raw[1], 1024),
-                            locksleep=_int(raw[2], 8), suspend=_int(raw[3], 16))
+        policy = LockPolicy(lockext=raw[0], locktimeout=renvint(1024, raw[1]),
+                            locksleep=renvint(8, raw[2]), suspend=renvint(16, raw[3]))
         self._policy_memo = (raw, policy)
         return policy
 
@@ -263,7 +259,7 @@ class RealEffects:
         return SaveResult(True, " ".join(result.names), result.size)
 
     def _timeout(self) -> float | None:
-        t = _int(self.vars.get("TIMEOUT"), DEFAULT_TIMEOUT)
+        t = renvint(DEFAULT_TIMEOUT, self.vars.get("TIMEOUT"))
         return float(t) if t > 0 else None
 
     def _run(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
