@@ -333,9 +333,10 @@ class Agent:
         trap = variables.get("TRAP")
         if exitcode is None:
             variables["EXITCODE"] = str(int(status))
-        if trap:
-            argv = (variables.get("SHELL", "/bin/sh"), variables.get("SHELLFLAGS", "-c"), trap)
-            trap_status = self.effects.run_trap(argv, ev.message.data)
+        command = ev.program_command(trap) if trap else None
+        if command is not None:
+            # run as a pipe's command line is: through $SHELL only with SHELLMETAS in it
+            trap_status = self.effects.run_trap(command.argv, ev.message.data)
             if exitcode is not None and exitcode.strip() == "":
                 return trap_status
         if exitcode is not None and exitcode.strip():

@@ -562,6 +562,11 @@ class Evaluator:
             return self.message.body
         return self.message.data
 
+    def program_command(self, text: str) -> Command | None:
+        """``text`` as procmail runs a program line (TRAP's value, a pipe's action);
+        None when it expands to no words."""
+        return self._command(text)
+
     def _command(self, text: str, expand_words: bool = True) -> Command | None:
         """A program line: through $SHELL when it has SHELLMETAS (procmail leaves the
         expansion to the shell), else split and expanded by us (item 18)."""
