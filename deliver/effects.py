@@ -273,17 +273,10 @@ class RealEffects:
             self.log(f'procmail: Failed forking "{name}"\n')
             return ProgramResult(False)
         if res.timed_out:
-            self.log(f'procmail: Timeout, terminating "{name}"\n')
-            if not wait and res.fed and not capture:
-                # procmail does not wait for it: it had the whole mail, so it is
-                # delivered, not tried again elsewhere (postroom reaps it at TIMEOUT).
-                # A filter's or a capture's output is waited for by procmail too.
-                self.last_size = len(data)
-                return ProgramResult(True, res.status, res.output)
-            if wait and not quiet and res.status != 0 and not capture:
-                # procmail reports the kill of a waited-for pipe (not of a filter's)
-                self.log(f'procmail: Program failure ({res.status}) of "{name}"\n')
-            return ProgramResult(False, res.status, res.output)
+            # procmail's abstract then counts the mail as it stands, without the padding
+            size = len(data) if res.fed or unpadded is None else unpadded
+            return self._timed_out(name, res, size, wait=wait, quiet=quiet,
+                                   ignore_write_error=ignore_write_error, capture=capture)
         if res.overflow:
             self.log(f'procmail: Exceeded output limit of "{name}"\n')
             return ProgramResult(False, res.status, b"")
@@ -300,6 +293,29 @@ class RealEffects:
             self.log(f'procmail: Error while writing to "{name}"\n')
             return ProgramResult(False, res.status, res.output)
         return ProgramResult(True, res.status, res.output)
+
+    def _timed_out(self, name: str, res: programs.RunResult, size: int, *, wait: bool,
+                   quiet: bool, ignore_write_error: bool, capture: bool) -> ProgramResult:
+        """A program killed at TIMEOUT, logged as procmail logs it.  A filter's or a
+        capture's output is waited for, so its timeout is a failure and nothing more.  A
+        pipe whose write the kill cut short says so (unless ``i`` ignores write errors).
+        One not waited for (no w) whose write was not cut has delivered, as procmail,
+        which never waits for it, counts it (postroom reaps it at TIMEOUT): the next
+        recipe must not deliver the mail again.  A waited-for one fails, with procmail's
+        ``Program failure`` line for the kill."""
+        self.log(f'procmail: Timeout, terminating "{name}"\n')
+        failed = ProgramResult(False, res.status, res.output)
+        if capture:
+            return failed
+        cut = not res.fed and not ignore_write_error
+        if cut:
+            self.log(f'procmail: Error while writing to "{name}"\n')
+        if not wait and not cut:
+            self.last_size = size
+            return ProgramResult(True, res.status, res.output)
+        if wait and not quiet and res.status != 0:
+            self.log(f'procmail: Program failure ({res.status}) of "{name}"\n')
+        return failed
 
     def pipe(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
              ignore_write_error: bool, capture: bool, raw: bool) -> ProgramResult:
