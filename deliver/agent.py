@@ -289,7 +289,12 @@ class Agent:
         default = variables.get("DEFAULT", "")
         if default:
             lockext = variables.get("LOCKEXT", "")
-            locking = lockext and _default_is_a_file_folder(default)
+            # procmail locks $DEFAULT$LOCKEXT; a Maildir/MH default needs no lock (its
+            # lock file could not exist before the folder does), /dev/null gets none
+            # (procmail tries none; one in /dev would fail at every delivery).  A plain
+            # directory gets one, procmail's not: invisible, and it saves a stat(2) of
+            # every mail's DEFAULT.
+            locking = lockext and default != os.devnull and not default.endswith(("/", "/."))
             with self.effects.lock(default + lockext) if locking else _null():
                 res = self.effects.save([default], ev.message.data, raw=False)
             if res.ok:
@@ -344,20 +349,6 @@ class Agent:
             if value >= 0:
                 return value
         return status
-
-
-def _default_is_a_file_folder(default: str) -> bool:
-    """Whether procmail locks $DEFAULT$LOCKEXT before delivering to $DEFAULT: only for
-    a file folder, an mbox that exists or is to be made.  A Maildir or MH folder needs
-    no lock (and its lock file could not exist before the folder does); an existing
-    plain directory or /dev/null (any device) gets none either: procmail tries no
-    lock there, where one in /dev would fail with "Lock failure" on every delivery."""
-    if default.endswith(("/", "/.")):
-        return False
-    try:
-        return stat.S_ISREG(os.stat(default).st_mode)
-    except OSError:
-        return True                    # a new mbox (or one procmail would fail to open)
 
 
 class _null:
