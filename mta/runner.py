@@ -30,8 +30,8 @@ DESCRIPTION
          each at a time, queue on the same kernel flock, and a local delivery needs one
          of its user's slots (``user_slots``, mta.userslots): without one the recipient
          is not tried and stays pending (``waiting``; the runner retries the message a
-         moment later; past queue_lifetime it fails as a deferral would).  Remote addresses are deferred: outbound SMTP is not part of
-         this release.
+         moment later; past queue_lifetime it fails as a deferral would).  Remote
+         addresses are deferred: outbound SMTP is not part of this release.
       3. record: delivered; deferred with exponential back-off ([queue] initial doubling
          up to max_backoff); failed for a permanent error, or when the message is older
          than queue_lifetime (Status 4.4.7).  The envelope is saved after every step.

@@ -55,6 +55,13 @@ def test_a_leading_decimal_number_is_the_value(n: int, space: str, tail: str) ->
 
 
 @given(st.text(max_size=12))
-def test_any_text_gives_a_number_and_empty_gives_the_default(text: str) -> None:
-    assert isinstance(renvint(-5, text), int)
+def test_a_text_without_a_leading_number_is_a_word_or_the_default(text: str) -> None:
+    if text.lstrip(" \t\n\v\f\r")[:1] in set("+-0123456789"):
+        return                       # a number (or a sign): the test above
+    first = text.lstrip(" \t\n\v\f\r")[:1].lower()
+    want = {"y": 1, "t": 1, "e": 1, "n": 0, "f": 0, "d": 0, "a": 2}.get(first, -5)
+    if first == "o":
+        rest = text.lstrip(" \t\n\v\f\r")[1:3].lower()
+        want = 1 if rest[:1] == "n" else 0 if rest == "ff" else -5
+    assert renvint(-5, text) == want
     assert renvint(-5, "") == -5 and renvint(-5, None) == -5
