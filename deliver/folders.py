@@ -11,7 +11,8 @@ link may hold a From_ line.  With several names every one must be (or be made in
 directory: a later name that is a regular file is reported ``Unable to treat as directory``
 and skipped; when the *first* is an mbox the others are all ``Skipped``.  A Maildir or MH
 name that exists as a regular file is appended to as an mbox (32).  Every mbox append is
-locked (dot-lock + fcntl: deliver.mbox) unless ``lock_mbox=False``.  When the umask leaves
+locked (dot-lock + fcntl: deliver.mbox); ``lock_mbox=False`` (the caller holds the
+dot-lock) leaves out the dot-lock, never the fcntl lock.  When the umask leaves
 o+x allowed, every message file and mbox written gets o+x (20).
 
 Formats: mbox = mboxformat.mbox_bytes (escaping, final newline, unless ``raw``); MH and

@@ -3,11 +3,13 @@
 ``append_mbox(path, data, policy=..., umask=...)`` appends the already formatted bytes
 (deliver.mboxformat.mbox_bytes) to ``path``:
 
-* locked, always (a deliberate difference from procmail, which locks only with ``:0:``):
-  first the dot-lock ``path + LOCKEXT`` (deliver.locking.DotLock, skipped when this process
-  already holds that lock through ``:0:`` or LOCKFILE, or when LOCKEXT is empty, or — with a
-  warning, as procmail's "Lock failure" — when the directory does not let us create it),
-  then an fcntl lock on the open file, so procmail, mutt and Postfix local(8) can share it;
+* locked, always (a deliberate difference from procmail, which dot-locks only with
+  ``:0:``): first the dot-lock ``path + LOCKEXT`` (deliver.locking.DotLock, skipped when
+  ``lock=False`` — the caller holds it through ``:0:`` or LOCKFILE — or when this process
+  already holds it, or when LOCKEXT is empty, or — with a warning, as procmail's "Lock
+  failure" — when the directory does not let us create it), then, in every case, an fcntl
+  lock on the open file (as procmail's fdlock()), so procmail, mutt, Dovecot and Postfix
+  local(8) can share it;
 * created with mode 0666 & ~umask; when the umask leaves o+x allowed the file gets o+x
   (procmail's "new mail" bit, PROCMAIL-BEHAVIOUR 20);
 * written with O_APPEND, then fsync'd; if any write or the fsync fails the file is cut back
@@ -128,11 +130,13 @@ def append_mbox(path: str, data: bytes, *, policy: LockPolicy = LockPolicy(), um
         if not (st.st_mode | umask) & UPDATE_MASK:
             with contextlib.suppress(OSError):
                 os.fchmod(fd, stat.S_IMODE(st.st_mode) | UPDATE_MASK)
-        if lock:
-            try:
-                stack.enter_context(fcntl_locked(fd, timeout=policy.timeout))
-            except LockError as exc:
-                raise MailboxError(str(exc), temporary=True, path=path) from exc
+        # the kernel lock always, as procmail's fdlock(): ``lock=False`` only means the
+        # dot-lock is the recipe's (``:0:``), and a kernel-lock-only reader (Dovecot, mutt
+        # without dotlock) must still be kept out of a half-written message
+        try:
+            stack.enter_context(fcntl_locked(fd, timeout=policy.timeout))
+        except LockError as exc:
+            raise MailboxError(str(exc), temporary=True, path=path) from exc
         old_size = os.lseek(fd, 0, os.SEEK_END)
         try:
             _write_all(fd, data)

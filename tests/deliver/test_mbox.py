@@ -154,3 +154,35 @@ def test_unwritable_lock_directory_falls_back_to_kernel_lock():
 
 def test_devnull_is_not_locked_or_written():
     assert append_mbox(os.devnull, b"x\n\n", policy=FAST) == 3
+
+
+@pytest.mark.parametrize("dotlock", [True, False])
+def test_kernel_lock_is_taken_even_under_the_recipes_dotlock(tmp_path, dotlock):
+    """procmail takes its fcntl lock on every mbox write, ``:0:`` or not (strace:
+    link box.lock, open box, F_SETLKW, write, F_UNLCK); a reader or writer that uses only
+    kernel locks (Dovecot's default, mutt without dotlock) must exclude us in both cases.
+    ``lock=False`` is how a delivery under ``:0:`` calls append_mbox."""
+    box = tmp_path / "box"
+    box.write_bytes(b"")
+    holder = subprocess.Popen(
+        [PYTHON, "-c", "import fcntl, os, sys, time\n"
+                       f"fd = os.open({str(box)!r}, os.O_RDWR)\n"
+                       "fcntl.lockf(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\n"
+                       "sys.stdin.readline()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        probe = (f"import sys; sys.path.insert(0, {REPO!r})\n"
+                 "from deliver.mbox import append_mbox\nfrom deliver.locking import LockPolicy\n"
+                 f"append_mbox({str(box)!r}, b'late\\n\\n', policy=LockPolicy(locksleep=0.05), "
+                 f"lock={dotlock!r})\n")
+        child = subprocess.Popen([PYTHON, "-c", probe])
+        time.sleep(1.0)
+        assert child.poll() is None and box.read_bytes() == b""
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        assert child.wait(timeout=20) == 0
+        assert box.read_bytes() == b"late\n\n"
+    finally:
+        holder.kill()
+        holder.wait()
