@@ -35,6 +35,7 @@ from rules.envint import renvint
 from rules.evaluator import End, Evaluator
 from rules.message import Message
 
+from . import procinfo
 from .effects import RealEffects, format_abstract
 from .exitcodes import ExitCode
 from .fromline import prepare_message
@@ -119,7 +120,7 @@ def initial_environment(user: User, inv: Invocation, site: Site,
         "MSGPREFIX": "msg.",
         "SENDMAIL": site.sendmail,
         "SENDMAILFLAGS": "-oi",
-        "HOST": os.uname().nodename,    # gethostname(2) is uname's nodename
+        "HOST": procinfo.nodename(),    # gethostname(2) is uname's nodename
         "LOCKEXT": ".lock",
         "LINEBUF": "2048",
         "PROCMAIL_VERSION": PROCMAIL_VERSION,
@@ -249,6 +250,7 @@ class Agent:
         variables = initial_environment(self.user, inv, self.site, caller_env)
         message = Message(data)
         ev = Evaluator(eff, variables, message, positional=inv.positional, argv0=self.site.program,
+                       pid=procinfo.pid(),
                        on_clone_end=self._finish_clone, tracing=self.tracing)
         eff.set_umask(0o077)
         candidates = self._rc_candidates(inv)

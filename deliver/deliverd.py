@@ -68,7 +68,7 @@ import time
 from array import array
 from dataclasses import dataclass, field
 
-from . import zygote
+from . import spoolgroup, zygote
 from .errors import DeliveryError
 from .fastclient import (ACCEPTED, DEFAULT_SOCKET, EXITED, KILLED, MAGIC, REFUSED, TEMPFAIL,
                          user_socket_path)
@@ -210,6 +210,7 @@ def become(peer: Peer) -> None:
     os.setgroups(list(peer.groups))
     os.setresgid(peer.gid, peer.gid, peer.gid)
     os.setresuid(peer.uid, peer.uid, peer.uid)
+    spoolgroup.forget()
     if peer.uid != 0 and 0 in os.getresuid():
         raise DeliverdError("could not drop root")
 

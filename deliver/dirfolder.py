@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import os
 
+from . import procinfo
 from .errors import MailboxError
 
 _DIGITS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".decode()
@@ -77,7 +78,7 @@ def write_new_file(path: str, data: bytes, mode: int, *, fsync: bool = True) -> 
 
 def temp_name(directory: str) -> str:
     """A name procmail-style (``_<pid><serial>.<host>``) that nobody else will pick."""
-    return os.path.join(directory, f"_{os.getpid()}{next(_serial)}.{os.uname().nodename}")
+    return os.path.join(directory, f"_{procinfo.pid()}{next(_serial)}.{procinfo.nodename()}")
 
 
 def write_temp(directory: str, data: bytes, mode: int) -> tuple[str, os.stat_result]:

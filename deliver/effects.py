@@ -78,6 +78,10 @@ class RealEffects:
         self._rc_loader = rc_loader
         self.last_size = 0
         self._policy_memo: tuple[tuple[str | None, ...], LockPolicy] | None = None
+        # getcwd(2), asked once after each chdir: lock keys are absolute paths and a
+        # locked delivery needs three of them.  Only this class changes the delivery's
+        # cwd (programs run in children), so its chdir is where the answer goes stale.
+        self._cwd: str | None = None
         os.umask(self._umask)
         self._bridge = _LogBridge(self)
         _DELIVER_LOG.addHandler(self._bridge)
@@ -97,12 +101,21 @@ class RealEffects:
         return env
 
     def chdir(self, path: str) -> bool:
+        self._cwd = None
         try:
             os.chdir(path)
         except OSError:
             self.log(f'procmail: Couldn\'t chdir to "{path}"\n')
             return False
         return True
+
+    def _abspath(self, path: str) -> str:
+        """os.path.abspath without a getcwd(2) per call (see ``_cwd``)."""
+        if path.startswith("/"):
+            return os.path.normpath(path)
+        if self._cwd is None:
+            self._cwd = os.getcwd()
+        return os.path.normpath(os.path.join(self._cwd, path))
 
     def set_umask(self, mask: int) -> None:
         self._umask = mask
@@ -196,7 +209,7 @@ class RealEffects:
     def _acquire(self, path: str) -> DotLock | None:
         """Take a procmail-compatible lock; None (after procmail's log line) on failure,
         and the delivery goes on unlocked as procmail's does."""
-        lock = DotLock(path, self._policy(), claims=self._claims)
+        lock = DotLock(path, self._policy(), claims=self._claims, key=self._abspath(path))
         try:
             lock.acquire()
         except LockError:
@@ -206,7 +219,7 @@ class RealEffects:
 
     @contextlib.contextmanager
     def lock(self, path: str) -> Iterator[bool]:
-        key = os.path.abspath(path)
+        key = self._abspath(path)
         if key in self._held:
             yield True
             return
@@ -234,10 +247,10 @@ class RealEffects:
     def _is_locked(self, path: str) -> bool:
         if not self._held and self._global is None:
             return False                   # the usual case: no abspath (getcwd) needed
-        key = os.path.abspath(path)
+        key = self._abspath(path)
         if key in self._held:
             return True
-        return self._global is not None and os.path.abspath(self._global[0]) == key
+        return self._global is not None and self._abspath(self._global[0]) == key
 
     # ------------------------------------------------------------------ actions
 
@@ -251,7 +264,8 @@ class RealEffects:
             result = deliver_to_folders(
                 list(folders), data, raw=raw, umask=self._umask, policy=self._policy(),
                 msgprefix=self.vars.get("MSGPREFIX", "msg."), lock_mbox=not already,
-                berkeley=self.berkeley, group=self.group)
+                berkeley=self.berkeley, group=self.group,
+                abspath=None if self.group is None else self._abspath)
         except DeliveryError as err:
             self.log(f'procmail: Error while writing to "{err.path or folders[0]}"\n')
             return SaveResult(False)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import dirfolder, maildir, mh
@@ -78,6 +78,22 @@ def _prepare(kind: str, path: str, umask: int, forcedir: bool) -> bool:
     return maildir.ensure_dir(path, umask) if (kind == MH or forcedir) else os.path.isdir(path)
 
 
+def _ready(kind: str, path: str, umask: int, group: GroupCommit | None,
+           abspath: Callable[[str], str] | None) -> bool:
+    """``_prepare`` for the first name of an action line.  In a batch a Maildir is
+    checked once (four stat(2) calls, the most of any part of a delivery after the
+    writes): ``group.maildirs`` remembers the ones found whole, by absolute path."""
+    if kind != MAILDIR or group is None or abspath is None:
+        return _prepare(kind, path, umask, forcedir=False)
+    key = abspath(path)
+    if key in group.maildirs:
+        return True
+    if not _prepare(kind, path, umask, forcedir=False):
+        return False
+    group.maildirs.add(key)
+    return True
+
+
 def deliver_to_folders(
     names: Sequence[str],
     message: bytes,
@@ -91,6 +107,7 @@ def deliver_to_folders(
     spool_checks: bool = False,
     berkeley: bool = False,
     group: GroupCommit | None = None,
+    abspath: Callable[[str], str] | None = None,
 ) -> FolderResult:
     """Deliver ``message`` to ``names`` (one action line); see the module docstring."""
     if not names:
@@ -99,7 +116,7 @@ def deliver_to_folders(
     kind, path = _split(first)
     if not kind:
         kind = DIR if os.path.isdir(path) else MBOX
-    elif not _prepare(kind, path, umask, forcedir=False):
+    elif not _ready(kind, path, umask, group, abspath):
         log.warning('Unable to treat as directory "%s"', path)
         kind = MBOX                        # rule 32: append to that file as an mbox
 
@@ -114,8 +131,21 @@ def deliver_to_folders(
 
     if kind == MAILDIR:
         data = maildir_bytes(message, berkeley=berkeley)
-        stored = maildir.deliver_maildir(path, data, umask=umask, hostname=hostname,
-                                         group=None if others else group)
+        batch = None if others else group
+        absolute = abspath or os.path.abspath
+        try:
+            stored = maildir.deliver_maildir(path, data, umask=umask, hostname=hostname, group=batch,
+                                             abspath=absolute)
+        except MailboxError:
+            if group is None or abspath is None or abspath(path) not in group.maildirs:
+                raise
+            # taken for whole earlier in the batch, it lost a part since: as at its first
+            # delivery, make what is missing and try once more
+            group.maildirs.discard(abspath(path))
+            if not _prepare(kind, path, umask, forcedir=False):
+                raise
+            stored = maildir.deliver_maildir(path, data, umask=umask, hostname=hostname, group=batch,
+                                             abspath=absolute)
     else:
         data = (rewrite_content_length(message, berkeley=berkeley) if raw
                 else program_bytes(message, berkeley=berkeley))

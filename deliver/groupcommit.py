@@ -18,7 +18,10 @@ system at the end of the batch ("group commit", as databases do):
   Where syncfs is unavailable every file is fsync'd, then every ``new/`` directory;
 * lock claim files (deliver.locking) are kept for the whole batch (``claims``) instead of
   being created and removed for every lock: creating an inode is the dearest system call
-  of a delivery.  ``close()`` removes them.
+  of a delivery.  ``close()`` removes them;
+* a Maildir found whole (folder, new/, cur/, tmp/) is remembered (``maildirs``) and not
+  checked again in the batch (deliver.folders); one that lost a part since is made
+  whole again at the failed delivery, which is then tried once more.
 
 The guarantee (README, "Batch delivery"): a message is durable when its result is
 returned, and not before; ``Agent.run_many`` returns results only after ``commit()``.
@@ -82,6 +85,7 @@ class GroupCommit:
     """The deferred work of one batch; see the module docstring."""
 
     claims: dict[str, str] = field(default_factory=dict)     # lock file -> our claim file
+    maildirs: set[str] = field(default_factory=set)          # checked whole (deliver.folders)
     _files: dict[tuple[int, int], int] = field(default_factory=dict)   # (dev, ino) -> fd
     _touched: dict[tuple[int, int], set[int]] = field(default_factory=dict)
     _pending: list[_Pending] = field(default_factory=list)

@@ -16,6 +16,7 @@ import os
 import pwd
 import stat
 
+from . import spoolgroup
 from .agent import User
 from .exitcodes import ExitCode
 
@@ -94,6 +95,7 @@ def drop_privileges(user: User, spool_dir: str | None = None) -> None:
             saved_gid = st.st_gid
     os.setresgid(user.gid, user.gid, saved_gid)
     os.setresuid(user.uid, user.uid, user.uid)
+    spoolgroup.forget()
     if os.geteuid() == 0 or os.getuid() == 0 or 0 in os.getresuid():
         raise IdentityError("could not drop root privileges", ExitCode.NOPERM)
 

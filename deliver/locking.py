@@ -51,6 +51,7 @@ from types import TracebackType
 
 import flufl.lock
 
+from . import procinfo
 from .errors import TEMPORARY_ERRNOS, LockError
 from .spoolgroup import spool_group
 
@@ -68,7 +69,7 @@ def _fqdn() -> str:
     """socket.getfqdn(), as flufl.lock names claim files, looked up once per node name
     (uname(2) is a system call; getfqdn() reads /etc/hosts or asks a resolver)."""
     global _host
-    node = os.uname().nodename
+    node = procinfo.nodename()
     if _host[0] != node:
         import socket
         _host = (node, socket.getfqdn())
@@ -316,8 +317,10 @@ class DotLock:
     """
 
     def __init__(self, path: str, policy: LockPolicy = LockPolicy(), *,
-                 claims: dict[str, str] | None = None, retry_missing_dir: bool = True) -> None:
+                 claims: dict[str, str] | None = None, retry_missing_dir: bool = True,
+                 key: str | None = None) -> None:
         self.path = path
+        self._given_key = key                 # os.path.abspath(path), when the caller knows it
         self.policy = policy
         self._claims = claims
         self._retry_missing_dir = retry_missing_dir
@@ -353,7 +356,8 @@ class DotLock:
                 err.errno = exc.errno       # type: ignore[attr-defined]
                 raise err from exc
         self._lock = lock
-        self._key = os.path.abspath(self.path)    # as held; release uses the same key
+        # as held; release uses the same key
+        self._key = self._given_key or os.path.abspath(self.path)
         _held.add(self._key)
 
     def release(self) -> None:
@@ -380,32 +384,43 @@ class DotLock:
         self.release()
 
 
-@contextlib.contextmanager
-def fcntl_locked(fd: int, *, timeout: float | None = None) -> Iterator[None]:
-    """Hold an exclusive fcntl lock on the whole file ``fd`` (procmail's fdlock()).
+def lock_kernel(fd: int, *, timeout: float | None = None) -> None:
+    """Take an exclusive fcntl lock on the whole file ``fd`` (procmail's fdlock()).
 
     ``timeout`` None blocks (F_SETLKW); otherwise polls and raises LockError(temporary).
+    A function pair rather than only a context manager: every mbox append takes one, and
+    ExitStack.callback(unlock_kernel, fd) costs less than a generator's frame.
     """
     try:
         if timeout is None:
             fcntl.lockf(fd, fcntl.LOCK_EX)
-        else:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                        raise
-                    time.sleep(_FIRST_POLL)
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                    raise
+                time.sleep(_FIRST_POLL)
     except OSError as exc:
         raise LockError(f"Kernel-lock failed: {exc.strerror}") from exc
+
+
+def unlock_kernel(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def fcntl_locked(fd: int, *, timeout: float | None = None) -> Iterator[None]:
+    """``lock_kernel`` for a ``with`` block."""
+    lock_kernel(fd, timeout=timeout)
     try:
         yield
     finally:
-        with contextlib.suppress(OSError):
-            fcntl.lockf(fd, fcntl.LOCK_UN)
+        unlock_kernel(fd)
 
 
 def implicit_lockfile(action: str, *, program: bool, lockext: str = ".lock") -> str | None:

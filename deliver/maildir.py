@@ -20,7 +20,9 @@ import errno
 import itertools
 import os
 import time
+from collections.abc import Callable
 
+from . import procinfo
 from .dirfolder import fsync_dir, message_mode, write_new_file
 from .errors import MailboxError
 from .groupcommit import GroupCommit
@@ -30,13 +32,13 @@ _serial = itertools.count()
 
 
 def _host(hostname: str | None) -> str:
-    name = hostname or os.uname().nodename
+    name = hostname or procinfo.nodename()
     return name.replace("/", "\\057").replace(":", "\\072")
 
 
 def unique_name(hostname: str | None = None) -> str:
     """``<time>.<pid>_<n>.<host>`` — procmail's Maildir file name."""
-    return f"{int(time.time())}.{os.getpid()}_{next(_serial)}.{_host(hostname)}"
+    return f"{int(time.time())}.{procinfo.pid()}_{next(_serial)}.{_host(hostname)}"
 
 
 def _mkdir(path: str, mode: int) -> bool:
@@ -79,15 +81,18 @@ def _claim_tmp(path: str, data: bytes, umask: int, hostname: str | None,
 
 
 def deliver_maildir(path: str, data: bytes, *, umask: int, hostname: str | None = None,
-                    group: GroupCommit | None = None) -> str:
+                    group: GroupCommit | None = None,
+                    abspath: Callable[[str], str] = os.path.abspath) -> str:
     """Store ``data`` (already formatted) in ``path/new``; returns the new file's path.
     With a ``group`` the file stays in tmp/ unsynced and is linked to the returned name
-    by the group's commit (deliver.groupcommit)."""
+    by the group's commit (deliver.groupcommit), by absolute paths: the commit comes
+    after the batch's last mail, whose cwd (its MAILDIR) may be another one.
+    ``abspath``: the caller's os.path.abspath (RealEffects knows its cwd)."""
     if group is not None:
-        name, tmp, st = _claim_tmp(path, data, umask, hostname, fsync=False)
-        dest = os.path.join(path, "new", name)
-        group.link_later(tmp, dest, st.st_dev)
-        return dest
+        name, _tmp, st = _claim_tmp(path, data, umask, hostname, fsync=False)
+        base = abspath(path)
+        group.link_later(os.path.join(base, "tmp", name), os.path.join(base, "new", name), st.st_dev)
+        return os.path.join(path, "new", name)
     name, tmp, _st = _claim_tmp(path, data, umask, hostname)
     try:
         dest = os.path.join(path, "new", name)

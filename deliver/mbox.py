@@ -36,7 +36,7 @@ import stat
 
 from .errors import LockError, MailboxError
 from .groupcommit import GroupCommit
-from .locking import DotLock, LockPolicy, fcntl_locked, is_held
+from .locking import DotLock, LockPolicy, is_held, lock_kernel, unlock_kernel
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +134,10 @@ def append_mbox(path: str, data: bytes, *, policy: LockPolicy = LockPolicy(), um
         # dot-lock is the recipe's (``:0:``), and a kernel-lock-only reader (Dovecot, mutt
         # without dotlock) must still be kept out of a half-written message
         try:
-            stack.enter_context(fcntl_locked(fd, timeout=policy.timeout))
+            lock_kernel(fd, timeout=policy.timeout)
         except LockError as exc:
             raise MailboxError(str(exc), temporary=True, path=path) from exc
+        stack.callback(unlock_kernel, fd)
         old_size = os.lseek(fd, 0, os.SEEK_END)
         try:
             _write_all(fd, data)

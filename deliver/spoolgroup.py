@@ -13,6 +13,31 @@ from __future__ import annotations
 import os
 
 
+# (effective gid, saved gid) when the saved one is to be raised, None when there is
+# nothing to raise; False: not looked at yet.  Read once, not at each of the four
+# lock and unlock calls of every delivery (getresgid and geteuid are system calls);
+# forgotten by ``forget`` wherever the process changes its ids and in a forked child.
+_ids: tuple[int, int] | None | bool = False
+
+
+def forget() -> None:
+    """The process's ids changed (deliver.identity, deliver.zygote, deliver.deliverd):
+    look again at the next lock."""
+    global _ids
+    _ids = False
+
+
+os.register_at_fork(after_in_child=forget)
+
+
+def _raisable() -> tuple[int, int] | None:
+    global _ids
+    if _ids is False:
+        _real, effective, saved = os.getresgid()
+        _ids = None if saved == effective or os.geteuid() == 0 else (effective, saved)
+    return _ids  # type: ignore[return-value]
+
+
 class spool_group:
     """Raise the saved gid (the spool's group, see drop_privileges) for a ``with``
     block.  A no-op for a process that keeps no such group.  A class rather than a
@@ -21,10 +46,11 @@ class spool_group:
     __slots__ = ("_lowered",)
 
     def __enter__(self) -> None:
-        _real, effective, saved = os.getresgid()
-        if saved == effective or os.geteuid() == 0:
+        ids = _raisable()
+        if ids is None:
             self._lowered = -1
             return
+        effective, saved = ids
         os.setegid(saved)
         self._lowered = effective
 

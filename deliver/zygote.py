@@ -82,6 +82,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Callable
 
+from . import spoolgroup
 from .errors import DeliveryError
 from .fastclient import ACCEPTED, EXITED, KILLED, REFUSED
 
@@ -136,6 +137,7 @@ def drop_to(creds: Creds) -> None:
     os.setgroups(list(creds.groups))
     os.setresgid(creds.gid, creds.gid, creds.gid)
     os.setresuid(creds.uid, creds.uid, creds.uid)
+    spoolgroup.forget()
     if creds.uid != 0 and 0 in os.getresuid():
         raise ZygoteError("could not drop root")
 

@@ -212,3 +212,34 @@ def test_procmail_waits_for_a_batch_lock():
     GroupCommit(claims=claims).close()
     assert os.listdir(d) == []
     os.rmdir(d)
+
+
+def test_relative_maildirs_of_different_mail_directories(tmp_path):
+    """Each mail's MAILDIR is its own cwd: a relative ``backup/`` of the first mail must
+    be linked into that mail's tree at the commit, made when the last mail's cwd is
+    another one."""
+    (a, rc), (b, _) = _tree(tmp_path, "a"), _tree(tmp_path, "b")
+    outs = Agent(_user(), Site(), load_rc=load_rc).run_many(
+        (_inv(tree, rc), _mail(i), {"TZ": "UTC"}) for i, tree in enumerate([a, b, a, b, b]))
+    assert [int(o.status) for o in outs] == [0] * 5
+    assert _folders(a)["backup"] == (2, 0) and _folders(b)["backup"] == (3, 0)
+
+
+def test_a_maildir_that_loses_its_tmp_mid_batch_is_made_whole_again(tmp_path):
+    """A batch checks a Maildir once (group.maildirs); one that loses a part after that
+    is made whole again by the delivery that fails on it, as at its first delivery."""
+    tree, rc = _tree(tmp_path, "t")
+    backup = tree / "Mail" / "backup"
+
+    def jobs():
+        for i in range(6):
+            if i == 3:      # the pending tmp/ files are moved away with their directory
+                os.rename(backup, tree / "Mail" / "old-backup")
+            yield _inv(tree, rc), _mail(i), {"TZ": "UTC"}
+
+    outs = Agent(_user(), Site(), load_rc=load_rc).run_many(jobs())
+    # the three whose tmp/ file went with the directory could not be linked: retried
+    assert [int(o.status) for o in outs] == [75, 75, 75, 0, 0, 0]
+    assert _folders(tree)["backup"] == (3, 0)
+    log = (tree / "log").read_text()
+    assert "Error while writing" not in log
