@@ -31,6 +31,9 @@ from deliver.errors import LockError
 user = lookup_user({user!r})
 spool = {spool!r}
 prepare_spool_mailbox(user, spool)
+from deliver.spoolgroup import spool_group
+with spool_group():     # looked at as root first: drop_privileges must make it look again
+    pass
 drop_privileges(user, spool if {keep} else None)
 print("ids", os.getresuid(), os.getresgid())
 try:
