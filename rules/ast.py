@@ -97,11 +97,15 @@ class ProgramTest:
 @dataclass(frozen=True, slots=True)
 class SizeTest:
     """``* < n`` / ``* > n``: strict comparison of the mail's length with n.
-    ``area`` is None for the whole mail, else H/B/HB or a variable name (``B ?? < 10``)."""
+    ``area`` is None for the whole mail, else H/B/HB or a variable name (``B ?? < 10``).
+    ``text``: the operand as written when it holds something to expand (``$``, a
+    backquote, a quote or a backslash): procmail expands it at every evaluation, then
+    reads the number; ``limit`` is unused then."""
 
     op: str  # "<" or ">"
     limit: int
     area: str | None = None
+    text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from .errors import RulesError
 __all__ = ["encode_rc", "decode_rc", "AstCodecError", "FORMAT", "VERSION"]
 
 FORMAT = "postroom-rc-ast"
-VERSION = 1
+VERSION = 2          # 2: SizeTest.text
 
 
 class AstCodecError(RulesError):
@@ -41,8 +41,8 @@ def _test(t) -> dict:
             return {"t": "var", "name": n, "pattern": p}
         case ProgramTest(command=c):
             return {"t": "program", "command": c}
-        case SizeTest(op=op, limit=lim, area=a):
-            return {"t": "size", "op": op, "limit": lim, "area": a}
+        case SizeTest(op=op, limit=lim, area=a, text=x):
+            return {"t": "size", "op": op, "limit": lim, "area": a, "text": x}
         case ExpandTest(text=x):
             return {"t": "expand", "text": x}
     raise AstCodecError(f"unknown test {t!r}")
@@ -137,7 +137,7 @@ def _dtest(d: Any):
         op = _get(d, "op", str)
         if op not in ("<", ">"):
             raise AstCodecError("bad size operator")
-        return SizeTest(op, _get(d, "limit", int), _str_or_none(d, "area"))
+        return SizeTest(op, _get(d, "limit", int), _str_or_none(d, "area"), _str_or_none(d, "text"))
     if t == "expand":
         return ExpandTest(_get(d, "text", str))
     raise AstCodecError(f"unknown test tag {t!r}")

@@ -12,7 +12,11 @@ leading and trailing blanks, then its first character selects the test, repeated
                  called by the evaluator after expansion (it must not import pyparsing)
   ``?``          ProgramTest
   ``<`` ``>``    SizeTest (``VAR ?? < n`` gives SizeTest(area=VAR), item 11); words after
-                 the number are ignored, as procmail does (it logs them as Skipped)
+                 the number are ignored, as procmail does (it logs them as Skipped); a
+                 literal without a number is refused (procmail reads 0, so ``> lots``
+                 would match every mail: a deliberate difference); an operand holding
+                 ``$``, a backquote, a quote or a backslash is kept as text, expanded at
+                 run time into words (procmail expands it always)
   ``\\``         quotes the next character and is dropped (item 6)
   anything else  RegexTest
 
@@ -22,8 +26,8 @@ blanks that start the continuation line are removed.  Program texts keep them (i
 What it guarantees: ``parse_condition`` returns a ``Condition`` or raises
 ``RcSyntaxError`` (never any other exception) for any input string.
 
-Errors: ``RcSyntaxError`` for a size test without a decimal number, and for a ``?`` or
-``$`` test after ``NAME ??`` (procmail supports these; the AST cannot express them yet).
+Errors: ``RcSyntaxError`` for a size test whose literal operand has no number, and for
+a ``?`` or ``$`` test after ``NAME ??`` (procmail supports these; the AST cannot express them yet).
 """
 
 from __future__ import annotations
@@ -35,14 +39,15 @@ from .ast import (Condition, ExpandTest, ProgramTest, RegexTest, SizeTest, Span,
 from .errors import RcSyntaxError
 
 __all__ = ["parse_condition", "squeeze", "is_name_start", "is_name_char",
-           "size_leftover"]
+           "size_leftover", "size_operand"]
 
 _BLANKS = " \t"
 # procmail's stod(): optional blanks and sign, digits, optional '.' or ',' fraction;
 # no exponent.  At least one digit must be present somewhere.
 _STOD = re.compile(r"[ \t]*([+-]?)([0-9]*)(?:[.,]([0-9]*))?")
-_SIZE = re.compile(r"[ \t]*([+-]?[0-9]+)")
-_SIZE_LEFTOVER = re.compile(r"[<>][ \t]*[+-]?[0-9]+[ \t]*(.*)\Z", re.S)
+_SIZE = re.compile(r"[ \t]*([+-]?[0-9]+)?[ \t]*(.*)\Z", re.S)
+_SIZE_LEFTOVER = re.compile(r"[<>](.*)\Z", re.S)
+_EXPANDS = re.compile(r"[$`\"'\\]")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LIMIT = 2147483647.0
 
@@ -154,23 +159,37 @@ def parse_condition(text: str, span: Span) -> Condition:
             test = ProgramTest(rest[1:].lstrip(_BLANKS))
             break
         if c in ("<", ">"):
-            m = _SIZE.match(rest, 1)
-            if m is None:
+            operand = rest[1:]
+            if _EXPANDS.search(operand):
+                test = SizeTest(c, 0, area, operand)
+                break
+            if _SIZE.match(operand).group(1) is None:   # type: ignore[union-attr]
+                # deliberate (README): procmail compares with 0, so ``* > lots``
+                # would match every mail
                 raise RcSyntaxError(
                     span, f"expected a decimal number of bytes after '{c}', "
-                          f"found {rest[1:].strip(_BLANKS)!r}")
-            test = SizeTest(c, int(m.group(1)), area)
+                          f"found {operand.strip(_BLANKS)!r}")
+            test = SizeTest(c, size_operand(operand)[0], area)
             break
         test = _regex(rest, area)
         break
     return Condition(test=test, negate=negate, weight=weight, span=span)
 
 
+def size_operand(text: str) -> tuple[int, str]:
+    """``(n, leftover)`` for the text after ``<``/``>``, as procmail's strtol() reads it:
+    blanks, an optional sign and digits make n (0 when there are none); what follows,
+    stripped, is what procmail logs as ``Skipped``."""
+    m = _SIZE.match(text)
+    assert m is not None                    # every part of the pattern may be empty
+    return (int(m.group(1)) if m.group(1) else 0), m.group(2).strip(_BLANKS)
+
+
 def size_leftover(text: str) -> str:
-    """What procmail skips after the number of a size test (``* > 10 bytes`` logs
-    ``Skipped "bytes"``); empty when there is nothing."""
+    """What procmail skips after the number of a size test on the condition line
+    ``text`` (``* > 10 bytes`` logs ``Skipped "bytes"``); empty when there is nothing."""
     m = _SIZE_LEFTOVER.search(text.strip(_BLANKS))
-    return m.group(1).strip(_BLANKS) if m else ""
+    return size_operand(m.group(1))[1] if m else ""
 
 
 def _regex(pattern: str, area: str | None) -> Test:

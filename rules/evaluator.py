@@ -29,7 +29,7 @@ from .areas import search_area
 from .ast import (Assignment, Block, Condition, ExpandTest, Flag, Folder, Forward, Item,
                   Pipe, ProgramTest, RcFile, Recipe, RegexTest, SizeTest, Skipped, Span,
                   VarTest, Weight)
-from .condparse import parse_condition
+from .condparse import parse_condition, size_operand
 from .effects import Command, Effects
 from .envint import renvint
 from .errors import ExpansionError, RcSyntaxError, RegexError
@@ -527,9 +527,18 @@ class Evaluator:
                 state.score += x if status else w
         return True
 
+    def _size_operand(self, text: str) -> int:
+        """A size test's operand expanded now, as procmail expands it at each test;
+        what follows the number is logged as procmail skips it."""
+        words = self._expand_words(text)      # as procmail: ``x$HOME\/y`` -> x/home/u/y
+        limit, leftover = size_operand(" ".join(words or ()))
+        if leftover:
+            self.effects.log(f'procmail: Skipped "{leftover}"\n')
+        return limit
+
     def _size_test(self, test: SizeTest, size: int, negate: bool, weight: Weight | None,
                    state: "_Score") -> bool:
-        pivot = test.limit
+        pivot = test.limit if test.text is None else self._size_operand(test.text)
         if weight is None:
             hit = size < pivot if test.op == "<" else size > pivot
             return hit != negate
@@ -899,14 +908,19 @@ def _log(ev: Evaluator, value: str | None, old: str | None) -> None:
 
 
 def _umask(ev: Evaluator, value: str | None, old: str | None) -> None:
+    """procmail reads UMASK with strtol(value, 8): blanks, a sign, octal digits; the
+    sign counts (``UMASK=-1`` is umask 0777: files made with mode 0)."""
     text = (value or "").strip()
+    sign = -1 if text.startswith("-") else 1
+    if text[:1] in "+-" and text:
+        text = text[1:]
     digits = ""
     for ch in text:
         if ch in "01234567":
             digits += ch
         else:
             break
-    ev.effects.set_umask(int(digits, 8) & 0o777 if digits else 0)
+    ev.effects.set_umask(sign * int(digits, 8) & 0o777 if digits else 0)
 
 
 def _includerc(ev: Evaluator, value: str | None, old: str | None) -> None:
@@ -941,7 +955,8 @@ def _switchrc(ev: Evaluator, value: str | None, old: str | None) -> None:
 
 
 def _host(ev: Evaluator, value: str | None, old: str | None) -> None:
-    if value is not None and value != ev.effects.hostname():
+    # unset is a mismatch too: procmail compares the (then empty) value
+    if value != ev.effects.hostname():
         raise _Stop(End.HOST)
 
 

@@ -511,7 +511,8 @@ def _on_recipe(s: str, loc: int, toks: pp.ParseResults) -> list:
             bad = True
             continue
         conditions.append(cond)
-        if isinstance(cond.test, SizeTest) and (left := size_leftover(line.text)):
+        if isinstance(cond.test, SizeTest) and cond.test.text is None \
+                and (left := size_leftover(line.text)):
             out.append(ctx.warn(line.pos, f'Skipped "{left}": expected nothing after '
                                           "the number of bytes"))
     out.extend(toks[i:-1])   # the action's own diagnostics

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rules.ast import Assignment
+from rules.astcodec import VERSION
 from rules.cache import _key, cache_path, load_rc
 from rules.parser import parse_rc
 
@@ -153,7 +154,7 @@ def test_corrupt_cache_is_a_miss(setup, garbage: bytes) -> None:
     entry.write_bytes(garbage)
     os.chmod(entry, 0o600)
     assert load_rc(str(rc), cache_dir=str(cdir)).items == parse_rc(RC, str(rc)).items
-    assert json.loads(entry.read_text())["ast"]["version"] == 1  # rewritten
+    assert json.loads(entry.read_text())["ast"]["version"] == VERSION  # rewritten
 
 
 def test_corrupt_ast_with_right_key_is_a_miss(setup) -> None:
