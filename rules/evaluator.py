@@ -476,7 +476,9 @@ class Evaluator:
             return self._area_and_buffer(False, True)
         if name in ("HB", "BH"):
             return self._area_and_buffer(True, True)
-        return (self.lookup(name) or "").encode("latin-1", "replace"), None
+        # the variable itself, as procmail's getenv(): ``_ ?? x`` does not see $_ (the
+        # rc file's name, a special of the expander only)
+        return (self.vars.get(name) or "").encode("latin-1", "replace"), None
 
     def _regex(self, pattern: str, area: tuple[bytes, bytes | None], flags: frozenset[Flag],
                negate: bool, weight: Weight | None, state: "_Score", ct: ConditionTrace,
