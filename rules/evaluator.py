@@ -245,9 +245,12 @@ class Evaluator:
         self.vars["PROCMAIL_OVERFLOW"] = "yes"
         return True
 
+    def _unexpected_eol(self) -> None:
+        self.effects.log("procmail: Unexpected EOL\n")
+
     def _expand_value(self, raw: str) -> str | None:
         try:
-            value = expand.expand_value(raw, self.lookup, self.backquote)
+            value = expand.expand_value(raw, self.lookup, self.backquote, on_eol=self._unexpected_eol)
         except ExpansionError as err:
             self.effects.log(f"procmail: {err}\n")
             return None
@@ -255,7 +258,8 @@ class Evaluator:
 
     def _expand_words(self, raw: str) -> list[str] | None:
         try:
-            words = expand.expand_words(raw, self.lookup, self.backquote, self.positional)
+            words = expand.expand_words(raw, self.lookup, self.backquote, self.positional,
+                                        on_eol=self._unexpected_eol)
         except ExpansionError as err:
             self.effects.log(f"procmail: {err}\n")
             return None

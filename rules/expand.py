@@ -133,9 +133,12 @@ def has_shell_metas(line: str, metas: str) -> bool:
 
 
 def expand_value(
-    raw: str, lookup: Lookup, backquote: Backquote, *, shellmetas: str = DEFAULT_SHELLMETAS
+    raw: str, lookup: Lookup, backquote: Backquote, *, shellmetas: str = DEFAULT_SHELLMETAS,
+    on_eol: Callable[[], None] | None = None,
 ) -> str:
-    """The value of ``NAME=raw`` (as sh assigns: quotes removed, no word splitting)."""
+    """The value of ``NAME=raw`` (as sh assigns: quotes removed, no word splitting).
+    ``on_eol`` is called when ``raw`` ends inside a quote (procmail logs
+    ``Unexpected EOL`` and goes on with what it read)."""
     if " " not in raw and "\t" not in raw:
         if not _PLAIN_UNSAFE.intersection(raw):
             return raw
@@ -143,6 +146,7 @@ def expand_value(
         if simple is not None:
             return simple
     reader = _Reader(raw, _VALUE, lookup, backquote, shellmetas)
+    reader.on_eol = on_eol
     reader.run()
     return reader.text()
 
@@ -154,6 +158,7 @@ def expand_words(
     positional: Sequence[str] = (),
     *,
     shellmetas: str = DEFAULT_SHELLMETAS,
+    on_eol: Callable[[], None] | None = None,
 ) -> list[str]:
     """Action-line words (folders, program argv when no SHELLMETAS, forward addresses):
     unquoted expansions are split on blanks, quotes removed, ``"$@"`` expands to separate
@@ -172,6 +177,7 @@ def expand_words(
         if simple is not None and not any(c in simple for c in _BLANKS):
             return [simple]
     reader = _Reader(raw, _WORDS, lookup, backquote, shellmetas)
+    reader.on_eol = on_eol
     reader.run()
     words = reader.words
     if reader.all_args is not None and positional:
@@ -259,7 +265,7 @@ class _Reader:
 
     __slots__ = (
         "src", "pos", "mode", "lookup", "backquote", "got", "words", "cur",
-        "brace", "qbrace", "skip", "all_args", "metas",
+        "brace", "qbrace", "skip", "all_args", "metas", "on_eol",
     )
 
     def __init__(
@@ -280,6 +286,7 @@ class _Reader:
         # word in progress and its length, the variable's value, got) to return to.
         self.skip: tuple[int, int, list[str], int, str, int] | None = None
         self.all_args: tuple[int, int] | None = None
+        self.on_eol: Callable[[], None] | None = None   # the text ended inside a quote
 
     # -- input -------------------------------------------------------------------------
 
@@ -350,6 +357,8 @@ class _Reader:
     def _finish_eof(self) -> None:
         if self.mode != _QUOTED and self.got > _NORMAL:
             log.info("Unexpected EOL in %r", self.src)
+            if self.on_eol is not None:
+                self.on_eol()
 
     def _step(self, c: str) -> str | None:
         """Handle character ``c``; return the next character to handle, or None when done."""
