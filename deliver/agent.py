@@ -279,6 +279,11 @@ class Agent:
                 continue                  # then the user's own rc file
             break
         delivered = end is End.DELIVERED
+        if end is End.HOST and ev.copied:
+            # HOST did not match in the last rc file: procmail stops there; postroom's
+            # $DEFAULT (README) is for a mail that would be lost, and a c copy of this
+            # one is already delivered
+            delivered = True
         if not delivered:
             delivered = self._fallback(ev)
         outcome = self._finish(ev, inv, delivered)

@@ -138,6 +138,7 @@ class Evaluator:
         self.prevcond = False
         self.lastsucc = False
         self.lastscore = 0
+        self.copied = False              # a ``c`` recipe delivered a copy
         self.frames: list[_Frame] = []
         self.trace: list[RecipeTrace] = []
         # (header, body) -> the area and its padded search buffer (rules.regex.padded)
@@ -351,6 +352,7 @@ class Evaluator:
         clone.on_clone_end = self.on_clone_end
         clone.lastcond, clone.prevcond, clone.lastsucc = self.lastcond, self.prevcond, self.lastsucc
         clone.lastscore = self.lastscore
+        clone.copied = self.copied
         clone.frames = [_Frame(f.items, f.kind, f.path, f.index, f.saved, list(f.diags))
                         for f in self.frames]
         clone.frames.append(frame)
@@ -623,11 +625,17 @@ class Evaluator:
             if result.ok:
                 self.vars["LASTFOLDER"] = result.lastfolder
                 if Flag.COPY in flags:
-                    self.effects.abstract(self.message.data, result.lastfolder)
+                    self._copy_done(result.lastfolder)
             return result.ok, True
         if isinstance(action, Forward):
             return self._forward(recipe, action, data, tr), True
         return self._pipe(recipe, action, data, tr)
+
+    def _copy_done(self, where: str) -> None:
+        """A ``c`` recipe delivered a copy: its abstract (LOGABSTRACT=all), and the mail
+        is no longer only in our hands (``copied``: see deliver.agent on HOST)."""
+        self.copied = True
+        self.effects.abstract(self.message.data, where)
 
     def _locked(self, lockname: str | None):
         if lockname is None:
@@ -659,7 +667,7 @@ class Evaluator:
                                           ignore_write_error=Flag.IGNORE_WRITE in recipe.flags,
                                           raw=Flag.RAW in recipe.flags)
         if result.ok and Flag.COPY in recipe.flags:
-            self.effects.abstract(self.message.data, cmd.text)
+            self._copy_done(cmd.text)
         return result.ok
 
     def _implicit_program_lock(self, recipe: Recipe, text: str) -> str | None:
@@ -724,7 +732,7 @@ class Evaluator:
             result = self.effects.pipe(cmd, data, wait=wait, quiet=quiet,
                                        ignore_write_error=ign, capture=False, raw=raw)
         if result.ok and Flag.COPY in flags:
-            self.effects.abstract(self.message.data, cmd.text)
+            self._copy_done(cmd.text)
         return result.ok, True
 
     def _replace(self, flags: frozenset[Flag], output: bytes) -> None:
