@@ -159,10 +159,13 @@ class Forward:
 
 @dataclass(frozen=True, slots=True)
 class Block:
-    """``{ ... }``: a nested list of items, run when the conditions match."""
+    """``{ ... }``: a nested list of items, run when the conditions match.  ``span`` is
+    the ``{``; ``end`` the matching ``}`` (None: never closed, the block runs to the
+    end of the file), so that a skipped block's syntax problems can be left unsaid."""
 
     items: tuple["Item", ...]
     span: Span = _span()
+    end: Span | None = field(default=None, compare=False)
 
 
 Action = Folder | Pipe | Forward | Block

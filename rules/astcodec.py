@@ -22,7 +22,7 @@ from .errors import RulesError
 __all__ = ["encode_rc", "decode_rc", "AstCodecError", "FORMAT", "VERSION"]
 
 FORMAT = "postroom-rc-ast"
-VERSION = 2          # 2: SizeTest.text
+VERSION = 3          # 2: SizeTest.text; 3: Block.end
 
 
 class AstCodecError(RulesError):
@@ -56,8 +56,9 @@ def _action(a) -> dict:
             return {"t": "pipe", "command": c, "capture": cap, "span": _span(a.span)}
         case Forward(text=t):
             return {"t": "forward", "text": t, "span": _span(a.span)}
-        case Block(items=its):
-            return {"t": "block", "items": [_item(i) for i in its], "span": _span(a.span)}
+        case Block(items=its, end=end):
+            return {"t": "block", "items": [_item(i) for i in its], "span": _span(a.span),
+                    "end": None if end is None else _span(end)}
     raise AstCodecError(f"unknown action {a!r}")
 
 
@@ -153,7 +154,9 @@ def _daction(d: Any, depth: int):
     if t == "pipe":
         return Pipe(_get(d, "command", str), _str_or_none(d, "capture"), sp)
     if t == "block":
-        return Block(tuple(_ditem(i, depth + 1) for i in _get(d, "items", list)), sp)
+        end = _get(d, "end")
+        return Block(tuple(_ditem(i, depth + 1) for i in _get(d, "items", list)), sp,
+                     None if end is None else _dspan(end))
     raise AstCodecError(f"unknown action tag {t!r}")
 
 

@@ -317,6 +317,8 @@ class Evaluator:
         if not self.prevcond or not fl.else_:
             self.prevcond = matched
         if not matched:
+            if isinstance(recipe.action, Block):
+                self._drop_diags_inside(recipe.action)
             return
         action = recipe.action
         if isinstance(action, Block):
@@ -329,6 +331,18 @@ class Evaluator:
             tr.delivered = True
             raise _Stop(End.DELIVERED)
 
+    def _drop_diags_inside(self, block: Block) -> None:
+        """procmail skips a block it does not enter by counting braces, without
+        reading its recipes: the syntax problems inside are never logged (a skipped
+        block that is never closed says nothing)."""
+        frame = self._file_frame()
+        if frame is None or not frame.diags:
+            return
+        start = (block.span.line, block.span.col)
+        end = None if block.end is None else (block.end.line, block.end.col)
+        frame.diags[:] = [d for d in frame.diags
+                          if not (start <= d[:2] and (end is None or d[:2] <= end))]
+
     def _enter_block(self, recipe: Recipe, block: Block, tr: RecipeTrace) -> None:
         tr.action = "enter block"
         self.lastsucc = True
@@ -336,6 +350,7 @@ class Evaluator:
         if Flag.COPY in recipe.flags:
             tr.action = "run block in a clone (c)"
             self._clone_into(frame)
+            self._drop_diags_inside(block)     # the clone has logged them; we skip it
             return
         self.frames.append(frame)
 

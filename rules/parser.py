@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .ast import Block, Diagnostic, Item, RcFile, Recipe
+from .ast import Block, Diagnostic, Item, RcFile, Recipe, Span
 from .grammar import (RC_FILE, BlockClose, BlockOpen, ParseContext, missing_brace,
                       parsing_context, unexpected_brace)
 
@@ -52,11 +52,11 @@ class _Frame:
     items: list[Item] = field(default_factory=list)
 
 
-def _close(frame: _Frame, parent: _Frame) -> None:
+def _close(frame: _Frame, parent: _Frame, end: Span | None) -> None:
     op = frame.opener
     assert op is not None
     if op.keep:
-        block = Block(tuple(frame.items), op.block_span)
+        block = Block(tuple(frame.items), op.block_span, end)
         parent.items.append(Recipe(op.flags, op.lock, op.conditions, block, op.span))
 
 
@@ -74,7 +74,7 @@ def _fold(tokens: list, ctx: ParseContext) -> tuple[list[Item], list[Diagnostic]
         elif isinstance(tok, BlockClose):
             if len(stack) > 1:
                 frame = stack.pop()
-                _close(frame, stack[-1])
+                _close(frame, stack[-1], ctx.span(tok.pos))
             else:
                 diags.append(unexpected_brace(ctx, tok.pos))
         else:
@@ -83,7 +83,7 @@ def _fold(tokens: list, ctx: ParseContext) -> tuple[list[Item], list[Diagnostic]
         frame = stack.pop()
         assert frame.opener is not None
         diags.append(missing_brace(ctx, frame.opener.block_span))
-        _close(frame, stack[-1])
+        _close(frame, stack[-1], None)
     return stack[0].items, diags
 
 

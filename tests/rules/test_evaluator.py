@@ -295,3 +295,18 @@ def test_tracing_off_changes_nothing_but_the_trace():
     traced, untraced = outcomes
     assert traced[:5] == untraced[:5]
     assert traced[5] > 0 and untraced[5] == 0
+
+
+def test_syntax_problems_inside_a_skipped_block_are_not_logged():
+    """procmail skips a block it does not enter by counting braces: nothing inside is
+    read, so nothing inside is reported; a c block's clone reports them once."""
+    skipped = ":0\n* nomatch\n{\n:0\n* > 10 words\nfoo\n}\n:0\ninbox\n"
+    _, eff, _ = run(skipped)
+    assert not [t for t in eff.logged if "Skipped" in t]
+    entered = skipped.replace("nomatch", "hello")
+    _, eff, _ = run(entered)
+    assert [t for t in eff.logged if "Skipped" in t] == ['procmail: Skipped "words"\n']
+    clone = ":0 c\n{\n:0\n* > 10 words\nfoo\n}\n:0\ninbox\n"
+    _, eff, _ = run(clone)
+    assert [t for t in eff.logged if "Skipped" in t] == ['procmail: Skipped "words"\n']
+    assert eff.saved == [("foo",), ("inbox",)]
