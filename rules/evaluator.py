@@ -66,7 +66,7 @@ class _Frame:
 
 # The diagnostics procmail itself logs, as the start of the parser's message.
 _PROCMAIL_DIAG = re.compile(r'^(Skipped "[^"\n]*"|Missing closing brace|Closing brace unexpected'
-                            r'|Missing action|Incomplete recipe)')
+                            r'|Missing action|Incomplete recipe|Extraneous [a-z-]+(?: flag)? ignored)')
 
 
 _DIAGS: dict[int, tuple[RcFile, tuple[tuple[int, int, str], ...]]] = {}
@@ -93,7 +93,8 @@ def _compute_diags(rc: RcFile) -> list[tuple[int, int, str]]:
         m = _PROCMAIL_DIAG.match(d.message)
         if m and (d.span.line, d.span.col) not in skipped_at:
             out.append((d.span.line, d.span.col, m.group(1)))
-    out.sort(reverse=True)          # popped from the end, earliest first
+    out.sort(key=lambda d: d[:2])   # stable: several at one place keep their order
+    out.reverse()                   # popped from the end, earliest first
     return out
 
 
@@ -627,7 +628,10 @@ class Evaluator:
         """Run the action; returns (succeeded, is a delivering action)."""
         flags = recipe.flags
         raw = Flag.RAW in flags
-        data = self._feed(flags)
+        # procmail ignores f on a folder ("Extraneous filter-flag ignored", logged when
+        # the recipe was read) and saves the whole mail whatever h and b say
+        data = self.message.data if Flag.FILTER in flags and isinstance(action, Folder) \
+            else self._feed(flags)
         if isinstance(action, Folder):
             names = self._expand_words(action.text)
             if not names:
@@ -677,10 +681,10 @@ class Evaluator:
         cmd = Command(argv, " ".join(argv))
         tr.action = "forward: " + " ".join(argv)
         with self._locked(self._implicit_program_lock(recipe, cmd.text)):
-            self.vars["LASTFOLDER"] = cmd.text
             result = self.effects.forward(cmd, data, wait=wait, quiet=quiet,
                                           ignore_write_error=Flag.IGNORE_WRITE in recipe.flags,
                                           raw=Flag.RAW in recipe.flags)
+        self.vars["LASTFOLDER"] = cmd.text     # after, as for a pipe
         if result.ok and Flag.COPY in recipe.flags:
             self._copy_done(cmd.text)
         return result.ok
@@ -732,6 +736,8 @@ class Evaluator:
                 self.effects.log("procmail: Rescue of unfiltered data succeeded\n")
             return result.ok, False
         if Flag.FILTER in flags:
+            if Flag.COPY in flags:
+                self.effects.log("procmail: Extraneous copy-flag ignored\n")
             tr.action = f"filter through: {cmd.text.strip()}"
             with self._locked(lock):
                 result = self.effects.pipe(cmd, data, wait=wait, quiet=quiet,
@@ -743,9 +749,10 @@ class Evaluator:
             return result.ok, False
         tr.action = f"pipe to: {cmd.text.strip()}"
         with self._locked(lock):
-            self.vars["LASTFOLDER"] = cmd.text
             result = self.effects.pipe(cmd, data, wait=wait, quiet=quiet,
                                        ignore_write_error=ign, capture=False, raw=raw)
+        # after the program ran, as procmail: it sees the LASTFOLDER of before
+        self.vars["LASTFOLDER"] = cmd.text
         if result.ok and Flag.COPY in flags:
             self._copy_done(cmd.text)
         return result.ok, True
@@ -997,7 +1004,7 @@ def _shift(ev: Evaluator, value: str | None, old: str | None) -> None:
     n = renvint(0, value)
     if n > 0:
         del ev.positional[:n]
-    ev.vars.pop("SHIFT", None)
+    # the variable keeps the value it was given, as procmail reads it back
 
 
 _SPECIAL_ASSIGNMENTS: dict[str, Callable[[Evaluator, str | None, str | None], None]] = {

@@ -485,6 +485,23 @@ recipe = (colon + header + pp.ZeroOrMore(forced_condition)
              | action)).set_name("recipe")
 
 
+# What procmail ignores on a block (in the order it says so) and on a folder; it says
+# so when it reads the recipe, whether or not the conditions match.
+_BLOCK_EXTRANEOUS = ((Flag.FILTER, "filter-flag"), (None, "locallockfile"),
+                     (Flag.FEED_BODY, "deliver-body flag"), (Flag.FEED_HEADER, "deliver-head flag"),
+                     (Flag.IGNORE_WRITE, "ignore-write-error flag"), (Flag.RAW, "raw-mode flag"))
+
+
+def _extraneous(head: "_Header", tail: object) -> list[tuple[str, str]]:
+    if isinstance(tail, _Marker) and tail.kind == "block":
+        return [(what, "a block is not fed anything")
+                for flag, what in _BLOCK_EXTRANEOUS
+                if (head.lock is not None if flag is None else flag in head.flags)]
+    if isinstance(tail, Folder) and Flag.FILTER in head.flags:
+        return [("filter-flag", "a folder is not a filter (the whole mail is saved)")]
+    return []
+
+
 def _on_recipe(s: str, loc: int, toks: pp.ParseResults) -> list:
     """Assemble a recipe from its header, condition lines and action; a recipe
     procmail would not run leaves only its diagnostics (in reading order)."""
@@ -517,6 +534,8 @@ def _on_recipe(s: str, loc: int, toks: pp.ParseResults) -> list:
                                           "the number of bytes"))
     out.extend(toks[i:-1])   # the action's own diagnostics
     span = ctx.span(head.pos)
+    out.extend(ctx.warn(head.pos, f"Extraneous {what} ignored: {why}")
+               for what, why in _extraneous(head, tail))
     if isinstance(tail, _Marker):
         if tail.kind == "incomplete":
             out.append(ctx.error(tail.pos, "Incomplete recipe: expected an action line "
