@@ -38,7 +38,7 @@ from rules.message import Message
 from . import procinfo
 from .effects import RealEffects, format_abstract
 from .exitcodes import ExitCode
-from .fromline import prepare_message
+from .fromline import TRUSTED_IDS, prepare_message
 from .groupcommit import GroupCommit
 
 _log = logging.getLogger(__name__)
@@ -74,6 +74,10 @@ class Invocation:
     assignments: list[tuple[str, str]] = field(default_factory=list)
     rcfiles: list[str] = field(default_factory=list)
     unknown_options: str = ""          # letters procmail would complain about
+    # who ran us (the real uid's login name, taken before -d drops privileges): the
+    # From_ line procmail makes up names it, and -d by a user it does not trust marks
+    # the From_ line (deliver.fromline); None: the recipient (the MTA's own deliveries)
+    invoker: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,8 +248,11 @@ class Agent:
         eff = self.effects
         if inv.berkeley and isinstance(eff, RealEffects):
             eff.berkeley = True
+        untrusted = inv.invoker if inv.delivery_mode and inv.invoker is not None \
+            and inv.invoker not in TRUSTED_IDS else None
         data = prepare_message(raw, sender=inv.sender, delivery_mode=inv.delivery_mode,
-                               invoker=self.user.name, berkeley=inv.berkeley)
+                               invoker=inv.invoker or self.user.name, berkeley=inv.berkeley,
+                               untrusted=untrusted, override=inv.override_from)
         del raw     # a 50 MB mail must not be held twice longer than needed
         variables = initial_environment(self.user, inv, self.site, caller_env)
         message = Message(data)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:              # typing costs milliseconds a process; annotation
 
 from .agent import Invocation
 from .exitcodes import ExitCode
+from .fromline import invoker_name
 
 USAGE = """\
 Usage: postroom deliver [-vptoYm] [-f fromwhom] [-a argument] [parameter=value | rcfile] ...
@@ -172,6 +173,8 @@ def run(argv: Sequence[str]) -> int:
     from .identity import IdentityError, current_user, lookup_user
     try:
         inv, explain = parse_args(argv)
+        if inv.delivery_mode:
+            inv.invoker = invoker_name()     # before -d drops privileges
     except _Version:
         from .agent import PROCMAIL_VERSION
         sys.stdout.write(f"postroom deliver (procmail {PROCMAIL_VERSION} compatible)\n")

@@ -14,7 +14,11 @@ reads on stdin into the buffer it delivers (PROCMAIL-BEHAVIOUR 26, procmail's ma
   one becomes ``From <invoker>  <now>``;
 * a first line longer than LINEBUF that starts with ``From `` is dropped (procmail's
   "drop long From_ line") and a new one made;
-* ``>From`` lines after the From_ line are ordinary header lines and are kept.
+* ``>From`` lines after the From_ line are ordinary header lines and are kept;
+* ``-d`` run by a user procmail does not trust (``untrusted``: not root nor one of its
+  TRUSTED_IDS): a From_ line that came from the input or from ``-f`` gets procmail's
+  ``>From <invoker>  <now>`` after it, saying who really delivered the mail, and ``-o``
+  replaces the From_ line by ``From <invoker>  <now>`` (without the mark).
 
 Content-Length is rewritten as procmail's readmail() does (see deliver.mboxformat), because
 procmail changes it in the one buffer every destination is written from.  Pure functions:
@@ -101,11 +105,21 @@ def find_timestamp(line: bytes) -> int:
     return end + 1
 
 
-def _default_invoker() -> bytes:
+# procmail's config.h TRUSTED_IDS: users whose -f and From_ lines -d takes as they are
+TRUSTED_IDS = frozenset({"root", "daemon", "uucp", "mail", "x400", "network", "list",
+                         "slist", "lists", "news"})
+
+
+def invoker_name() -> str:
+    """The login name of the real uid (procmail's invoker), or the uid itself."""
     try:
-        return pwd.getpwuid(os.getuid()).pw_name.encode("latin-1")
+        return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
-        return str(os.getuid()).encode("ascii")
+        return str(os.getuid())
+
+
+def _default_invoker() -> bytes:
+    return invoker_name().encode("latin-1")
 
 
 def prepare_message(
@@ -118,13 +132,19 @@ def prepare_message(
     invoker: str | bytes | None = None,
     linebuf: int = DEFAULT_LINEBUF,
     berkeley: bool = False,
+    untrusted: str | bytes | None = None,
+    override: bool = False,
 ) -> bytes:
     """The mail as procmail holds it after reading ``raw`` (see the module docstring).
 
     ``sender`` is ``-f``'s argument (``"-"`` is accepted as a synonym of refresh_date);
     ``invoker`` names the user for From_ lines procmail makes up itself (default: the
-    login name of the real uid).
+    login name of the real uid).  ``untrusted``: the invoker's name when ``-d`` was
+    given by a user procmail does not trust (module docstring); ``override`` is ``-o``.
     """
+    if untrusted is not None and override:
+        sender, refresh_date, untrusted = untrusted, False, None
+    marked = untrusted is not None and sender is not None
     if sender in ("-", b"-"):
         sender, refresh_date = None, True
     if sender is None and not refresh_date and not delivery_mode:
@@ -149,5 +169,9 @@ def prepare_message(
                 new_from = line[: find_timestamp(line)] + stamp
             elif sender is None:
                 new_from = line                 # -d without -f: keep it verbatim
+            marked = untrusted is not None
+    if marked:
+        assert untrusted is not None
+        new_from += b">From " + _text(untrusted) + stamp
     data = b"".join((new_from, memoryview(raw)[keep:]))
     return rewrite_content_length(data, berkeley=berkeley)

@@ -117,3 +117,27 @@ def test_overlong_from_line_is_dropped():
     msg = b"From " + b"x" * 3000 + b"\nS: x\n\nb\n"
     out = prepare_message(msg, sender="s", when=0)
     assert out.startswith(b"From s  ") and out.endswith(b"\nS: x\n\nb\n")
+
+
+def test_untrusted_delivery_marks_a_from_line_it_did_not_make():
+    """-d by a user procmail does not trust: a From_ line from the input or from -f gets
+    ">From <invoker>  <now>" after it; one made up from the invoker does not; -o makes
+    the invoker the sender, unmarked."""
+    when = 1688378400.0                      # Mon Jul  3 10:00:00 2023 UTC
+    stamp = b"  " + prepare_message(b"x\n", sender="a", when=when).split(b"  ", 1)[1].split(b"\n")[0]
+    mail = b"From a@b  Mon Jul  3 09:00:00 2023\nSubject: x\n\nbody\n"
+    got = prepare_message(mail, sender=None, delivery_mode=True, invoker="eve",
+                          untrusted="eve", when=when)
+    assert got.startswith(b"From a@b  Mon Jul  3 09:00:00 2023\n>From eve" + stamp + b"\nSubject")
+    got = prepare_message(b"Subject: x\n\nbody\n", sender="s@x", delivery_mode=True,
+                          invoker="eve", untrusted="eve", when=when)
+    assert got.startswith(b"From s@x" + stamp + b"\n>From eve" + stamp + b"\nSubject")
+    got = prepare_message(b"Subject: x\n\nbody\n", sender=None, delivery_mode=True,
+                          invoker="eve", untrusted="eve", when=when)
+    assert got.startswith(b"From eve" + stamp + b"\nSubject")
+    got = prepare_message(mail, sender="s@x", delivery_mode=True, invoker="eve",
+                          untrusted="eve", override=True, when=when)
+    assert got.startswith(b"From eve" + stamp + b"\nSubject")
+    # trusted (untrusted=None): no mark
+    got = prepare_message(mail, sender="s@x", delivery_mode=True, invoker="root", when=when)
+    assert got.startswith(b"From s@x" + stamp + b"\nSubject")
