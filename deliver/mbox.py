@@ -146,7 +146,8 @@ def append_mbox(path: str, data: bytes, *, policy: LockPolicy = LockPolicy(), um
             else:
                 group.wrote(fd, st)
         except OSError as exc:
-            _truncate_back(fd, path, old_size)
+            if stat.S_ISREG(st.st_mode):   # a device (/dev/full) has nothing to cut back
+                _truncate_back(fd, path, old_size)
             err = MailboxError.from_oserror("Error while writing to", path, exc)
             err.temporary = True           # the mailbox is intact: let the queue retry
             raise err from exc

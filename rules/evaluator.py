@@ -680,7 +680,8 @@ class Evaluator:
         wait, quiet = self._wait_flags(recipe.flags)
         cmd = Command(argv, " ".join(argv))
         tr.action = "forward: " + " ".join(argv)
-        with self._locked(self._implicit_program_lock(recipe, cmd.text)):
+        # procmail's buffer holds the words NUL-separated: only $SENDMAIL is looked at
+        with self._locked(self._implicit_program_lock(recipe, argv[0])):
             result = self.effects.forward(cmd, data, wait=wait, quiet=quiet,
                                           ignore_write_error=Flag.IGNORE_WRITE in recipe.flags,
                                           raw=Flag.RAW in recipe.flags)
