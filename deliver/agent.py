@@ -74,6 +74,7 @@ class Invocation:
     assignments: list[tuple[str, str]] = field(default_factory=list)
     rcfiles: list[str] = field(default_factory=list)
     unknown_options: str = ""          # letters procmail would complain about
+    conflicting: bool = False          # -m with -d or -a: procmail says so and goes on
     # who ran us (the real uid's login name, taken before -d drops privileges): the
     # From_ line procmail makes up names it, and -d by a user it does not trust marks
     # the From_ line (deliver.fromline); None: the recipient (the MTA's own deliveries)

@@ -48,6 +48,15 @@ class UsageError(Exception):
     pass
 
 
+class _Refused(Exception):
+    """A command line procmail refuses with its own line and exit status (no usage):
+    ``-z`` (LMTP on stdin, which this agent does not speak) and ``-m`` without an rcfile."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def _is_assignment(arg: str) -> bool:
     name, eq, _ = arg.partition("=")
     return bool(eq) and bool(name) and (name[0].isalpha() or name[0] == "_") \
@@ -97,6 +106,9 @@ def parse_args(argv: Sequence[str]) -> tuple[Invocation, bool]:
                 inv.berkeley = True
             elif ch == "m":
                 inv.mailfilter = True
+            elif ch == "z":
+                # an LMTP client would have its protocol taken for a mail
+                raise _Refused("LMTP support not enabled in this binary", ExitCode.USAGE)
             elif ch == "d":
                 value = arg[j + 1:]
                 inv.delivery_mode = True
@@ -104,6 +116,9 @@ def parse_args(argv: Sequence[str]) -> tuple[Invocation, bool]:
                 if not rest:
                     raise UsageError("option -d needs a recipient")
                 inv.recipients = rest
+                if inv.mailfilter:        # procmail: "Conflicting options", -d wins
+                    inv.conflicting = True
+                    inv.mailfilter = False
                 return inv, explain
             elif ch == "v":
                 raise _Version()
@@ -115,11 +130,14 @@ def parse_args(argv: Sequence[str]) -> tuple[Invocation, bool]:
         i += 1
     rest = args[i:]
     if inv.mailfilter:
+        if inv.positional:               # procmail: "Conflicting options", -a is dropped
+            inv.conflicting = True
+            inv.positional = []
         while rest and _is_assignment(rest[0]):
             name, _, value = rest.pop(0).partition("=")
             inv.assignments.append((name, value))
         if not rest:
-            raise UsageError("-m needs an rcfile")
+            raise _Refused("Missing rcfile", ExitCode.NOINPUT)
         inv.rcfiles = [rest[0]]
         inv.positional.extend(rest[1:])
         return inv, explain
@@ -184,6 +202,11 @@ def run(argv: Sequence[str]) -> int:
             sys.stderr.write(f"postroom deliver: {err}\n")
         sys.stderr.write(USAGE)
         return ExitCode.USAGE
+    except _Refused as err:
+        sys.stderr.write(f"procmail: {err}\n")
+        return err.status
+    if inv.conflicting:
+        sys.stderr.write("procmail: Conflicting options\n" + PROCMAIL_USAGE)
     if inv.unknown_options:
         # procmail's exact complaint: scripts and tests that compare stderr rely on it.
         sys.stderr.write(f'procmail: Unrecognised options: "{inv.unknown_options}"\n'
