@@ -487,15 +487,18 @@ recipe = (colon + header + pp.ZeroOrMore(forced_condition)
 
 # What procmail ignores on a block (in the order it says so) and on a folder; it says
 # so when it reads the recipe, whether or not the conditions match.
-_BLOCK_EXTRANEOUS = ((Flag.FILTER, "filter-flag"), (None, "locallockfile"),
-                     (Flag.FEED_BODY, "deliver-body flag"), (Flag.FEED_HEADER, "deliver-head flag"),
-                     (Flag.IGNORE_WRITE, "ignore-write-error flag"), (Flag.RAW, "raw-mode flag"))
+_BLOCK_EXTRANEOUS = (
+    (Flag.FILTER, "filter-flag", "a block is not a filter"),
+    (None, "locallockfile", "a block takes no lock (give the recipes inside it ':0:')"),
+    (Flag.FEED_BODY, "deliver-body flag", "a block is not fed anything"),
+    (Flag.FEED_HEADER, "deliver-head flag", "a block is not fed anything"),
+    (Flag.IGNORE_WRITE, "ignore-write-error flag", "nothing is written to a block"),
+    (Flag.RAW, "raw-mode flag", "nothing is written to a block"))
 
 
 def _extraneous(head: "_Header", tail: object) -> list[tuple[str, str]]:
     if isinstance(tail, _Marker) and tail.kind == "block":
-        return [(what, "a block is not fed anything")
-                for flag, what in _BLOCK_EXTRANEOUS
+        return [(what, why) for flag, what, why in _BLOCK_EXTRANEOUS
                 if (head.lock is not None if flag is None else flag in head.flags)]
     if isinstance(tail, Folder) and Flag.FILTER in head.flags:
         return [("filter-flag", "a folder is not a filter (the whole mail is saved)")]
