@@ -264,8 +264,7 @@ class RealEffects:
             result = deliver_to_folders(
                 list(folders), data, raw=raw, umask=self._umask, policy=self._policy(),
                 msgprefix=self.vars.get("MSGPREFIX", "msg."), lock_mbox=not already,
-                berkeley=self.berkeley, group=self.group,
-                abspath=None if self.group is None else self._abspath)
+                berkeley=self.berkeley, group=self.group, abspath=self._abspath)
         except DeliveryError as err:
             self.log(f'procmail: Error while writing to "{err.path or folders[0]}"\n')
             return SaveResult(False)

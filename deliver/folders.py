@@ -79,11 +79,11 @@ def _prepare(kind: str, path: str, umask: int, forcedir: bool) -> bool:
 
 
 def _ready(kind: str, path: str, umask: int, group: GroupCommit | None,
-           abspath: Callable[[str], str] | None) -> bool:
+           abspath: Callable[[str], str]) -> bool:
     """``_prepare`` for the first name of an action line.  In a batch a Maildir is
     checked once (four stat(2) calls, the most of any part of a delivery after the
     writes): ``group.maildirs`` remembers the ones found whole, by absolute path."""
-    if kind != MAILDIR or group is None or abspath is None:
+    if kind != MAILDIR or group is None:
         return _prepare(kind, path, umask, forcedir=False)
     key = abspath(path)
     if key in group.maildirs:
@@ -107,9 +107,10 @@ def deliver_to_folders(
     spool_checks: bool = False,
     berkeley: bool = False,
     group: GroupCommit | None = None,
-    abspath: Callable[[str], str] | None = None,
+    abspath: Callable[[str], str] = os.path.abspath,
 ) -> FolderResult:
-    """Deliver ``message`` to ``names`` (one action line); see the module docstring."""
+    """Deliver ``message`` to ``names`` (one action line); see the module docstring.
+    ``abspath``: the caller's os.path.abspath (RealEffects knows its cwd: no getcwd)."""
     if not names:
         raise MailboxError("no folder given")
     first, others = names[0], list(names[1:])
@@ -132,20 +133,20 @@ def deliver_to_folders(
     if kind == MAILDIR:
         data = maildir_bytes(message, berkeley=berkeley)
         batch = None if others else group
-        absolute = abspath or os.path.abspath
         try:
             stored = maildir.deliver_maildir(path, data, umask=umask, hostname=hostname, group=batch,
-                                             abspath=absolute)
+                                             abspath=abspath)
         except MailboxError:
-            if group is None or abspath is None or abspath(path) not in group.maildirs:
+            key = abspath(path)
+            if group is None or key not in group.maildirs:
                 raise
             # taken for whole earlier in the batch, it lost a part since: as at its first
             # delivery, make what is missing and try once more
-            group.maildirs.discard(abspath(path))
+            group.maildirs.discard(key)
             if not _prepare(kind, path, umask, forcedir=False):
                 raise
             stored = maildir.deliver_maildir(path, data, umask=umask, hostname=hostname, group=batch,
-                                             abspath=absolute)
+                                             abspath=abspath)
     else:
         data = (rewrite_content_length(message, berkeley=berkeley) if raw
                 else program_bytes(message, berkeley=berkeley))

@@ -24,8 +24,8 @@ procmail, mutt, Postfix local(8) and postroom all exclude one another on the sam
   in a batch (``DotLock(..., claims=...)``, deliver.groupcommit) the claim file is kept,
   unlinked, for the next lock of the same file and stamped anew when reused.
 
-``fcntl_locked(fd)`` holds a POSIX record lock on the whole open file (fcntl F_SETLKW, as
-procmail's fdlock() and mutt do) for the duration of a ``with`` block.
+``lock_kernel(fd)`` takes a POSIX record lock on the whole open file (fcntl F_SETLKW, as
+procmail's fdlock() and mutt do); ``unlock_kernel(fd)`` drops it.
 
 ``implicit_lockfile`` names the lock of a ``:0:`` recipe (PROCMAIL-BEHAVIOUR 38).
 
@@ -44,7 +44,6 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
@@ -388,7 +387,7 @@ def lock_kernel(fd: int, *, timeout: float | None = None) -> None:
     """Take an exclusive fcntl lock on the whole file ``fd`` (procmail's fdlock()).
 
     ``timeout`` None blocks (F_SETLKW); otherwise polls and raises LockError(temporary).
-    A function pair rather than only a context manager: every mbox append takes one, and
+    A function pair, not a context manager: every mbox append takes one, and
     ExitStack.callback(unlock_kernel, fd) costs less than a generator's frame.
     """
     try:
@@ -411,16 +410,6 @@ def lock_kernel(fd: int, *, timeout: float | None = None) -> None:
 def unlock_kernel(fd: int) -> None:
     with contextlib.suppress(OSError):
         fcntl.lockf(fd, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def fcntl_locked(fd: int, *, timeout: float | None = None) -> Iterator[None]:
-    """``lock_kernel`` for a ``with`` block."""
-    lock_kernel(fd, timeout=timeout)
-    try:
-        yield
-    finally:
-        unlock_kernel(fd)
 
 
 def implicit_lockfile(action: str, *, program: bool, lockext: str = ".lock") -> str | None:

@@ -87,7 +87,7 @@ def deliver_maildir(path: str, data: bytes, *, umask: int, hostname: str | None 
     With a ``group`` the file stays in tmp/ unsynced and is linked to the returned name
     by the group's commit (deliver.groupcommit), by absolute paths: the commit comes
     after the batch's last mail, whose cwd (its MAILDIR) may be another one.
-    ``abspath``: the caller's os.path.abspath (RealEffects knows its cwd)."""
+    ``abspath``: the caller's os.path.abspath (deliver.folders)."""
     if group is not None:
         name, _tmp, st = _claim_tmp(path, data, umask, hostname, fsync=False)
         base = abspath(path)

@@ -163,13 +163,14 @@ def parse_condition(text: str, span: Span) -> Condition:
             if _EXPANDS.search(operand):
                 test = SizeTest(c, 0, area, operand)
                 break
-            if _SIZE.match(operand).group(1) is None:   # type: ignore[union-attr]
+            number = _SIZE.match(operand).group(1)   # type: ignore[union-attr]
+            if number is None:
                 # deliberate (README): procmail compares with 0, so ``* > lots``
                 # would match every mail
                 raise RcSyntaxError(
                     span, f"expected a decimal number of bytes after '{c}', "
                           f"found {operand.strip(_BLANKS)!r}")
-            test = SizeTest(c, size_operand(operand)[0], area)
+            test = SizeTest(c, int(number), area)
             break
         test = _regex(rest, area)
         break

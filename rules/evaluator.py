@@ -949,7 +949,7 @@ def _umask(ev: Evaluator, value: str | None, old: str | None) -> None:
     sign counts (``UMASK=-1`` is umask 0777: files made with mode 0)."""
     text = (value or "").strip()
     sign = -1 if text.startswith("-") else 1
-    if text[:1] in "+-" and text:
+    if text.startswith(("+", "-")):
         text = text[1:]
     digits = ""
     for ch in text:

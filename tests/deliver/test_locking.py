@@ -19,7 +19,8 @@ import time
 import pytest
 
 from deliver.errors import LockError
-from deliver.locking import DotLock, LockPolicy, fcntl_locked, implicit_lockfile, is_held
+from deliver.locking import (DotLock, LockPolicy, implicit_lockfile, is_held, lock_kernel,
+                             unlock_kernel)
 
 PROCMAIL = "/usr/bin/procmail"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -186,11 +187,12 @@ def test_fcntl_lock_excludes_another_process(prdir):
     path = os.path.join(prdir, "f")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        with fcntl_locked(fd):
-            probe = ("import fcntl, os; fd = os.open(%r, os.O_RDWR)\n"
-                     "try:\n    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('got')\n"
-                     "except OSError:\n    print('busy')\n") % path
-            assert subprocess.run(["python3", "-c", probe], capture_output=True, text=True).stdout.strip() == "busy"
+        lock_kernel(fd)
+        probe = ("import fcntl, os; fd = os.open(%r, os.O_RDWR)\n"
+                 "try:\n    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('got')\n"
+                 "except OSError:\n    print('busy')\n") % path
+        assert subprocess.run(["python3", "-c", probe], capture_output=True, text=True).stdout.strip() == "busy"
+        unlock_kernel(fd)
         assert subprocess.run(["python3", "-c", probe], capture_output=True, text=True).stdout.strip() == "got"
     finally:
         os.close(fd)
