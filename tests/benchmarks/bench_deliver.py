@@ -49,6 +49,7 @@ import os
 import pwd
 import random
 import resource
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -56,6 +57,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from placement import spread_children
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_PY = REPO / ".venv" / "bin" / "python"
@@ -363,8 +366,10 @@ def big_message(mb: int = BIG_MB) -> bytes:
 # other benchmark: a Maildir file cost 0.1-0.8 ms there against ~0.02 ms under /var/tmp
 # (measured 2026-11-22: the in-process batch did ~1000 msg/s in a /tmp tree, ~1880 in a
 # /var/tmp or /work tree, same code, same messages).  That measures the file system's
-# recent history, not the programs; both sides always share the same tree parent.
+# recent history, not the programs; both sides always share the same tree parent, which
+# gives each tree a block group of its own (placement.spread_children).
 WORK_PARENT = os.environ.get("POSTROOM_BENCH_DIR", "/var/tmp")
+
 
 
 class Bench:
@@ -374,6 +379,8 @@ class Bench:
         pw = pwd.getpwnam(TEST_USER)
         self.uid, self.gid, self.home = pw.pw_uid, pw.pw_gid, pw.pw_dir
         self.root = Path(tempfile.mkdtemp(prefix="postroom-bench-", dir=WORK_PARENT))
+        self.spread = spread_children(self.root)
+        self.tag = secrets.token_hex(4)
         os.chown(self.root, self.uid, self.gid)
         self.rc = self.root / "rc"
         self.rc.write_text(RC)
@@ -402,8 +409,15 @@ class Bench:
             return {**self.env, "POSTROOM_DELIVERD": str(self.socket)}
         return self.env
 
+    def tree_path(self, name: str) -> Path:
+        """Where tree ``name`` of this run is.  The name carries the run's own random tag:
+        under a spread_children directory ext4 starts its search for a block group at a
+        hash of the new directory's name, so a fixed name would put every run's tree in
+        the group that the previous run's same tree churned when it was removed."""
+        return self.root / f"{name}-{self.tag}"
+
     def tree(self, name: str) -> Path:
-        d = self.root / name
+        d = self.tree_path(name)
         if d.exists():
             shutil.rmtree(d)
         (d / "Mail").mkdir(parents=True)
@@ -480,7 +494,7 @@ def per_process(b: Bench, messages: list[bytes], rounds: int) -> dict[str, float
     round_means: dict[str, list[float]] = {k: [] for k in per}
     # The trees of check_same_work, so every folder exists already: procmail sleeps a
     # second after its first write to a file whose atime equals its mtime (a new one).
-    trees = {prog: b.root / f"check-{prog}" for prog in per}
+    trees = {prog: b.tree_path(f"check-{prog}") for prog in per}
     pause = PAUSE_MS / 1000
     for r in range(rounds):
         sums = {prog: 0.0 for prog in per}
@@ -633,6 +647,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# bench_deliver: {len(messages)} messages, {sizes[0]}-{sizes[-1]} bytes "
               f"(median {sizes[len(sizes) // 2]}), 30-recipe rc, user {TEST_USER}")
         print(f"# reproduce: cd {REPO} && {cmd}")
+        print(f"# trees under {b.root}, " + ("each in a block group of its own (chattr +T)" if b.spread
+                                            else "sharing one block group (chattr +T refused)"))
         b.start_deliverd()
         filed = check_same_work(b, messages)
         print(f"same folders, same bytes from both: {filed}")
