@@ -43,10 +43,19 @@ log = logging.getLogger(__name__)
 UPDATE_MASK = stat.S_IXOTH     # procmail's "new mail" bit
 
 
+_OPEN_ATTEMPTS = 20
+
+
 def _open_append(path: str, mode: int, spool_checks: bool) -> int:
-    """Open ``path`` for appending, creating it exclusively with ``mode`` when missing."""
+    """Open ``path`` for appending, creating it exclusively with ``mode`` when missing.
+
+    Outside the spool a dangling symlink is followed and its target created, as
+    procmail does with a user's own folder (a spool mailbox that is a symlink is
+    refused).  Bounded: a name that keeps changing between the two opens fails the
+    delivery rather than spinning."""
     nofollow = os.O_NOFOLLOW if spool_checks else 0
-    while True:
+    target = path
+    for _ in range(_OPEN_ATTEMPTS):
         try:
             return os.open(path, os.O_WRONLY | os.O_APPEND | nofollow)
         except FileNotFoundError:
@@ -55,14 +64,17 @@ def _open_append(path: str, mode: int, spool_checks: bool) -> int:
             if exc.errno == errno.ELOOP and spool_checks:
                 raise MailboxError(f'Refusing symlinked mailbox "{path}"', path=path) from exc
             raise MailboxError.from_oserror("Error while writing to", path, exc) from exc
+        if not spool_checks and os.path.islink(path):
+            target = os.path.realpath(path)     # dangling: create what it points to
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         except FileExistsError:
             continue                       # someone created it meanwhile: open theirs
         except OSError as exc:
             raise MailboxError.from_oserror("Error while writing to", path, exc) from exc
         os.fchmod(fd, mode)                # independent of the process umask
         return fd
+    raise MailboxError(f'Error while writing to "{path}"', path=path)
 
 
 def _check_spool(path: str, fd: int) -> None:

@@ -256,6 +256,8 @@ class Evaluator:
         except ExpansionError as err:
             self.effects.log(f"procmail: {err}\n")
             return None
+        if "\0" in value:       # a NUL in the rc text: procmail's C string ends there
+            value = value[: value.index("\0")]
         return "" if self._overflow(value) else value
 
     def _expand_words(self, raw: str) -> list[str] | None:
@@ -267,6 +269,10 @@ class Evaluator:
             return None
         if self._overflow(" ".join(words)):
             return None
+        if any("\0" in w for w in words):
+            # a NUL in the rc text: procmail's parsed word lists are NUL-separated
+            # strings, so it ends a word there (``inb<NUL>ox`` is two folder names)
+            words = [piece for w in words for piece in w.split("\0") if piece]
         return words
 
     def _assign(self, item: Assignment) -> None:
@@ -605,6 +611,8 @@ class Evaluator:
         expansion to the shell), else split and expanded by us (item 18)."""
         metas = self.vars.get("SHELLMETAS", "")   # preset by deliver/; unset means none
         if expand.has_shell_metas(text, metas) or not expand_words:
+            if "\0" in text:    # the shell gets a C string: it ends at the NUL
+                text = text[: text.index("\0")]
             shell = self.vars.get("SHELL", "/bin/sh")
             shellflags = self.vars.get("SHELLFLAGS", "-c")
             return Command((shell, shellflags, text), text)

@@ -634,6 +634,8 @@ def compile_regex(pattern: str, *, case_sensitive: bool = False,
     condition began with a backslash (dropped by the parser), which keeps a macro at
     position 0 from being expanded.  Results are cached.
     """
+    if "\0" in pattern:     # a NUL in the rc text: procmail's C string ends there
+        pattern = pattern[: pattern.index("\0")]
     expanded, force_nocase = expand_macros(pattern, quoted_start=quoted_start)
     fold = force_nocase or not case_sensitive
     try:
