@@ -42,14 +42,18 @@ __all__ = ["parse_condition", "squeeze", "is_name_start", "is_name_char",
            "size_leftover", "size_operand"]
 
 _BLANKS = " \t"
-# procmail's stod(): optional blanks and sign, digits, optional '.' or ',' fraction;
-# no exponent.  At least one digit must be present somewhere.
-_STOD = re.compile(r"[ \t]*([+-]?)([0-9]*)(?:[.,]([0-9]*))?")
+# A weight as procmail reads it: with the C library's strtod() in the C locale (Debian's
+# procmail is built with it, not with its own stod()): blanks, a sign, then a decimal
+# with an optional exponent (``1e3``) or a hexadecimal with an optional binary exponent
+# (``0x10``, ``0x1.8p3``); a comma is no decimal point.  An exponent without digits is
+# not part of the number.  (strtod's "inf" and "nan" are not taken: no digit.)
+_STRTOD = re.compile(r"[ \t\n\v\f\r]*([+-]?)(?:0[xX]((?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+))"
+                     r"([pP][+-]?[0-9]+)?|((?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?))")
+_FINITE = 1.7976931348623157e308      # strtod's HUGE_VAL kept finite: scores clamp anyway
 _SIZE = re.compile(r"[ \t]*([+-]?[0-9]+)?[ \t]*(.*)\Z", re.S)
 _SIZE_LEFTOVER = re.compile(r"[<>](.*)\Z", re.S)
 _EXPANDS = re.compile(r"[$`\"'\\]")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_LIMIT = 2147483647.0
 
 
 def is_name_start(c: str) -> bool:
@@ -86,13 +90,16 @@ def squeeze(text: str) -> str:
 
 
 def _stod(text: str) -> tuple[float, int] | None:
-    """Return (value, end index) like procmail's stod(), or None if no digits."""
-    m = _STOD.match(text)
-    assert m is not None
-    sign, whole, frac = m.group(1), m.group(2), m.group(3)
-    if not whole and not frac:
+    """Return (value, end index) like strtod(), or None where it reads no number."""
+    m = _STRTOD.match(text)
+    if m is None:
         return None
-    value = float(f"{whole or '0'}.{frac or '0'}")
+    sign, hexdigits, binexp, decimal = m.groups()
+    if hexdigits is not None:
+        value = float.fromhex("0x" + (hexdigits if hexdigits != "." else "0") + (binexp or ""))
+    else:
+        value = float(decimal)
+    value = min(value, _FINITE)
     return (-value if sign == "-" else value), m.end()
 
 
@@ -111,17 +118,13 @@ def parse_condition(text: str, span: Span) -> Condition:
     test: Test
     while True:
         c = rest[:1]
-        if c and (c in "+-.," or c.isdigit() and c.isascii()):
+        if c and (c in "+-." or c.isdigit() and c.isascii()):
             w = _stod(rest)
             if w is not None:
                 after = rest[w[1]:].lstrip(_BLANKS)
                 if after.startswith("^"):
                     x = _stod(after[1:])
                     if x is not None:
-                        if not (abs(w[0]) <= _LIMIT and abs(x[0]) <= _LIMIT):
-                            raise RcSyntaxError(
-                                span, "weight out of range: expected w^x with both "
-                                      "between -2147483647 and 2147483647")
                         weight = Weight(w[0], x[0])
                         rest = after[1 + x[1]:].lstrip(_BLANKS)
                         continue

@@ -531,8 +531,12 @@ class Evaluator:
                 state.score += w
             state.hit = absent
             return True
-        added, state.hit = _weighted_matches(rx, text, buf, w, x, state.score)
+        texts: list[bytes] | None = [] if rx.sets_match else None
+        added, state.hit = _weighted_matches(rx, text, buf, w, x, state.score, texts)
         state.score += added
+        if texts:
+            self.vars["MATCH"] = texts[-1].partition(b"\0")[0].decode("latin-1")
+            ct.matched_text = self.vars["MATCH"]
         return True
 
     def _program_test(self, command: str, text: bytes, negate: bool,
@@ -798,15 +802,17 @@ class _NoLock:
 
 
 def _weighted_matches(rx, text: bytes, buf: bytes | None, w: float, x: float,
-                      score: float) -> tuple[float, bool]:
+                      score: float, texts: list[bytes] | None = None) -> tuple[float, bool]:
     """procmailsc(5) as misc.c computes it: the n-th successive match adds w*x^(n-1); an
     empty match ends the series (adding the rest at once: w*x^n/(1-x) for 0<x<1,
     +/-infinity for x>=1); a series whose terms are below 1 and shrinking is cut off;
-    the total stops at +/-2147483647."""
-    if w == 0:
+    the total stops at +/-2147483647.  ``texts`` (a ``\\/`` pattern) is left holding
+    the MATCH texts of the terms scored, the last one last."""
+    if w == 0:          # no series is scored: MATCH is left alone (procmail)
         return 0.0, rx.search(text, buf) is not None
     limit = 1 if x == 0 else len(text) + 2
-    count, ended_empty = rx.count_series(text, limit, buf)
+    found: list[bytes] | None = [] if texts is not None else None
+    count, ended_empty = rx.count_series(text, limit, buf, found)
     added = 0.0
     weight = w
     oweight = weight * weight
@@ -814,6 +820,8 @@ def _weighted_matches(rx, text: bytes, buf: bytes | None, w: float, x: float,
         if weight == 0 or not (MIN32 < score + added < MAX32):
             break
         added += weight
+        if found:
+            texts.extend(found[k:k + 1])    # type: ignore[union-attr]
         weight *= x
         if ended_empty and k == count - 1:
             if 0 < x < 1:

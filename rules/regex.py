@@ -499,6 +499,11 @@ class CompiledRegex:
     def __repr__(self) -> str:
         return f"CompiledRegex({self.pattern!r}, case_sensitive={self.case_sensitive})"
 
+    @property
+    def sets_match(self) -> bool:
+        """Whether a match assigns MATCH (the pattern has ``\\/``)."""
+        return self._has_bom
+
     def _program(self) -> tuple[list[tuple[Any, ...]], int]:
         if self._nfa is None:
             self._nfa = _compile_nfa(self._node)
@@ -579,12 +584,14 @@ class CompiledRegex:
         found, empty = self.count_series(text, limit)
         return None if empty else found
 
-    def count_series(self, text: bytes, limit: int,
-                     buf: bytes | None = None) -> tuple[int, bool]:
+    def count_series(self, text: bytes, limit: int, buf: bytes | None = None,
+                     matches: list[bytes] | None = None) -> tuple[int, bool]:
         """``(n, ended_empty)``: the matches counted (at most ``limit``, including the
         empty match that ends a series) and whether an empty match ended it.  With a
         negative exponent procmail adds exactly those n terms and stops (misc.c).
-        ``buf`` as for ``search``."""
+        ``buf`` as for ``search``.  ``matches``, when given, receives each match's text
+        for MATCH (a pattern with ``\\/``; procmail sets MATCH at every match of the
+        series, so the last term it scores leaves its own)."""
         if limit <= 0:
             return 0, False
         if self._empty:  # an empty regex "matches" without searching: empty at once
@@ -619,6 +626,9 @@ class CompiledRegex:
             end = res[0] - 1 + shift  # text coordinate of "one past the match"
             if res[1] is not None:  # a \/ match: regexp.c clips its end to the area
                 end = min(end, n)
+                if matches is not None:
+                    lo, hi = max(res[1] - 1, 0), min(res[2] - 1, n)
+                    matches.append(text[lo:hi] if not shift and hi > lo else b"")
             if end <= pos:
                 return found, True
             pos = end
