@@ -330,6 +330,8 @@ class Agent:
         if delivered and self.effects.abstract_enabled(final=True):
             self.effects.log(format_abstract(clone.message.data, clone.vars.get("LASTFOLDER", ""),
                                              self.effects.last_size))
+        # the clone is a procmail of its own: its TRAP runs when it ends
+        self._trap_and_exitcode(clone, ExitCode.OK if delivered else ExitCode.CANTCREAT)
 
     def _finish(self, ev: Evaluator, inv: Invocation, delivered: bool) -> Outcome:
         eff = self.effects

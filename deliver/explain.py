@@ -34,6 +34,7 @@ class RecordingEffects:
         self.uid = uid
         self._rc_loader = rc_loader
         self.last_size = 0
+        self.umask = 0o077           # what deliver/ starts with; only recorded here
 
     def environment(self, variables: Mapping[str, str]) -> None:
         self.vars = variables
@@ -46,7 +47,9 @@ class RecordingEffects:
         return False
 
     def set_umask(self, mask: int) -> None:
-        self.events.append(f"UMASK would be {mask:03o}")
+        if mask != self.umask:
+            self.events.append(f"UMASK would be {mask:03o}")
+        self.umask = mask
 
     def set_logfile(self, path: str | None) -> None:
         self.events.append(f"LOGFILE would be {path!r}")

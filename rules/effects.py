@@ -55,6 +55,10 @@ class Effects(Protocol):
 
     def set_umask(self, mask: int) -> None: ...
 
+    @property
+    def umask(self) -> int:
+        """The umask files are created with now (a ``c`` clone's UMASK is undone)."""
+
     def set_logfile(self, path: str | None) -> None:
         """LOGFILE assignment; None or empty means stderr."""
 

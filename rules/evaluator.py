@@ -384,17 +384,21 @@ class Evaluator:
         clone._linebuf_memo = self._linebuf_memo
         saved_cwd = os.getcwd()
         self.effects.environment(clone.vars)
+        saved_umask = self.effects.umask
         try:
             end = clone._loop()
             if self.on_clone_end is not None:
                 self.on_clone_end(clone, end)
         finally:
+            # what the clone changed dies with it in procmail (a process of its own):
+            # the environment, the log file, the directory, the umask, its LOCKFILE
             self.effects.environment(self.vars)
             self.effects.set_logfile(self.vars.get("LOGFILE") or None)
             self.effects.chdir(saved_cwd)
-            umask = self.vars.get("UMASK")
-            if umask is not None:
-                _umask(self, umask, None)
+            if self.effects.umask != saved_umask:
+                self.effects.set_umask(saved_umask)
+            if clone.vars.get("LOCKFILE") != self.vars.get("LOCKFILE"):
+                self.effects.global_lock(self.vars.get("LOCKFILE") or None)
 
     # ------------------------------------------------------------------ conditions
 

@@ -32,6 +32,7 @@ class Recorder:
         self.fail = set(fail)
         self.programs = dict(programs or {})
         self.host = host
+        self.umask = 0o077
 
     def environment(self, variables: Mapping[str, str]) -> None:
         self.vars = variables
