@@ -37,6 +37,7 @@ from rules.message import Message
 
 from . import procinfo
 from .effects import RealEffects, format_abstract
+from .errors import Terminated
 from .exitcodes import ExitCode
 from .fromline import TRUSTED_IDS, prepare_message
 from .groupcommit import GroupCommit
@@ -272,6 +273,16 @@ class Agent:
             if name == "INCLUDERC":
                 continue                  # procmail: command-line INCLUDERC has no effect
             ev.set_variable(name, value)
+        try:
+            delivered = self._run_rcfiles(ev, candidates)
+        except Terminated as sig:
+            return self._terminated(ev, sig)
+        outcome = self._finish(ev, inv, delivered)
+        outcome.trace = ev.trace
+        return outcome
+
+    def _run_rcfiles(self, ev: Evaluator, candidates: list[tuple[str, str]]) -> bool:
+        """The rc files in turn, then $DEFAULT / $ORGMAIL; whether the mail was delivered."""
         end = End.FELL_OFF
         for path, kind in candidates:
             rc = self._open_rc(path, kind)
@@ -294,9 +305,19 @@ class Agent:
             delivered = True
         if not delivered:
             delivered = self._fallback(ev)
-        outcome = self._finish(ev, inv, delivered)
-        outcome.trace = ev.trace
-        return outcome
+        return delivered
+
+    def _terminated(self, ev: Evaluator, sig: Terminated) -> Outcome:
+        """A signal ended the delivery (deliver.cli): procmail's terminate().  A copy
+        already delivered stays; the mail itself is requeued or bounced."""
+        eff = self.effects
+        eff.log("procmail: Terminating prematurely\n")
+        status = ExitCode.TEMPFAIL if sig.requeue else ExitCode.CANTCREAT
+        if eff.abstract_enabled(final=True):
+            where = "**Requeued**" if sig.requeue else "**Bounced**"
+            eff.log(format_abstract(ev.message.data, where, eff.last_size, subject=False))
+        eff.close()
+        return Outcome(status, False, ev.vars.get("LASTFOLDER", ""))
 
     def _fallback(self, ev: Evaluator) -> bool:
         """Falling off the end: $DEFAULT (locked), then $ORGMAIL (item 44)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import signal
 import sys
 
 TYPE_CHECKING = False
@@ -288,8 +289,42 @@ def _deliver(inv: Invocation, mail: list[bytes], user, site, caller_env, explain
         from .explain import explain_delivery
         return explain_delivery(inv, mail.pop(), user, site, caller_env, _load_rc, sys.stdout)
     agent = Agent(user, site, load_rc=_load_rc)
+    _catch_signals()
     outcome = agent.run(inv, mail.pop(), caller_env)
     return int(outcome.status)
+
+
+# What a signal to the delivering process does, as in procmail: SIGTERM requeues the
+# mail (75), SIGHUP and SIGINT bounce it (73), each after "Terminating prematurely";
+# SIGQUIT, which procmail takes as "lose the mail" (exit 0), requeues it here (README,
+# deliberate differences).  SIGUSR1/SIGUSR2 (procmail's verbose switch) and SIGALRM
+# (its own timer) do not end the delivery.
+_REQUEUE = (signal.SIGTERM, signal.SIGQUIT)
+_BOUNCE = (signal.SIGHUP, signal.SIGINT)
+_IGNORED = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
+
+
+def _catch_signals() -> None:
+    """Install the handlers above for this delivery: the first signal raises
+    deliver.errors.Terminated where the delivery is (the agent logs it and unwinds its
+    locks); later ones do nothing while it does."""
+    from .errors import Terminated
+
+    ended: list[int] = []
+
+    def end(signum: int, _frame: object) -> None:
+        if not ended:
+            ended.append(signum)
+            raise Terminated(signum, requeue=signum in _REQUEUE)
+
+    def ignore(_signum: int, _frame: object) -> None:
+        """A handler, not SIG_IGN: an ignored signal would stay ignored in the programs
+        the recipes run (exec keeps SIG_IGN), a handler is reset by exec."""
+
+    for sig in _REQUEUE + _BOUNCE:
+        signal.signal(sig, end)
+    for sig in _IGNORED:
+        signal.signal(sig, ignore)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

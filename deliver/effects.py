@@ -333,6 +333,7 @@ class RealEffects:
     def pipe(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
              ignore_write_error: bool, capture: bool, raw: bool) -> ProgramResult:
         feed = data if raw else program_bytes(data, berkeley=self.berkeley)
+        self.last_size = len(feed)   # what a signal's abstract counts if the pipe never returns
         return self._run(command, feed, wait=wait, quiet=quiet,
                          ignore_write_error=ignore_write_error, capture=capture,
                          unpadded=len(data))
@@ -382,9 +383,10 @@ class RealEffects:
             self.log(format_abstract(message, folder, self.last_size))
 
 
-def format_abstract(message: bytes, folder: str, size: int) -> str:
+def format_abstract(message: bytes, folder: str, size: int, *, subject: bool = True) -> str:
     """procmail's logabstract(): From_ line, Subject (78 chars, tabs as blanks), then
-    the folder padded with tabs to column 72 and the size right-aligned in 7."""
+    the folder padded with tabs to column 72 and the size right-aligned in 7.  Without
+    ``subject`` the Subject line is left out, as procmail's abstract after a signal."""
     out: list[str] = []
     header_end = message.find(b"\n\n")
     header = message if header_end < 0 else message[: header_end + 1]
@@ -394,10 +396,10 @@ def format_abstract(message: bytes, folder: str, size: int) -> str:
         line = header if nl < 0 else header[:nl]
         out.append(line.decode("latin-1").partition("\0")[0] + "\n")
         start = len(header) if nl < 0 else nl + 1
-    subject = _subject_line(header, start)
-    if subject is not None:
+    shown = _subject_line(header, start) if subject else None
+    if shown is not None:
         # procmail's lines are C strings: a NUL byte ends the text shown
-        out.append(" " + _detab(subject.partition("\0")[0][:MAX_SUBJECT_SHOW]) + "\n")
+        out.append(" " + _detab(shown.partition("\0")[0][:MAX_SUBJECT_SHOW]) + "\n")
     name = _detab(folder[:MAX_FOLDER_SHOW])
     line = "  Folder: " + name
     i = len(line) - len(line) % TAB

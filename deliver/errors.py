@@ -45,3 +45,14 @@ class LockError(DeliveryError):
 
     def __init__(self, message: str, *, temporary: bool = True, path: str | None = None) -> None:
         super().__init__(message, temporary=temporary, path=path)
+
+
+class Terminated(BaseException):
+    """A signal ended the delivery (deliver.cli installs the handlers): the agent logs
+    procmail's "Terminating prematurely" and requeues (75) or bounces (73) the mail.
+    A BaseException, so that no ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signum: int, requeue: bool) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.requeue = requeue

@@ -163,6 +163,10 @@ def append_mbox(path: str, data: bytes, *, policy: LockPolicy = LockPolicy(), um
             err = MailboxError.from_oserror("Error while writing to", path, exc)
             err.temporary = True           # the mailbox is intact: let the queue retry
             raise err from exc
+        except BaseException:              # a signal (deliver.errors.Terminated) mid-append
+            if stat.S_ISREG(st.st_mode):
+                _truncate_back(fd, path, old_size)
+            raise
     return len(data)
 
 

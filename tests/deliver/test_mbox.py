@@ -99,6 +99,36 @@ def test_spool_refuses_dangling_symlink(tmp_path):
     assert not os.path.exists(tmp_path / "elsewhere")
 
 
+def test_user_folder_dangling_symlink_creates_its_target(tmp_path):
+    """Outside the spool a dangling symlink is followed, as procmail does (the open
+    used to spin forever between ENOENT and EEXIST)."""
+    os.symlink("target", tmp_path / "box")
+    assert append_mbox(str(tmp_path / "box"), b"x\n\n", policy=FAST, umask=0o077) == 3
+    assert (tmp_path / "target").read_bytes() == b"x\n\n"
+    assert stat.S_IMODE(os.stat(tmp_path / "target").st_mode) == 0o600
+    assert os.path.islink(tmp_path / "box")
+
+
+def test_a_signal_mid_append_truncates_back(tmp_path, monkeypatch):
+    """deliver.cli's handlers raise Terminated wherever the delivery is; an append it
+    interrupts is cut back to the mailbox's old size, as a failed write is."""
+    import deliver.mbox as mbox_module
+    from deliver.errors import Terminated
+    box = tmp_path / "box"
+    box.write_bytes(b"From a  Mon Jul  3 10:00:00 2023\n\nold\n\n")
+    before = box.read_bytes()
+
+    def half_then_signal(fd: int, data: bytes) -> None:
+        os.write(fd, data[: len(data) // 2])
+        raise Terminated(15, requeue=True)
+
+    monkeypatch.setattr(mbox_module, "_write_all", half_then_signal)
+    with pytest.raises(Terminated):
+        append_mbox(str(box), b"From b  Mon Jul  3 10:00:00 2023\n\nnew mail\n\n", policy=FAST)
+    assert box.read_bytes() == before
+    assert [n for n in os.listdir(tmp_path) if n != "box"] == []     # no lock left
+
+
 def test_spool_refuses_hard_link(tmp_path):
     (tmp_path / "a").write_bytes(b"")
     os.link(tmp_path / "a", tmp_path / "box")
