@@ -179,7 +179,7 @@ class RealEffects:
         if stat.S_ISLNK(st.st_mode) or not (stat.S_ISREG(st.st_mode) or path == os.devnull):
             self.log(f'procmail: Couldn\'t read "{path}"\n')
             return None
-        if st.st_uid not in (self._uid, 0) or st.st_mode & stat.S_IWOTH:
+        if st.st_uid not in (self._uid, 0) or (st.st_mode & stat.S_IWOTH and path != os.devnull):
             self.log(f'procmail: Suspicious rcfile "{path}"\n')
             return None
         try:
@@ -412,7 +412,7 @@ def format_abstract(message: bytes, folder: str, size: int, *, subject: bool = T
     return "".join(out)
 
 
-_DETAB = {c: " " for c in (*range(32), 0x7F)}
+_DETAB = {c: " " for c in (9, 10, 11, 12, 13)}     # procmail blanks whitespace only
 
 
 def _detab(text: str) -> str:

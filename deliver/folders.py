@@ -173,7 +173,8 @@ def deliver_to_folders(
             else:
                 linked = dirfolder.link_into_dir(stored, opath, ino, msgprefix)
         except MailboxError as exc:
-            log.warning("%s", exc)         # procmail: "Couldn't make link to", not fatal
+            # procmail: "Couldn't make link to", without the reason; not fatal
+            log.warning('Couldn\'t make link to "%s"', exc.path)
             continue
         shown.append(linked)
     return FolderResult(tuple(shown), len(data), kind, tuple(skipped))

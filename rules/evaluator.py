@@ -220,6 +220,8 @@ class Evaluator:
         special = _SPECIAL_LOOKUPS.get(name)
         if special is not None:
             return special(self)
+        if name == expand.PLAIN_UNDERSCORE:
+            return self.vars.get("_")
         return self.vars.get(name)
 
     def backquote(self, text: str) -> str:
@@ -736,7 +738,10 @@ class Evaluator:
         wait, quiet = self._wait_flags(flags)
         raw = Flag.RAW in flags
         ign = Flag.IGNORE_WRITE in flags
-        lock = self._implicit_program_lock(recipe, action.command)
+        # split without the shell, procmail's buffer holds the words NUL-separated: the
+        # implicit lock (and its complaint) sees the first word only
+        shell = len(cmd.argv) == 3 and cmd.argv[2] == cmd.text
+        lock = self._implicit_program_lock(recipe, action.command if shell else cmd.argv[0])
         if action.capture is not None:
             tr.action = f"capture into {action.capture}: {cmd.text.strip()}"
             with self._locked(lock):

@@ -66,6 +66,7 @@ __all__ = [
     "DEFAULT_SHELLMETAS",
     "Backquote",
     "Lookup",
+    "PLAIN_UNDERSCORE",
     "expand_quoted",
     "expand_value",
     "expand_words",
@@ -78,7 +79,11 @@ log = logging.getLogger(__name__)
 Lookup = Callable[[str], "str | None"]
 """Variable lookup: returns None when unset. Names include ordinary variables and the
 specials "1".."9", "#", "$" (pid), "_" (current rcfile), "-" (LASTFOLDER), "=" (last score).
-Also asked: "0" (procmail's argv0) and "?" (last program's exit code)."""
+Also asked: "0" (procmail's argv0), "?" (last program's exit code) and PLAIN_UNDERSCORE."""
+
+PLAIN_UNDERSCORE = "{_}"
+"""The name a Lookup is asked for the plain variable ``_`` (``${_}``, ``$\\_``): not
+the rcfile, which the bare ``$_`` is."""
 
 Backquote = Callable[[str], str]
 """Runs a command (mail on stdin) and returns its stdout with ALL trailing newlines removed.
@@ -332,10 +337,12 @@ class _Reader:
     def _get(self, name: str) -> str | None:
         if self.skip is not None:
             return None  # procmail does not look anything up in an unused ${N-w} word
-        if not name or name == "_":
-            # ${_} and $\_ read an environment variable "_", never set by procmail; only
-            # the bare $_ means the rcfile (the name "_" of the Lookup interface).
+        if not name:
             return None
+        if name == "_":
+            # ${_} and $\_ read the plain variable "_" (an rc may assign it); only the
+            # bare $_ means the rcfile (the name "_" of the Lookup interface)
+            return self.lookup(PLAIN_UNDERSCORE)
         if name[0] in _DIGITS:
             name = name[0]  # procmail looks at the first digit only ($\12 is $\1)
         return self.lookup(name)
