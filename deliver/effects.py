@@ -133,7 +133,9 @@ class RealEffects:
         if not path:
             return
         try:
-            self._log_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            # a symlink is followed, as procmail does (LOGFILE=/dev/stderr, a log kept
+            # elsewhere): the delivery runs as the user by now, never as root
+            self._log_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
             self._log_opened = True
         except OSError:
             self._log_fd = self._stderr_fd
