@@ -140,11 +140,16 @@ def _check_condition(cond: Condition, case_sensitive: bool, findings: list[Findi
         case RegexTest(pattern=pattern) | VarTest(pattern=pattern):
             from .regex import compile_regex
             try:
-                compile_regex(pattern, case_sensitive=case_sensitive)
+                rx = compile_regex(pattern, case_sensitive=case_sensitive)
             except RegexError as err:
                 findings.append(Finding(cond.span, "error",
                                         f'invalid regexp "{pattern}": {err.reason} '
                                         "(procmail would treat this condition as matching)"))
+            else:
+                if rx.invalid is not None:
+                    findings.append(Finding(cond.span, "error",
+                                            f'invalid regexp "{pattern}": {rx.invalid} (procmail '
+                                            "logs it and matches with the part it could read)"))
             if isinstance(test, VarTest) and test.name not in ("H", "B", "HB", "BH"):
                 _check_name(test.name, cond.span, findings, assigned)
         case ExpandTest(text=text):

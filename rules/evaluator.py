@@ -33,6 +33,7 @@ from .condparse import parse_condition, size_operand
 from .effects import Command, Effects
 from .envint import renvint
 from .errors import ExpansionError, RcSyntaxError, RegexError
+from .macros import expand_macros
 from .message import Message, skip_from_line
 from .regex import compile_regex, padded
 from .trace import ConditionTrace, RecipeTrace
@@ -522,8 +523,12 @@ class Evaluator:
             rx = compile_regex(pattern, case_sensitive=Flag.CASE in flags)
         except RegexError:
             # procmail: "Invalid regexp" and the condition counts as matched (item 7).
-            self.effects.log(f'procmail: Invalid regexp "{pattern}"\n')
+            self.effects.log(f'procmail: Invalid regexp "{expand_macros(pattern)[0]}"\n')
             return True
+        if rx.invalid is not None:
+            # unbalanced parentheses: procmail complains (showing the regex with its
+            # macros expanded) and matches with what it read
+            self.effects.log(f'procmail: Invalid regexp "{expand_macros(pattern)[0]}"\n')
         if weight is None:
             m = rx.search(text, buf)
             if m is not None and m.match is not None:

@@ -31,10 +31,13 @@ of patterns ending in ``^^``, a Thompson-NFA simulation of regexp.c's own algori
 Python, O(stretch x pattern)) runs over the stretch of text starting where RE2 found
 the leftmost match, keeping regexp.c's thread order so that MATCH comes out the same.
 
-Errors: ``rules.errors.RegexError`` for an invalid pattern (unbalanced parentheses, or
-nested too deeply) or one RE2 refuses (e.g. a program over RE2's memory budget).
-procmail instead logs "Invalid regexp" and runs whatever it compiled, which often counts
-as a match; postroom reports it at load time (README, differences).
+Unbalanced parentheses are read as regexp.c reads them: an unclosed ``(`` is closed at
+the end of the pattern, a stray ``)`` ends it; the pattern compiles, with ``invalid``
+saying why procmail logs "Invalid regexp" for it (the evaluator logs it too, and
+``postroom check`` reports it as an error).
+
+Errors: ``rules.errors.RegexError`` for a pattern nested too deeply or one RE2 refuses
+(e.g. a program over RE2's memory budget); such a condition counts as a match.
 """
 
 from __future__ import annotations
@@ -76,12 +79,13 @@ def _other_case(c: int) -> int | None:
 class _Parser:
     """A recursive-descent reader mirroring regexp.c's por/pnorm/psimp."""
 
-    __slots__ = ("p", "n", "i", "fold", "has_bom")
+    __slots__ = ("p", "n", "i", "fold", "has_bom", "problem")
 
     def __init__(self, pattern: bytes, fold: bool) -> None:
         self.p = pattern
         self.n = len(pattern)
         self.i = 0
+        self.problem: str | None = None    # procmail's "Invalid regexp", read on anyway
         self.fold = fold
         self.has_bom = False
 
@@ -135,8 +139,8 @@ class _Parser:
         if c == 0x28:  # (
             self.i = i + 1
             node, closed = self.por()
-            if not closed:
-                raise _Invalid("unmatched '('")
+            if not closed:          # regexp.c closes it at the end of the pattern
+                self.problem = self.problem or "unmatched '('"
             return node
         if c == 0x5B:  # [
             return self.klass()
@@ -480,7 +484,7 @@ class CompiledRegex:
     """An immutable compiled condition regex."""
 
     __slots__ = ("pattern", "case_sensitive", "_node", "_re", "_anchor", "_has_bom",
-                 "_empty", "_nfa", "_fast_count", "_min_length")
+                 "_empty", "_nfa", "_fast_count", "_min_length", "invalid")
 
     def __init__(self, pattern: str, node: Any, re2obj: Any, has_bom: bool,
                  case_sensitive: bool, end_anchor: bool = False) -> None:
@@ -495,6 +499,9 @@ class CompiledRegex:
         self._empty = node is None
         self._nfa: tuple[list[tuple[Any, ...]], int] | None = None
         self._min_length = 0 if node is None else _min_length(node)
+        # why procmail logs "Invalid regexp" for it (unbalanced parentheses), though it
+        # matches with what it could read; None for a well-formed pattern
+        self.invalid: str | None = None
 
     def __repr__(self) -> str:
         return f"CompiledRegex({self.pattern!r}, case_sensitive={self.case_sensitive})"
@@ -661,8 +668,8 @@ def compile_regex(pattern: str, *, case_sensitive: bool = False,
         raise RegexError(pattern, str(exc)) from None
     except RecursionError:
         raise RegexError(pattern, "nested too deeply") from None
-    if closed:
-        raise RegexError(pattern, "unmatched ')'")
+    if closed:                      # regexp.c: a stray ')' ends the pattern there
+        parser.problem = parser.problem or "unmatched ')'"
     node = _resolve(node, True)
     mod = _re2()
     opts = mod.RE2.Options()
@@ -674,5 +681,7 @@ def compile_regex(pattern: str, *, case_sensitive: bool = False,
     obj = mod.RE2(translated.encode("latin-1"), opts)
     if not obj.ok():
         raise RegexError(pattern, f"RE2: {obj.error()}")
-    return CompiledRegex(pattern, node, obj, parser.has_bom, case_sensitive,
-                         end_anchor="\\z" in translated)
+    rx = CompiledRegex(pattern, node, obj, parser.has_bom, case_sensitive,
+                       end_anchor="\\z" in translated)
+    rx.invalid = parser.problem
+    return rx

@@ -261,9 +261,12 @@ def test_dollar_condition_reparses_after_expansion():
     assert eff.saved == [("box",)]
 
 
-def test_invalid_regex_counts_as_matched_and_is_logged():
-    _, eff, _ = run(":0\n* ([\nbox\n")
+def test_invalid_regex_is_logged_and_matches_with_what_was_read():
+    _, eff, _ = run(":0\n* ^Subject(\nbox\n")
     assert eff.saved == [("box",)]
+    assert any("Invalid regexp" in l for l in eff.logged)
+    _, eff, _ = run(":0\n* zzz(\nbox\n")
+    assert ("box",) not in eff.saved
     assert any("Invalid regexp" in l for l in eff.logged)
 
 

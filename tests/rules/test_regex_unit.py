@@ -209,11 +209,21 @@ def test_from_daemon_ignores_case_distinction_but_to_obeys_it() -> None:
 # ------------------------------------------------------------------ errors, cache, import
 
 
-@pytest.mark.parametrize("pattern", ["(a", "a)", "(a|b", "((a)", ")(", "^TO_(x"])
-def test_unbalanced_parentheses_are_invalid(pattern: str) -> None:
-    with pytest.raises(RegexError) as info:
-        compile_regex(pattern)
-    assert info.value.pattern == pattern
+@pytest.mark.parametrize(("pattern", "text", "found"), [
+    ("(a", b"xa", True), ("(a|b", b"b", True), ("((a)", b"a", True),
+    ("a)", b"xa", True), ("a)zzz", b"a", True), (")(", b"anything", True),
+    ("zzz(", b"zz", False), ("^TO_(x", b"To: y", False)])
+def test_unbalanced_parentheses_are_read_as_regexp_c_reads_them(pattern: str, text: bytes,
+                                                                found: bool) -> None:
+    """An unclosed "(" is closed at the end, a stray ")" ends the pattern; the pattern
+    is flagged invalid (procmail logs "Invalid regexp") but used."""
+    rx = compile_regex(pattern)
+    assert rx.invalid is not None
+    assert (rx.search(text) is not None) is found
+
+
+def test_well_formed_patterns_are_not_flagged() -> None:
+    assert compile_regex("(a|b)c").invalid is None
 
 
 def test_compiled_once() -> None:
