@@ -96,6 +96,13 @@ def link_into_dir(src: str, directory: str, ino: int, msgprefix: str = "msg.") -
     dest = os.path.join(directory, msgprefix + ultoan(ino))
     try:
         os.link(src, dest)
+    except FileExistsError as exc:
+        # the name is the inode's own: the same folder named twice on one line already
+        # holds this very file, which procmail counts as linked again
+        with contextlib.suppress(OSError):
+            if os.path.samefile(src, dest):
+                return dest
+        raise MailboxError.from_oserror("Couldn't make link to", dest, exc) from exc
     except OSError as exc:
         raise MailboxError.from_oserror("Couldn't make link to", dest, exc) from exc
     return dest

@@ -226,11 +226,15 @@ class Evaluator:
         return self.vars.get(name)
 
     def backquote(self, text: str) -> str:
-        out = self.effects.backquote(self._command(text, expand_words=False), self.message.data)
+        cmd = self._command(text, expand_words=False)
+        out = self.effects.backquote(cmd, self.message.data)
         limit = self._linebuf()
         if len(out) >= limit:
-            # procmail reads at most LINEBUF bytes of a command substitution
-            self.effects.log(f'procmail: Excessive output quenched from "{text}"\n')
+            # procmail reads at most LINEBUF bytes of a command substitution; it names
+            # the program alone when it ran it without the shell
+            shell = expand.has_shell_metas(text, self.vars.get("SHELLMETAS", ""))
+            name = text if shell or not text.split() else text.split()[0]
+            self.effects.log(f'procmail: Excessive output quenched from "{name}"\n')
             out = out[: limit - 1]
         return out
 
