@@ -226,7 +226,13 @@ class Evaluator:
         return self.vars.get(name)
 
     def backquote(self, text: str) -> str:
-        cmd = self._command(text, expand_words=False)
+        if "\0" in text:      # a NUL in the rc text: procmail's C string ends there
+            text = text[: text.index("\0")]
+        # through $SHELL only with SHELLMETAS in it, else split and run by us: as a
+        # pipe's command line (``$(...)`` and ``~`` stay literal without the shell)
+        cmd = self._command(text)
+        if cmd is None:
+            return ""          # nothing to run: the words expanded to none
         out = self.effects.backquote(cmd, self.message.data)
         limit = self._linebuf()
         if len(out) >= limit:
