@@ -77,6 +77,7 @@ class RealEffects:
         self._uid = os.geteuid() if uid is None else uid
         self._rc_loader = rc_loader
         self.last_size = 0
+        self.last_status = 0    # $?: the exit status of the last program waited for
         self._policy_memo: tuple[tuple[str | None, ...], LockPolicy] | None = None
         # getcwd(2), asked once after each chdir: lock keys are absolute paths and a
         # locked delivery needs three of them.  Only this class changes the delivery's
@@ -284,6 +285,8 @@ class RealEffects:
         name = command.text if shell else command.argv[0]
         res = programs.run(command.argv, data, env=self._env(), stderr_fd=self._log_fd,
                            capture=capture, timeout=self._timeout())
+        if wait and res.status is not None:
+            self.last_status = res.status
         if res.status is None:
             self.log(f'procmail: Failed forking "{name}"\n')
             return ProgramResult(False)
@@ -350,9 +353,8 @@ class RealEffects:
     def test_program(self, command: Command, data: bytes) -> int:
         res = programs.run(command.argv, data, env=self._env(), stderr_fd=self._log_fd,
                            capture=False, timeout=self._timeout())
-        if res.status is None:
-            return 1
-        return res.status
+        self.last_status = 1 if res.status is None else res.status
+        return self.last_status
 
     def run_trap(self, argv: Sequence[str], data: bytes) -> int:
         """TRAP: the mail on stdin, its stdout and stderr appended to the log."""
@@ -364,6 +366,7 @@ class RealEffects:
     def backquote(self, command: Command, data: bytes) -> str:
         res = programs.run(command.argv, program_bytes(data, berkeley=self.berkeley), env=self._env(), stderr_fd=self._log_fd,
                            capture=True, timeout=self._timeout())
+        self.last_status = 1 if res.status is None else res.status
         return res.output.rstrip(b"\n").decode("latin-1")
 
     # ------------------------------------------------------------------ abstract

@@ -35,6 +35,7 @@ class RecordingEffects:
         self._rc_loader = rc_loader
         self.last_size = 0
         self.umask = 0o077           # what deliver/ starts with; only recorded here
+        self.last_status = 0         # $?: nothing is run
 
     def environment(self, variables: Mapping[str, str]) -> None:
         self.vars = variables

@@ -46,6 +46,10 @@ class Command:
 
 
 class Effects(Protocol):
+    last_status: int
+    """``$?``: the exit status of the last program waited for (a ``w`` pipe or filter,
+    a backquote, a ``?`` condition); 0 before any."""
+
     # -- environment --------------------------------------------------------
     def environment(self, variables: Mapping[str, str]) -> None:
         """Called before any program runs: the variables to export (procmail exports all)."""

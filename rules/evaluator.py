@@ -1067,4 +1067,5 @@ _SPECIAL_LOOKUPS: dict[str, Callable[[Evaluator], str | None]] = {
     "-": lambda ev: ev.vars.get("LASTFOLDER"),
     "=": lambda ev: str(ev.lastscore),
     "@": lambda ev: " ".join(ev.positional),
+    "?": lambda ev: str(ev.effects.last_status),
 }

@@ -33,6 +33,7 @@ class Recorder:
         self.programs = dict(programs or {})
         self.host = host
         self.umask = 0o077
+        self.last_status = 0
 
     def environment(self, variables: Mapping[str, str]) -> None:
         self.vars = variables
