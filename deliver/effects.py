@@ -131,8 +131,11 @@ class RealEffects:
             os.close(self._log_fd)
             self._log_opened = False
         self._log_fd = self._stderr_fd
-        if not path:
+        if path is None:
             return
+        if not path:
+            # LOGFILE= (or unset): procmail's open of "" fails and its log goes nowhere
+            path = os.devnull
         try:
             # a symlink is followed, as procmail does (LOGFILE=/dev/stderr, a log kept
             # elsewhere): the delivery runs as the user by now, never as root

@@ -64,7 +64,8 @@ class Effects(Protocol):
         """The umask files are created with now (a ``c`` clone's UMASK is undone)."""
 
     def set_logfile(self, path: str | None) -> None:
-        """LOGFILE assignment; None or empty means stderr."""
+        """LOGFILE assignment; empty means the log is dropped (procmail's open of ""
+        fails), None means back to stderr (what the log is before any LOGFILE)."""
 
     def log(self, text: str) -> None:
         """Write text to the log as is (LOG= and procmail's own messages)."""

@@ -406,7 +406,7 @@ class Evaluator:
             # what the clone changed dies with it in procmail (a process of its own):
             # the environment, the log file, the directory, the umask, its LOCKFILE
             self.effects.environment(self.vars)
-            self.effects.set_logfile(self.vars.get("LOGFILE") or None)
+            self.effects.set_logfile(self.vars.get("LOGFILE"))
             self.effects.chdir(saved_cwd)
             if self.effects.umask != saved_umask:
                 self.effects.set_umask(saved_umask)
@@ -976,7 +976,7 @@ def _maildir(ev: Evaluator, value: str | None, old: str | None) -> None:
 
 
 def _logfile(ev: Evaluator, value: str | None, old: str | None) -> None:
-    ev.effects.set_logfile(value or None)
+    ev.effects.set_logfile(value or "")     # assigned empty or unset: the log is dropped
 
 
 def _log(ev: Evaluator, value: str | None, old: str | None) -> None:
