@@ -238,8 +238,7 @@ class Evaluator:
         if len(out) >= limit:
             # procmail reads at most LINEBUF bytes of a command substitution; it names
             # the program alone when it ran it without the shell
-            shell = expand.has_shell_metas(text, self.vars.get("SHELLMETAS", ""))
-            name = text if shell or not text.split() else text.split()[0]
+            name = text if self._needs_shell(text) else cmd.argv[0]
             self.effects.log(f'procmail: Excessive output quenched from "{name}"\n')
             out = out[: limit - 1]
         return out
@@ -631,11 +630,10 @@ class Evaluator:
         None when it expands to no words."""
         return self._command(text)
 
-    def _command(self, text: str, expand_words: bool = True) -> Command | None:
+    def _command(self, text: str) -> Command | None:
         """A program line: through $SHELL when it has SHELLMETAS (procmail leaves the
         expansion to the shell), else split and expanded by us (item 18)."""
-        metas = self.vars.get("SHELLMETAS", "")   # preset by deliver/; unset means none
-        if expand.has_shell_metas(text, metas) or not expand_words:
+        if self._needs_shell(text):
             if "\0" in text:    # the shell gets a C string: it ends at the NUL
                 text = text[: text.index("\0")]
             shell = self.vars.get("SHELL", "/bin/sh")
@@ -645,6 +643,10 @@ class Evaluator:
         if not words:
             return None
         return Command(tuple(words), _display_text(text, words, self._expand_words))
+
+    def _needs_shell(self, text: str) -> bool:
+        metas = self.vars.get("SHELLMETAS", "")   # preset by deliver/; unset means none
+        return expand.has_shell_metas(text, metas)
 
     def _lockname(self, recipe: Recipe, target: str) -> str | None:
         if recipe.lock is None:
@@ -755,8 +757,8 @@ class Evaluator:
         ign = Flag.IGNORE_WRITE in flags
         # split without the shell, procmail's buffer holds the words NUL-separated: the
         # implicit lock (and its complaint) sees the first word only
-        shell = len(cmd.argv) == 3 and cmd.argv[2] == cmd.text
-        lock = self._implicit_program_lock(recipe, action.command if shell else cmd.argv[0])
+        lock = self._implicit_program_lock(
+            recipe, action.command if self._needs_shell(action.command) else cmd.argv[0])
         if action.capture is not None:
             tr.action = f"capture into {action.capture}: {cmd.text.strip()}"
             with self._locked(lock):
@@ -844,8 +846,8 @@ def _weighted_matches(rx, text: bytes, buf: bytes | None, w: float, x: float,
         if weight == 0 or not (MIN32 < score + added < MAX32):
             break
         added += weight
-        if found:
-            texts.extend(found[k:k + 1])    # type: ignore[union-attr]
+        if texts is not None and found is not None and k < len(found):
+            texts.append(found[k])
         weight *= x
         if ended_empty and k == count - 1:
             if 0 < x < 1:
