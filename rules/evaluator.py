@@ -268,8 +268,8 @@ class Evaluator:
         except ExpansionError as err:
             self.effects.log(f"procmail: {err}\n")
             return None
-        if "\0" in value:       # a NUL in the rc text: procmail's C string ends there
-            value = value[: value.index("\0")]
+        if "\0" in raw and "\0" in value:   # a NUL in the rc text (no value holds one):
+            value = value[: value.index("\0")]   # procmail's C string ends there
         return "" if self._overflow(value) else value
 
     def _expand_words(self, raw: str) -> list[str] | None:
@@ -281,9 +281,10 @@ class Evaluator:
             return None
         if self._overflow(" ".join(words)):
             return None
-        if any("\0" in w for w in words):
-            # a NUL in the rc text: procmail's parsed word lists are NUL-separated
-            # strings, so it ends a word there (``inb<NUL>ox`` is two folder names)
+        if "\0" in raw:
+            # a NUL in the rc text (no variable's value holds one): procmail's parsed
+            # word lists are NUL-separated strings, so it ends a word there
+            # (``inb<NUL>ox`` is two folder names)
             words = [piece for w in words for piece in w.split("\0") if piece]
         return words
 
