@@ -329,8 +329,13 @@ def _catch_signals() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; the one place that maps every failure to an exit status."""
+    from .errors import Terminated
     try:
         return run(sys.argv[1:] if argv is None else argv)
+    except Terminated as sig:
+        # a signal before the agent's rc loop or after it (the mail prepared, TRAP
+        # running): no abstract to write, but the status is the signal's, never 1
+        return ExitCode.TEMPFAIL if sig.requeue else ExitCode.CANTCREAT
     except KeyboardInterrupt:
         return ExitCode.TEMPFAIL
     except Exception:  # noqa: BLE001 - anything unexpected must leave the mail queued

@@ -157,16 +157,14 @@ def append_mbox(path: str, data: bytes, *, policy: LockPolicy = LockPolicy(), um
                 os.fsync(fd)
             else:
                 group.wrote(fd, st)
-        except OSError as exc:
+        except BaseException as exc:       # a failed write, or a signal (Terminated)
             if stat.S_ISREG(st.st_mode):   # a device (/dev/full) has nothing to cut back
                 _truncate_back(fd, path, old_size)
+            if not isinstance(exc, OSError):
+                raise
             err = MailboxError.from_oserror("Error while writing to", path, exc)
             err.temporary = True           # the mailbox is intact: let the queue retry
             raise err from exc
-        except BaseException:              # a signal (deliver.errors.Terminated) mid-append
-            if stat.S_ISREG(st.st_mode):
-                _truncate_back(fd, path, old_size)
-            raise
     return len(data)
 
 

@@ -834,12 +834,13 @@ def _weighted_matches(rx, text: bytes, buf: bytes | None, w: float, x: float,
     empty match ends the series (adding the rest at once: w*x^n/(1-x) for 0<x<1,
     +/-infinity for x>=1); a series whose terms are below 1 and shrinking is cut off;
     the total stops at +/-2147483647.  ``texts`` (a ``\\/`` pattern) is left holding
-    the MATCH texts of the terms scored, the last one last."""
+    the MATCH texts of the terms scored, the last one last: procmail sets MATCH at each
+    match it scores."""
     if w == 0:          # no series is scored: MATCH is left alone (procmail)
         return 0.0, rx.search(text, buf) is not None
     limit = 1 if x == 0 else len(text) + 2
-    found: list[bytes] | None = [] if texts is not None else None
-    count, ended_empty = rx.count_series(text, limit, buf, found)
+    count, ended_empty = rx.count_series(text, limit, buf, texts)
+    scored = 0
     added = 0.0
     weight = w
     oweight = weight * weight
@@ -847,8 +848,7 @@ def _weighted_matches(rx, text: bytes, buf: bytes | None, w: float, x: float,
         if weight == 0 or not (MIN32 < score + added < MAX32):
             break
         added += weight
-        if texts is not None and found is not None and k < len(found):
-            texts.append(found[k])
+        scored = k + 1
         weight *= x
         if ended_empty and k == count - 1:
             if 0 < x < 1:
@@ -860,6 +860,8 @@ def _weighted_matches(rx, text: bytes, buf: bytes | None, w: float, x: float,
         if nweight < oweight and oweight < 1:
             break
         oweight = nweight
+    if texts is not None:
+        del texts[scored:]
     return added, count > 0
 
 

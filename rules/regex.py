@@ -487,7 +487,8 @@ class CompiledRegex:
                  "_empty", "_nfa", "_fast_count", "_min_length", "invalid")
 
     def __init__(self, pattern: str, node: Any, re2obj: Any, has_bom: bool,
-                 case_sensitive: bool, end_anchor: bool = False) -> None:
+                 case_sensitive: bool, end_anchor: bool = False,
+                 invalid: str | None = None) -> None:
         self.pattern = pattern
         self.case_sensitive = case_sensitive
         self._node = node
@@ -501,7 +502,7 @@ class CompiledRegex:
         self._min_length = 0 if node is None else _min_length(node)
         # why procmail logs "Invalid regexp" for it (unbalanced parentheses), though it
         # matches with what it could read; None for a well-formed pattern
-        self.invalid: str | None = None
+        self.invalid = invalid
 
     def __repr__(self) -> str:
         return f"CompiledRegex({self.pattern!r}, case_sensitive={self.case_sensitive})"
@@ -681,7 +682,5 @@ def compile_regex(pattern: str, *, case_sensitive: bool = False,
     obj = mod.RE2(translated.encode("latin-1"), opts)
     if not obj.ok():
         raise RegexError(pattern, f"RE2: {obj.error()}")
-    rx = CompiledRegex(pattern, node, obj, parser.has_bom, case_sensitive,
-                       end_anchor="\\z" in translated)
-    rx.invalid = parser.problem
-    return rx
+    return CompiledRegex(pattern, node, obj, parser.has_bom, case_sensitive,
+                         end_anchor="\\z" in translated, invalid=parser.problem)

@@ -607,8 +607,10 @@ def in_process(b: Bench, messages: list[bytes], rounds: int) -> dict[str, float]
     tree = b.tree("inproc")
     procmail_tree = b.tree_path("check-procmail")
     pause = PAUSE_MS / 1000
+    # stderr to a file: a pipe nobody reads until the end could fill and stall the child
+    child_err = tempfile.TemporaryFile()
     child = subprocess.Popen([str(VENV_PY), "-c", IN_PROCESS, str(b.rc), str(tree), str(msgdir)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=child_err,
                              text=True, env=b.env, cwd="/", user=b.uid, group=b.gid, extra_groups=[])
 
     def postroom_round(mode: str) -> float:
@@ -616,8 +618,9 @@ def in_process(b: Bench, messages: list[bytes], rounds: int) -> dict[str, float]
         child.stdin.flush()
         line = child.stdout.readline()
         if not line:
-            child.stdin.close()
-            raise SystemExit(f"in-process run failed: {child.stderr.read()[-2000:]}")
+            child.wait()
+            child_err.seek(0)
+            raise SystemExit(f"in-process run failed: {child_err.read().decode(errors='replace')[-2000:]}")
         return float(json.loads(line))
 
     def procmail_round() -> tuple[float, float]:
@@ -650,6 +653,7 @@ def in_process(b: Bench, messages: list[bytes], rounds: int) -> dict[str, float]
     finally:
         child.stdin.close()
         child.wait()
+        child_err.close()
     return {mode: statistics.median(v) for mode, v in rates.items()}
 
 

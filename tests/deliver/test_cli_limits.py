@@ -47,3 +47,30 @@ def test_at_the_limit_is_delivered_whole(workdir):
     proc = deliver(d, pw, len(MAIL))
     assert proc.returncode == 0, proc.stderr
     assert (d / "box").read_bytes().endswith(b"x" * 1000 + b"\n\n")
+
+
+# A signal before the agent's rc loop (here: while the mail is being prepared) has no
+# abstract to write, but must still end with the signal's status, never Python's 1.
+EARLY_SIGNAL = """
+import os, signal, sys
+sys.argv = ["postroom", "deliver", "-f", "a@example.org", "./rc"]
+import deliver.agent
+real = deliver.agent.prepare_message
+def prepare(*args, **kwargs):
+    os.kill(os.getpid(), signal.{sig})
+    return real(*args, **kwargs)
+deliver.agent.prepare_message = prepare
+from deliver.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize(("sig", "status"), [("SIGTERM", 75), ("SIGHUP", 73)])
+def test_a_signal_before_the_rc_loop_ends_with_its_status(workdir, sig, status):
+    d, pw = workdir
+    proc = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c", EARLY_SIGNAL.format(sig=sig)],
+                          input=MAIL, cwd=d, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+                          user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
+                          capture_output=True, timeout=60)
+    assert proc.returncode == status, proc.stderr
+    assert not (d / "box").exists()
