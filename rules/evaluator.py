@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from . import expand
+from . import expand, prefilter
 from .areas import search_area
 from .ast import (Assignment, Block, Condition, ExpandTest, Flag, Folder, Forward, Item,
                   Pipe, ProgramTest, RcFile, Recipe, RegexTest, SizeTest, Skipped, Span,
@@ -145,6 +145,8 @@ class Evaluator:
         self.trace: list[RecipeTrace] = []
         # (header, body) -> the area and its padded search buffer (rules.regex.padded)
         self._areas: dict[tuple[bool, bool], tuple[bytes, bytes]] = {}
+        # id(rules.prefilter.AreaSet) -> the members it found in this message's area
+        self._set_hits: dict[int, frozenset[int]] = {}
         self._linebuf_memo: tuple[str | None, int] = (None, 2048)
         effects.environment(self.vars)
 
@@ -154,6 +156,7 @@ class Evaluator:
         """Run one rc file from the top.  Chaining state starts afresh, as procmail
         resets lastcond/prevcond/lastsucc for every rc file it opens."""
         self.lastcond = self.prevcond = self.lastsucc = False
+        prefilter.register(rc)
         self.frames = [_Frame(rc.items, "rc", rc.path, diags=_file_diags(rc))]
         end = self._loop()
         return RunResult(end, self.trace)
@@ -394,6 +397,7 @@ class Evaluator:
         clone.trace = self.trace
         clone.tracing = self.tracing
         clone._areas = dict(self._areas)
+        clone._set_hits = dict(self._set_hits)
         clone._linebuf_memo = self._linebuf_memo
         saved_cwd = os.getcwd()
         self.effects.environment(clone.vars)
@@ -432,6 +436,12 @@ class Evaluator:
         return _flag_facts(flags).area
 
     def _conditions(self, recipe: Recipe, ok: bool, tr: RecipeTrace) -> bool:
+        if ok and not self.tracing:
+            gate = prefilter.gate_for(recipe)
+            if gate is not None and self._ruled_out(*gate):
+                # what the loop below concludes when the first condition fails
+                self.lastscore = 0
+                return False
         state = _Score()
         for cond in recipe.conditions:
             if not ok:
@@ -485,8 +495,12 @@ class Evaluator:
                 result = self._regex(pattern, self._named_area_and_buffer(name), flags, negate,
                                      weight, state, ct, cond.span)
             case RegexTest(pattern=pattern):
-                result = self._regex(pattern, self._area_and_buffer(*self._default_area(flags)),
-                                     flags, negate, weight, state, ct, cond.span)
+                area = self._area_and_buffer(*self._default_area(flags))
+                if self._cannot_match(cond, area[1]):
+                    result = _no_match(negate, weight, state)
+                else:
+                    result = self._regex(pattern, area, flags, negate, weight, state, ct,
+                                         cond.span)
             case ProgramTest(command=command):
                 result = self._program_test(command, self.area(*self._default_area(flags)),
                                             negate, weight, state)
@@ -508,6 +522,22 @@ class Evaluator:
             if state.hit is not None:      # for the trace: did this regex itself match?
                 ct.matched, state.hit = state.hit, None
         return result
+
+    def _cannot_match(self, cond: Condition, buf: bytes) -> bool:
+        """Whether the rc file's RE2::Set for this area rules ``cond`` out
+        (rules.prefilter): one pass over ``buf`` answers for every such condition."""
+        entry = prefilter.entry_for(cond)
+        return entry is not None and self._ruled_out(*entry, buf)
+
+    def _ruled_out(self, area_set: prefilter.AreaSet, index: int, buf: bytes | None = None) -> bool:
+        """Whether ``area_set`` (run once per message) did not find its member ``index``.
+        ``buf``: the padded header, when the caller has it at hand."""
+        hits = self._set_hits.get(id(area_set))
+        if hits is None:
+            if buf is None:
+                buf = self._area_and_buffer(*prefilter.HEADER)[1]
+            hits = self._set_hits[id(area_set)] = area_set.matching(buf)
+        return hits is not prefilter.UNKNOWN and index not in hits
 
     def _named_area(self, name: str) -> bytes:
         return self._named_area_and_buffer(name)[0]
@@ -808,6 +838,7 @@ class Evaluator:
             new = output
         self.message = Message(new)
         self._areas.clear()
+        self._set_hits.clear()
 
 
 # ---------------------------------------------------------------------- helpers
@@ -826,6 +857,20 @@ class _NoLock:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def _no_match(negate: bool, weight: Weight | None, state: "_Score") -> bool:
+    """What Evaluator._regex concludes for a regex known not to match: as a search that
+    found nothing, or a series of no terms (nothing scored, MATCH left alone)."""
+    if weight is None:
+        return negate
+    if negate:
+        if weight.weight:
+            state.score += weight.weight
+        state.hit = True
+    else:
+        state.hit = False
+    return True
 
 
 def _weighted_matches(rx, text: bytes, buf: bytes | None, w: float, x: float,
@@ -1015,6 +1060,7 @@ def _includerc(ev: Evaluator, value: str | None, old: str | None) -> None:
     rc = ev.effects.load_rcfile(value)
     if rc is None:
         return
+    prefilter.register(rc)
     ev.frames.append(_Frame(rc.items, "include", rc.path, diags=_file_diags(rc)))
 
 
@@ -1033,6 +1079,7 @@ def _switchrc(ev: Evaluator, value: str | None, old: str | None) -> None:
         return
     ev._flush_diags(top, None)
     ev.lastcond = ev.prevcond = ev.lastsucc = False
+    prefilter.register(rc)
     ev.frames[-1] = _Frame(rc.items, top.kind, rc.path, diags=_file_diags(rc))
 
 

@@ -484,12 +484,14 @@ class CompiledRegex:
     """An immutable compiled condition regex."""
 
     __slots__ = ("pattern", "case_sensitive", "_node", "_re", "_anchor", "_has_bom",
-                 "_empty", "_nfa", "_fast_count", "_min_length", "invalid")
+                 "_empty", "_nfa", "_fast_count", "_min_length", "invalid", "re2_pattern")
 
     def __init__(self, pattern: str, node: Any, re2obj: Any, has_bom: bool,
                  case_sensitive: bool, end_anchor: bool = False,
-                 invalid: str | None = None) -> None:
+                 invalid: str | None = None, re2_pattern: bytes | None = None) -> None:
         self.pattern = pattern
+        # what RE2 compiled (with re2_options()): rules.prefilter puts it in a Set
+        self.re2_pattern = re2_pattern
         self.case_sensitive = case_sensitive
         self._node = node
         self._re = re2obj
@@ -672,15 +674,23 @@ def compile_regex(pattern: str, *, case_sensitive: bool = False,
     if closed:                      # regexp.c: a stray ')' ends the pattern there
         parser.problem = parser.problem or "unmatched ')'"
     node = _resolve(node, True)
+    translated = _to_re2(node)
+    raw_re2 = translated.encode("latin-1")
+    obj = _re2().RE2(raw_re2, re2_options())
+    if not obj.ok():
+        raise RegexError(pattern, f"RE2: {obj.error()}")
+    return CompiledRegex(pattern, node, obj, parser.has_bom, case_sensitive,
+                         end_anchor="\\z" in translated, invalid=parser.problem,
+                         re2_pattern=raw_re2)
+
+
+def re2_options() -> Any:
+    """The RE2 options of every condition regex: bytes as latin-1, case folded by the
+    translation itself, no capture groups."""
     mod = _re2()
     opts = mod.RE2.Options()
     opts.encoding = mod.RE2.Options.Encoding.LATIN1
     opts.log_errors = False
     opts.case_sensitive = True
     opts.never_capture = True
-    translated = _to_re2(node)
-    obj = mod.RE2(translated.encode("latin-1"), opts)
-    if not obj.ok():
-        raise RegexError(pattern, f"RE2: {obj.error()}")
-    return CompiledRegex(pattern, node, obj, parser.has_bom, case_sensitive,
-                         end_anchor="\\z" in translated, invalid=parser.problem)
+    return opts
