@@ -234,8 +234,16 @@ class RcWarmer:
             if rc is not None and self.loaded.get(path) != id(rc):
                 self.loaded[path] = id(rc)
                 self._compile(rc.items)
+                self._prefilter(rc)
                 fresh.append(path)
         return fresh
+
+    @staticmethod
+    def _prefilter(rc) -> None:
+        """The rc file's header Set (rules.prefilter), built here once: every child
+        forked from here has it, its DFA's common states included."""
+        from rules import prefilter
+        prefilter.register(rc)
 
     @staticmethod
     def _load(path: str):

@@ -156,7 +156,7 @@ class Evaluator:
         """Run one rc file from the top.  Chaining state starts afresh, as procmail
         resets lastcond/prevcond/lastsucc for every rc file it opens."""
         self.lastcond = self.prevcond = self.lastsucc = False
-        prefilter.register(rc)
+        prefilter.seen(rc)
         self.frames = [_Frame(rc.items, "rc", rc.path, diags=_file_diags(rc))]
         end = self._loop()
         return RunResult(end, self.trace)
@@ -1060,7 +1060,7 @@ def _includerc(ev: Evaluator, value: str | None, old: str | None) -> None:
     rc = ev.effects.load_rcfile(value)
     if rc is None:
         return
-    prefilter.register(rc)
+    prefilter.seen(rc)
     ev.frames.append(_Frame(rc.items, "include", rc.path, diags=_file_diags(rc)))
 
 
@@ -1079,7 +1079,7 @@ def _switchrc(ev: Evaluator, value: str | None, old: str | None) -> None:
         return
     ev._flush_diags(top, None)
     ev.lastcond = ev.prevcond = ev.lastsucc = False
-    prefilter.register(rc)
+    prefilter.seen(rc)
     ev.frames[-1] = _Frame(rc.items, top.kind, rc.path, diags=_file_diags(rc))
 
 
