@@ -480,16 +480,54 @@ def _re2() -> Any:
     return _re2mod
 
 
+def _earliest_end(re2obj: Any, anchor: Any, min_length: int, buf: bytes, pos: int) -> int | None:
+    """Where the first match of ``re2obj`` to *end* at or after ``pos`` ends.  RE2's
+    leftmost match [a, b) bounds it; a galloping search over the end of the window finds
+    the earliest end in O(log(length)) RE2 calls over that stretch.  ``min_length``: no
+    match is shorter."""
+    spans = re2obj.Match(anchor, buf, pos, len(buf))
+    a, b = spans[0]
+    if a < 0 or a > len(buf) - 2:  # no thread starts at the trailing newline
+        return None
+    # Gallop from a (matches that end early are usually short), then bisect.  No
+    # match starts before a (RE2's leftmost start), so each probe searches [a, end],
+    # not [pos, end]: the same answer without rescanning the text before the match
+    # (RE2 still sees the bytes before a as context for ^ and \b).
+    # No match is shorter than min_length, so no end comes before a + min_length:
+    # a literal like "click here" needs this one RE2 call, not a dozen.
+    match = re2obj.Match
+    lo, step = a + min_length, 1
+    while True:
+        if lo >= b:
+            return b
+        hi = min(lo + step - 1, b - 1)
+        if match(anchor, buf, a, hi)[0][0] >= 0:
+            break
+        lo, step = hi + 1, step * 2
+    while lo < hi:  # the least end in [lo, hi] with a match inside [a, end]
+        mid = (lo + hi) // 2
+        if match(anchor, buf, a, mid)[0][0] >= 0:
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi
+
+
 class CompiledRegex:
     """An immutable compiled condition regex."""
 
     __slots__ = ("pattern", "case_sensitive", "_node", "_re", "_anchor", "_has_bom",
-                 "_empty", "_nfa", "_fast_count", "_min_length", "invalid", "re2_pattern")
+                 "_empty", "_nfa", "_fast_count", "_min_length", "invalid", "re2_pattern",
+                 "_split_run")
 
     def __init__(self, pattern: str, node: Any, re2obj: Any, has_bom: bool,
                  case_sensitive: bool, end_anchor: bool = False,
-                 invalid: str | None = None, re2_pattern: bytes | None = None) -> None:
+                 invalid: str | None = None, re2_pattern: bytes | None = None,
+                 split_run: tuple[Any, int, frozenset[int]] | None = None) -> None:
         self.pattern = pattern
+        # ``L\/[c]+``: (RE2 of L followed by one c, its least length, c); see
+        # _split_run_shape
+        self._split_run = split_run
         # what RE2 compiled (with re2_options()): rules.prefilter puts it in a Set
         self.re2_pattern = re2_pattern
         self.case_sensitive = case_sensitive
@@ -527,36 +565,8 @@ class CompiledRegex:
 
     def _earliest_end(self, buf: bytes, pos: int) -> int | None:
         """Where the first match to *end* at or after ``pos`` ends: what regexp.c returns
-        for a pattern without ``\\/``.  RE2's leftmost match [a, b) bounds it; a
-        galloping search over the end of the window finds the earliest end in
-        O(log(length)) RE2 calls over that stretch."""
-        spans = self._re.Match(self._anchor, buf, pos, len(buf))
-        a, b = spans[0]
-        if a < 0 or a > len(buf) - 2:  # no thread starts at the trailing newline
-            return None
-        # Gallop from a (matches that end early are usually short), then bisect.  No
-        # match starts before a (RE2's leftmost start), so each probe searches [a, end],
-        # not [pos, end]: the same answer without rescanning the text before the match
-        # (RE2 still sees the bytes before a as context for ^ and \b).
-        # No match is shorter than _min_length, so no end comes before a + _min_length:
-        # a literal like "click here" needs this one RE2 call, not a dozen.
-        match = self._re.Match
-        anchor = self._anchor
-        lo, step = a + self._min_length, 1
-        while True:
-            if lo >= b:
-                return b
-            hi = min(lo + step - 1, b - 1)
-            if match(anchor, buf, a, hi)[0][0] >= 0:
-                break
-            lo, step = hi + 1, step * 2
-        while lo < hi:  # the least end in [lo, hi] with a match inside [a, end]
-            mid = (lo + hi) // 2
-            if match(anchor, buf, a, mid)[0][0] >= 0:
-                hi = mid
-            else:
-                lo = mid + 1
-        return hi
+        for a pattern without ``\\/``."""
+        return _earliest_end(self._re, self._anchor, self._min_length, buf, pos)
 
     def search(self, text: bytes, buf: bytes | None = None) -> RegexMatch | None:
         """Search the area ``text``; None when there is no match.  ``buf``, when given,
@@ -571,16 +581,40 @@ class CompiledRegex:
             return None
         if not self._has_bom:
             return RegexMatch(None)
-        prog, entry = self._program()
-        res = _run_nfa(prog, entry, buf, a0)
-        if res is None:  # RE2 and the NFA disagree only if this module is wrong
+        span = self._split_run_span(buf, a0) if self._split_run is not None else None
+        if span is None:
+            span = self._nfa_span(buf, a0)
+        if span is None:  # RE2 and the NFA disagree only if this module is wrong
             return None
-        _end, bom, eom = res
+        bom, eom = span
         if bom is None or eom is None:
             return RegexMatch(None)
         lo = max(bom - 1, 0)
         hi = min(eom - 1, len(text))
         return RegexMatch(text[lo:hi] if hi > lo else b"")
+
+    def _nfa_span(self, buf: bytes, a0: int) -> tuple[int | None, int | None] | None:
+        """(bom, eom) of the match regexp.c finds from ``a0`` (RE2's leftmost start), by
+        running procmail's engine; None when there is none."""
+        prog, entry = self._program()
+        res = _run_nfa(prog, entry, buf, a0)
+        return None if res is None else (res[1], res[2])
+
+    def _split_run_span(self, buf: bytes, a0: int) -> tuple[int, int] | None:
+        """(bom, eom) for ``L\\/[c]+`` without the engine (see _split_run_shape): the
+        first thread to reach the end is the one whose match of ``L`` then one ``c``
+        ends first, and the run of ``c`` after its split point is what MATCH gets."""
+        assert self._split_run is not None
+        left_c, min_length, run = self._split_run
+        end = _earliest_end(left_c, self._anchor, min_length, buf, a0)
+        if end is None:
+            return None
+        bom = eom = end - 1
+        n = len(buf)
+        while eom < n and buf[eom] in run:
+            eom += 1
+        return bom, eom
+
 
     def count(self, text: bytes, limit: int) -> int | None:
         """Number of successive matches as procmail counts them for weighted scoring
@@ -679,9 +713,53 @@ def compile_regex(pattern: str, *, case_sensitive: bool = False,
     obj = _re2().RE2(raw_re2, re2_options())
     if not obj.ok():
         raise RegexError(pattern, f"RE2: {obj.error()}")
+    split_run = None
+    shape = _split_run_shape(node) if parser.has_bom else None
+    if shape is not None:
+        left_c = ("cat", shape[0] + (("set", shape[1]),))
+        left_c_obj = _re2().RE2(_to_re2(left_c).encode("latin-1"), re2_options())
+        if left_c_obj.ok():
+            split_run = (left_c_obj, _min_length(left_c), shape[1])
     return CompiledRegex(pattern, node, obj, parser.has_bom, case_sensitive,
                          end_anchor="\\z" in translated, invalid=parser.problem,
-                         re2_pattern=raw_re2)
+                         re2_pattern=raw_re2, split_run=split_run)
+
+
+def _split_run_shape(node: Any) -> tuple[tuple[Any, ...], frozenset[int]] | None:
+    """``(L, c)`` when ``node`` is ``L\\/[c]+``, the usual way of taking a word out of
+    a header (``^Subject: \\[\\/[a-z]+``, ``^List-Id:.*<\\/[a-z0-9-]+``); else None.
+
+    For this shape procmail's engine gives what RE2 can: the first thread to reach the
+    end is the one whose ``L`` plus one ``c`` ends first (a thread past the split ends
+    one byte later, so every thread that ties passed the split at the same place, and a
+    thread that split earlier would have ended earlier), ending the seeding; the
+    clean-up drops every thread that split later, and the run of ``c`` is what remains.
+    So MATCH is the run of ``c`` from one byte before the earliest end of a match of
+    ``Lc``.  Conditions that keep it exact: ``L`` ends with a plain byte class (a loop
+    next to the split shares its thread with it in regexp.c, a quirk the engine
+    reproduces), holds no other split and no ``^^``, and ``c`` holds no newline (a run
+    could otherwise reach the area's virtual last newline, where the engine stops).
+    tests/rules/test_regex_unit.py checks this against the engine, and the oracle table
+    against procmail."""
+    if node[0] != "cat" or len(node[1]) < 3:
+        return None
+    *left, split, run = node[1]
+    if split != ("bom",) or run[0] != "plus" or run[1][0] != "set" or _NL in run[1][1]:
+        return None
+    if left[-1][0] != "set" or any(_has_anchor_or_split(item) for item in left):
+        return None
+    return tuple(left), run[1][1]
+
+
+def _has_anchor_or_split(node: Any) -> bool:
+    kind = node[0]
+    if kind in ("bom", "bot", "eot", "anc"):
+        return True
+    if kind in ("cat", "alt"):
+        return any(_has_anchor_or_split(x) for x in node[1])
+    if kind in ("star", "plus", "opt"):
+        return _has_anchor_or_split(node[1])
+    return False
 
 
 def re2_options() -> Any:

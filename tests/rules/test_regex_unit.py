@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from rules.errors import RegexError
 from rules.macros import FROM_DAEMON, FROM_MAILER, TO, TO_, expand_macros
-from rules.regex import CompiledRegex, RegexMatch, compile_regex
+from rules.regex import CompiledRegex, RegexMatch, compile_regex, padded
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -303,3 +303,32 @@ def test_split_match_is_text_after_a_split(left: str, right: str, text: str) -> 
     if m is not None:
         assert m.match is not None
         assert m.match in text.encode()
+
+
+_LEFT_PIECES = st.sampled_from(["a", "b", "x", ".", ".*", "[ab]", "[^a]", "(a|bb)", "a*",
+                                "(ab)+", "b?", "^", "$", " ", ":", "<"])
+_LEFT_ENDS = st.sampled_from(["a", "b", "<", ":", "[ab]", ".", "^", "$", "[^b]"])
+_RUNS = st.sampled_from(["[a-c]", "[ab]", "a", "[a-z0-9-]", "[^ ]", "."])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_LEFT_PIECES, max_size=4).map("".join), _LEFT_ENDS, _RUNS,
+       st.text(alphabet="abcx <:\n", max_size=30), st.booleans())
+def test_a_split_before_a_run_gives_the_engines_match_without_it(left: str, end: str,
+                                                                 run: str, text: str,
+                                                                 case: bool) -> None:
+    # CompiledRegex finds MATCH for ``L\/[c]+`` with RE2 (_split_run_shape); procmail's
+    # engine (_run_nfa, itself checked against procmail by the oracle table) must agree.
+    pattern = f"{left}{end}\\/{run}+"
+    try:
+        rx = compile_regex(pattern, case_sensitive=case)
+    except RegexError:
+        return
+    assert (rx._split_run is None) == ("^^" in pattern)   # ^^ is left to the engine
+    if rx._split_run is None:
+        return
+    buf = padded(text.encode())
+    a0 = rx._first(buf, 0)
+    if a0 is None:
+        return
+    assert rx._split_run_span(buf, a0) == rx._nfa_span(buf, a0)
