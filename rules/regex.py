@@ -616,6 +616,16 @@ class CompiledRegex:
         return bom, eom
 
 
+    def _first_term(self, buf: bytes) -> tuple[int, bool]:
+        """count_series with ``limit`` 1 (a ``w^0`` condition): whether the series has
+        its first term, and whether that match is empty at the area's start (the one
+        case in which the series "ended empty"), without finding where the match ends:
+        two RE2 calls instead of a galloping search."""
+        start = self._re.Match(self._anchor, buf, 0, len(buf))[0][0]
+        if start < 0 or start > len(buf) - 2:  # no thread starts at the trailing newline
+            return 0, False
+        return 1, self._re.Match(self._anchor, buf, 0, 1)[0][0] >= 0
+
     def count(self, text: bytes, limit: int) -> int | None:
         """Number of successive matches as procmail counts them for weighted scoring
         (procmailsc(5)), stopping at ``limit``; None when an empty match would make the
@@ -642,6 +652,8 @@ class CompiledRegex:
             return 1, True
         if buf is None:
             buf = padded(text)
+        if limit == 1 and self._fast_count and matches is None:
+            return self._first_term(buf)
         n = len(text)
         prog, entry = self._program()
         found = 0

@@ -332,3 +332,18 @@ def test_a_split_before_a_run_gives_the_engines_match_without_it(left: str, end:
     if a0 is None:
         return
     assert rx._split_run_span(buf, a0) == rx._nfa_span(buf, a0)
+
+
+@_SETTINGS
+@given(_regexes(), st.text(alphabet="abcd\n", max_size=14), st.booleans())
+def test_a_series_of_one_term_is_counted_as_the_full_search_counts_it(pattern: str, text: str,
+                                                                     case: bool) -> None:
+    # ``w^0`` conditions count at most one match (rules.evaluator._weighted_matches);
+    # CompiledRegex._first_term answers that without finding where the match ends.
+    for p in (pattern, "^" + pattern, pattern + "$", "()", "x*", "^", "$"):
+        rx = compile_regex(p, case_sensitive=case)
+        if not rx._fast_count or rx._empty:
+            continue
+        data = text.encode()
+        buf = padded(data)
+        assert rx._first_term(buf) == rx.count_series(data, 1, buf, matches=[])
