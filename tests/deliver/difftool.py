@@ -31,6 +31,8 @@ CASE FOLDER (tests/deliver/cases/<name>/)
                 mode: the args say `-d prtest` and the program must drop privileges).
     etc/        optional: files laid over /etc inside the run's private namespace with
                 overlayfs (etc/procmailrc is the system-wide rc of LDA mode).
+    unordered   optional; lines naming result paths (`home/log`) whose lines are compared
+                in any order: for a log whose order procmail itself leaves to scheduling.
 
 ISOLATION
     procmail takes HOME, the default rcfile and ORGMAIL from the passwd entry, not from
@@ -125,6 +127,9 @@ class Case:
     dirs: tuple[str, ...] = ()
     #: `as-root` file: the command runs as root (LDA mode, `-d user`), not as the user
     as_root: bool = False
+    #: `unordered` file: paths whose lines are compared as a multiset, for logs whose
+    #: order procmail itself leaves to scheduling (lines from two of its processes)
+    unordered: tuple[str, ...] = ()
 
 
 def case_names() -> list[str]:
@@ -169,8 +174,14 @@ def load_case(path: Path) -> Case:
                 if not rel.startswith(("home/", "spool/")) or ".." in rel.split("/"):
                     raise HarnessError(f"{path}/dirs: path must start with home/ or spool/")
                 dirs.append(rel)
+    unordered: list[str] = []
+    if (path / "unordered").exists():
+        for line in (path / "unordered").read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                unordered.append(line.strip())
     return Case(
         as_root=(path / "as-root").exists(),
+        unordered=tuple(unordered),
         dirs=tuple(dirs),
         name=path.name,
         path=path,
@@ -897,8 +908,13 @@ def text_diff(a: bytes, b: bytes, label: str, a_name: str = "procmail",
                                         f"{b_name}:{label}"))
 
 
-def compare(a: SideResult, b: SideResult) -> list[str]:
-    """Differences between two sides, each a readable paragraph; [] when equal."""
+def _sorted_lines(data: bytes) -> bytes:
+    return b"".join(sorted(data.splitlines(keepends=True)))
+
+
+def compare(a: SideResult, b: SideResult, unordered: Sequence[str] = ()) -> list[str]:
+    """Differences between two sides, each a readable paragraph; [] when equal.
+    ``unordered``: paths whose lines may come in any order (Case.unordered)."""
     na, nb = normalise(a), normalise(b)
     problems: list[str] = []
     for i, (sa, sb) in enumerate(zip(na.statuses, nb.statuses), 1):
@@ -921,7 +937,11 @@ def compare(a: SideResult, b: SideResult) -> list[str]:
             continue
         if ea[1] != eb[1]:
             problems.append(f"{path}: mode procmail={ea[1]:04o} postroom={eb[1]:04o}")
-        if ea[2] != eb[2]:
+        if path in unordered:
+            if _sorted_lines(ea[2]) != _sorted_lines(eb[2]):
+                problems.append(f"{path}: lines differ (in any order)\n"
+                                + text_diff(_sorted_lines(ea[2]), _sorted_lines(eb[2]), path))
+        elif ea[2] != eb[2]:
             problems.append(f"{path}: contents differ\n" + text_diff(ea[2], eb[2], path))
         if ea[3] != eb[3]:
             problems.append(f"{path}: owner uid procmail={ea[3]} postroom={eb[3]}")

@@ -64,8 +64,14 @@ def zygotes(server) -> dict[int, int]:
 
 
 def server_of(server, client_pid: int) -> tuple[int, int]:
-    """(pid of the process that logged it, pid of the delivery child) for a client."""
-    m = re.findall(r"deliverd\[(\d+)\] DEBUG child (\d+) serves pid " + str(client_pid) + " ", log(server))
+    """(pid of the process that logged it, pid of the delivery child) for a client.
+
+    A zygote logs the line after its fork, so a loaded machine can finish the delivery
+    (and the client) before the line is written: it is waited for, a few seconds."""
+    pattern = r"deliverd\[(\d+)\] DEBUG child (\d+) serves pid " + str(client_pid) + " "
+    deadline = time.monotonic() + 5
+    while not (m := re.findall(pattern, log(server))) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert m, f"no child served pid {client_pid}"
     by, child = int(m[-1][0]), int(m[-1][1])
     if by == child:      # a spare on the per-user socket logs for itself, naming its zygote

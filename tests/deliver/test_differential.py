@@ -82,7 +82,7 @@ def test_case(name: str, test_user_can_run_venv: None) -> None:
         f"{command[0]} is not installed yet (pip install -e . provides the postroom script)")
     served = difftool.DELIVERD.served() if difftool.DELIVERD is not None else 0
     a, b = run_both(case)
-    problems = difftool.compare(a, b)
+    problems = difftool.compare(a, b, case.unordered)
     if difftool.DELIVERD is not None:
         # Proof that the server did every delivery, not the client's in-process fallback.
         assert difftool.DELIVERD.served() - served == len(case.messages), \
