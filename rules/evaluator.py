@@ -495,8 +495,9 @@ class Evaluator:
                 result = self._regex(pattern, self._named_area_and_buffer(name), flags, negate,
                                      weight, state, ct, cond.span)
             case RegexTest(pattern=pattern):
-                area = self._area_and_buffer(*self._default_area(flags))
-                if self._cannot_match(cond, area[1]):
+                where = self._default_area(flags)
+                area = self._area_and_buffer(*where)
+                if where == prefilter.HEADER and self._cannot_match(cond, flags, area[1]):
                     result = _no_match(negate, weight, state)
                 else:
                     result = self._regex(pattern, area, flags, negate, weight, state, ct,
@@ -523,10 +524,10 @@ class Evaluator:
                 ct.matched, state.hit = state.hit, None
         return result
 
-    def _cannot_match(self, cond: Condition, buf: bytes) -> bool:
-        """Whether the rc file's RE2::Set for this area rules ``cond`` out
-        (rules.prefilter): one pass over ``buf`` answers for every such condition."""
-        entry = prefilter.entry_for(cond)
+    def _cannot_match(self, cond: Condition, flags: frozenset[Flag], buf: bytes) -> bool:
+        """Whether the rc file's RE2::Set rules ``cond`` out of the header ``buf``
+        (rules.prefilter): one pass over it answers for every such condition."""
+        entry = prefilter.entry_for(cond, Flag.CASE in flags)
         return entry is not None and self._ruled_out(*entry, buf)
 
     def _ruled_out(self, area_set: prefilter.AreaSet, index: int, buf: bytes | None = None) -> bool:

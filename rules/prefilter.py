@@ -44,7 +44,8 @@ __all__ = ["AreaSet", "HEADER", "UNKNOWN", "entry_for", "gate_for", "register", 
 _MAX_FILES = 64
 _FILES: dict[int, RcFile] = {}
 _SEEN: dict[int, RcFile] = {}           # run once, no Set yet (``seen``)
-_ENTRIES: dict[int, tuple[Condition, "AreaSet", int]] = {}
+# id(condition) -> (the condition, its Set, its index there, its recipe's D flag)
+_ENTRIES: dict[int, tuple[Condition, "AreaSet", int, bool]] = {}
 # recipes whose first condition is a plain, unweighted, unnegated member: when the Set
 # rules it out, the recipe does not match, and the evaluator need not look further
 _GATES: dict[int, tuple[Recipe, "AreaSet", int]] = {}
@@ -113,30 +114,31 @@ def register(rc: RcFile) -> None:
         _GATES.clear()
     _FILES[id(rc)] = rc
     _SEEN.pop(id(rc), None)
-    members: list[tuple[Condition, bytes]] = []
-    gates: list[Recipe] = []
+    members: list[tuple[Condition, bytes, bool]] = []
+    gates: list[tuple[Recipe, int]] = []
     _collect(rc.items, members, gates)
     if not members:
         return
     try:
-        area_set = AreaSet(HEADER, [pattern for _cond, pattern in members])
+        area_set = AreaSet(HEADER, [pattern for _cond, pattern, _case in members])
     except RegexError:
         return                            # these conditions are searched one by one
-    for index, (cond, _pattern) in enumerate(members, start=1):
-        _ENTRIES[id(cond)] = (cond, area_set, index)
-    for recipe in gates:
-        _cond, area_set, index = _ENTRIES[id(recipe.conditions[0])]
-        _GATES[id(recipe)] = (recipe, area_set, index)
+    # Built aside, then added: the registry never holds half of a file.
+    entries = {id(cond): (cond, area_set, index, case)
+               for index, (cond, _pattern, case) in enumerate(members, start=1)}
+    _ENTRIES.update(entries)
+    _GATES.update({id(recipe): (recipe, area_set, index) for recipe, index in gates})
     # RE2 builds a Set's DFA state by state as texts need them: the first header
     # costs 0.1 ms, the next ones 3-8 us.  A header of the usual fields builds the
     # common states here, before any mail waits on them (and before a zygote forks).
     area_set.matching(_TYPICAL_HEADER)
 
 
-def entry_for(cond: Condition) -> tuple[AreaSet, int] | None:
-    """The Set that answers for ``cond`` and its index there, or None."""
+def entry_for(cond: Condition, case_sensitive: bool) -> tuple[AreaSet, int] | None:
+    """The Set that answers for ``cond`` searched in the header with the recipe flag D
+    as ``case_sensitive``, and its index there; None when no Set holds it so."""
     entry = _ENTRIES.get(id(cond))
-    if entry is None or entry[0] is not cond:
+    if entry is None or entry[0] is not cond or entry[3] != case_sensitive:
         return None
     return entry[1], entry[2]
 
@@ -150,19 +152,21 @@ def gate_for(recipe: Recipe) -> tuple[AreaSet, int] | None:
     return gate[1], gate[2]
 
 
-def _collect(items: Any, members: list[tuple[Condition, bytes]], gates: list[Recipe]) -> None:
+def _collect(items: Any, members: list[tuple[Condition, bytes, bool]],
+             gates: list[tuple[Recipe, int]]) -> None:
     """The header-searching regex conditions of ``items`` and their blocks, in order."""
     for item in items:
         if not isinstance(item, Recipe):
             continue
         if Flag.BODY not in item.flags:
+            case = Flag.CASE in item.flags
             for position, cond in enumerate(item.conditions):
-                pattern = _set_pattern(cond, Flag.CASE in item.flags)
+                pattern = _set_pattern(cond, case)
                 if pattern is None:
                     continue
-                members.append((cond, pattern))
+                members.append((cond, pattern, case))
                 if position == 0 and not cond.negate and cond.weight is None:
-                    gates.append(item)
+                    gates.append((item, len(members)))      # its Set index
         if isinstance(item.action, Block):
             _collect(item.action.items, members, gates)
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from rules import prefilter
 from rules.areas import search_area
 from rules.errors import RegexError
+from rules.ast import RegexTest
 from rules.evaluator import Evaluator
 from rules.message import Message
 from rules.parser import parse_rc
@@ -142,9 +143,9 @@ def test_the_set_is_built_on_an_rc_files_second_run_in_a_process() -> None:
     first = rcfile.items[0].conditions[0]
     env = {"SHELL": "/bin/sh", "LOCKEXT": ".lock", "LINEBUF": "2048"}
     Evaluator(Recorder(), dict(env), Message(_MAIL), tracing=False).run_rcfile(rcfile)
-    assert prefilter.entry_for(first) is None          # one delivery pays nothing
+    assert prefilter.entry_for(first, False) is None          # one delivery pays nothing
     Evaluator(Recorder(), dict(env), Message(_MAIL), tracing=False).run_rcfile(rcfile)
-    assert prefilter.entry_for(first) is not None
+    assert prefilter.entry_for(first, False) is not None
 
 
 def test_an_empty_answer_is_taken_for_a_failure() -> None:
@@ -181,3 +182,41 @@ def test_random_recipes_reach_the_same_outcome_without_the_sets(conds, flags, n)
                  for i in range(n))
     rc += ":0:\n* ^Subject\nend\n"
     assert _run(_MAIL, rc) == _run(_MAIL, rc, sets=False)
+
+
+def _sharing(rc_text: str, pattern: str):
+    """``rc_text`` with one condition object, of ``pattern``, in every recipe but the
+    last (the registry is keyed by condition object; a decoder that shared equal nodes
+    would do this)."""
+    import dataclasses
+    rcfile = parse_rc(rc_text, "rc")
+    *recipes, last = rcfile.items
+    shared = dataclasses.replace(recipes[0].conditions[0], test=RegexTest(pattern))
+    items = tuple(dataclasses.replace(r, conditions=(shared,)) for r in recipes) + (last,)
+    return dataclasses.replace(rcfile, items=items), shared
+
+
+def _saved(rcfile) -> list[tuple[str, ...]]:
+    eff = Recorder()
+    env = {"SHELL": "/bin/sh", "LOCKEXT": ".lock", "LINEBUF": "2048"}
+    Evaluator(eff, env, Message(_MAIL), tracing=False).run_rcfile(rcfile)
+    return eff.saved
+
+
+def test_a_condition_shared_with_a_body_recipe_is_searched_in_the_body() -> None:
+    # "mentions" is in the body only: the header Set rules it out of the header, and the
+    # body recipe holding the same condition object must still find it
+    rcfile, shared = _sharing(":0 c\n* x\nheader\n:0 B\n* x\nbody\n:0:\nend\n", "mentions")
+    prefilter.register(rcfile)
+    assert prefilter.entry_for(shared, False) is not None
+    assert _saved(rcfile) == [("body",)]
+
+
+def test_a_condition_shared_by_recipes_with_and_without_d_is_searched_as_each_says() -> None:
+    # "HELLO" is in the header as "hello": without D it matches, with D it does not.  The
+    # Set holds the condition as its last header recipe (D) compiled it.
+    rcfile, shared = _sharing(":0 c\n* x\nnocase\n:0 Dc\n* x\ncase\n:0:\nend\n", "HELLO")
+    prefilter.register(rcfile)
+    assert prefilter.entry_for(shared, True) is not None
+    assert prefilter.entry_for(shared, False) is None
+    assert _saved(rcfile) == [("nocase",), ("end",)]
