@@ -139,7 +139,9 @@ class RealEffects:
         try:
             # a symlink is followed, as procmail does (LOGFILE=/dev/stderr, a log kept
             # elsewhere): the delivery runs as the user by now, never as root
-            self._log_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            # 0667 as procmail's NORMperm: a new log gets the o+x "new mail" bit of its
+            # mailboxes when the umask lets it through (UMASK=022: 0645)
+            self._log_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o667)
             self._log_opened = True
         except OSError:
             self._log_fd = self._stderr_fd
