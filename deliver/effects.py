@@ -275,7 +275,7 @@ class RealEffects:
                 berkeley=self.berkeley, group=self.group, abspath=self._abspath)
         except DeliveryError as err:
             self.log(f'procmail: Error while writing to "{err.path or folders[0]}"\n')
-            return SaveResult(False)
+            return SaveResult(False, err.lastfolder)
         self.last_size = result.size
         return SaveResult(True, " ".join(result.names), result.size)
 

@@ -28,6 +28,9 @@ class DeliveryError(Exception):
         super().__init__(message)
         self.temporary = temporary
         self.path = path
+        # what procmail's LASTFOLDER holds after this failure, when not the action's
+        # names (deliver.folders sets it)
+        self.lastfolder = ""
 
 
 class MailboxError(DeliveryError):

@@ -126,8 +126,15 @@ def deliver_to_folders(
         for name in skipped:
             log.warning('Skipped "%s"', name)
         data = mbox_bytes(message, raw=raw, berkeley=berkeley)
-        size = append_mbox(path, data, policy=policy, umask=umask, lock=lock_mbox,
-                           spool_checks=spool_checks, group=group)
+        try:
+            size = append_mbox(path, data, policy=policy, umask=umask, lock=lock_mbox,
+                               spool_checks=spool_checks, group=group)
+        except MailboxError as exc:
+            if path != first:
+                # a Maildir or MH name taken as an mbox: procmail's LASTFOLDER is left
+                # holding the name without its suffix, the file it tried
+                exc.lastfolder = path
+            raise
         return FolderResult((path,), size, MBOX, skipped)
 
     if kind == MAILDIR:

@@ -25,7 +25,9 @@ from .ast import RcFile
 @dataclass(frozen=True, slots=True)
 class SaveResult:
     ok: bool
-    lastfolder: str = ""   # what LASTFOLDER becomes (all folder names, space-separated)
+    # what LASTFOLDER becomes (all folder names, space-separated); after a failure, when
+    # not empty, what procmail leaves in it instead of the action's names
+    lastfolder: str = ""
     size: int = 0          # bytes written, for the log abstract
 
 

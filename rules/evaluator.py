@@ -708,10 +708,10 @@ class Evaluator:
             with self._locked(lockname):
                 self.vars["LASTFOLDER"] = " ".join(names)
                 result = self.effects.save(names, data, raw=raw)
-            if result.ok:
+            if result.ok or result.lastfolder:
                 self.vars["LASTFOLDER"] = result.lastfolder
-                if Flag.COPY in flags:
-                    self._copy_done(result.lastfolder)
+            if result.ok and Flag.COPY in flags:
+                self._copy_done(result.lastfolder)
             return result.ok, True
         if isinstance(action, Forward):
             return self._forward(recipe, action, data, tr), True
