@@ -29,6 +29,7 @@ from .errors import DeliveryError, LockError
 from .folders import deliver_to_folders
 from .groupcommit import GroupCommit
 from .locking import DotLock, LockPolicy
+from .mbox import UPDATE_MASK
 from .mboxformat import program_bytes
 
 DEFAULT_TIMEOUT = 960
@@ -139,9 +140,10 @@ class RealEffects:
         try:
             # a symlink is followed, as procmail does (LOGFILE=/dev/stderr, a log kept
             # elsewhere): the delivery runs as the user by now, never as root
-            # 0667 as procmail's NORMperm: a new log gets the o+x "new mail" bit of its
-            # mailboxes when the umask lets it through (UMASK=022: 0645)
-            self._log_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o667)
+            # as procmail's NORMperm: a new log gets the "new mail" bit of its mailboxes
+            # when the umask lets it through (UMASK=022: 0645)
+            self._log_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                                   0o666 | UPDATE_MASK)
             self._log_opened = True
         except OSError:
             self._log_fd = self._stderr_fd

@@ -243,7 +243,10 @@ class RcWarmer:
         """The rc file's header Set (rules.prefilter), built here once: every child
         forked from here has it, its DFA's common states included."""
         from rules import prefilter
-        prefilter.register(rc)
+        try:
+            prefilter.register(rc)
+        except Exception:  # noqa: BLE001 - an optimisation: the children search one by one
+            log.exception("zygote: no header Set for %s", rc.path)
 
     @staticmethod
     def _load(path: str):

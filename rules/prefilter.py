@@ -62,14 +62,12 @@ UNKNOWN: frozenset[int] = frozenset()   # a Set that failed (see the module docs
 
 
 class AreaSet:
-    """The regex conditions of one rc file that search one area (the header), as one
-    RE2::Set."""
+    """The header-searching regex conditions of one rc file, as one RE2::Set."""
 
-    __slots__ = ("area", "_set")
+    __slots__ = ("_set",)
 
-    def __init__(self, area: tuple[bool, bool], patterns: list[bytes]) -> None:
+    def __init__(self, patterns: list[bytes]) -> None:
         from re2 import _re2  # noqa: PLC0415  (rules.regex imports it lazily too)
-        self.area = area
         self._set = _re2.Set(_re2.RE2.Anchor.UNANCHORED, re2_options())
         for index, pattern in enumerate([b""] + patterns):
             if self._set.Add(pattern) != index:
@@ -120,7 +118,7 @@ def register(rc: RcFile) -> None:
     if not members:
         return
     try:
-        area_set = AreaSet(HEADER, [pattern for _cond, pattern, _case in members])
+        area_set = AreaSet([pattern for _cond, pattern, _case in members])
     except RegexError:
         return                            # these conditions are searched one by one
     # Built aside, then added: the registry never holds half of a file.

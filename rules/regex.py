@@ -615,7 +615,6 @@ class CompiledRegex:
             eom += 1
         return bom, eom
 
-
     def _first_term(self, buf: bytes) -> tuple[int, bool]:
         """count_series with ``limit`` 1 (a ``w^0`` condition): whether the series has
         its first term, and whether that match is empty at the area's start (the one

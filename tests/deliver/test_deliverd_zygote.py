@@ -263,3 +263,17 @@ def test_prefault_stops_for_a_waiting_client() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_the_warmer_builds_the_header_set_its_children_inherit(tmp_path: Path) -> None:
+    # In process (no server): what a zygote does before it forks.  The rc file's header
+    # Set (rules.prefilter) is built here, so no forked delivery builds its own.
+    from deliver.zygote import RcWarmer
+    from rules import prefilter
+    from rules.cache import load_rc
+    rc = tmp_path / "rc"
+    rc.write_text(f"MAILDIR={tmp_path}\n:0:\n* ^Subject: warm\nwarm\n")
+    os.utime(rc, (HOUR_AGO, HOUR_AGO))
+    assert RcWarmer().learn([str(rc)], {"PATH": "/usr/bin:/bin"}) == [str(rc)]
+    first = load_rc(str(rc)).items[1].conditions[0]
+    assert prefilter.entry_for(first, False) is not None

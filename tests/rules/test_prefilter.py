@@ -41,7 +41,7 @@ def _agrees(patterns: list[tuple[str, bool]], mail: bytes) -> None:
             compiled.append(rx)
     if not compiled:
         return
-    area_set = prefilter.AreaSet(prefilter.HEADER, [rx.re2_pattern for rx in compiled])
+    area_set = prefilter.AreaSet([rx.re2_pattern for rx in compiled])
     buf = _header_buf(mail)
     found = area_set.matching(buf)
     assert found is not prefilter.UNKNOWN
@@ -151,7 +151,7 @@ def test_the_set_is_built_on_an_rc_files_second_run_in_a_process() -> None:
 def test_an_empty_answer_is_taken_for_a_failure() -> None:
     # RE2::Set answers "no match" and "out of memory" alike: the member that matches
     # everything is what tells them apart.
-    area_set = prefilter.AreaSet(prefilter.HEADER, [b"zzz"])
+    area_set = prefilter.AreaSet([b"zzz"])
     assert area_set.matching(b"\nabc\n") == frozenset({0})
     area_set._set = type("Failing", (), {"Match": lambda self, buf: []})()
     assert area_set.matching(b"\nabc\n") is prefilter.UNKNOWN
