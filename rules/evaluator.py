@@ -275,10 +275,10 @@ class Evaluator:
             value = value[: value.index("\0")]   # procmail's C string ends there
         return "" if self._overflow(value) else value
 
-    def _expand_words(self, raw: str) -> list[str] | None:
+    def _expand_words(self, raw: str, *, folder: bool = False) -> list[str] | None:
         try:
             words = expand.expand_words(raw, self.lookup, self.backquote, self.positional,
-                                        on_eol=self._unexpected_eol)
+                                        on_eol=self._unexpected_eol, folder=folder)
         except ExpansionError as err:
             self.effects.log(f"procmail: {err}\n")
             return None
@@ -700,7 +700,7 @@ class Evaluator:
         data = self.message.data if Flag.FILTER in flags and isinstance(action, Folder) \
             else self._feed(flags)
         if isinstance(action, Folder):
-            names = self._expand_words(action.text)
+            names = self._expand_words(action.text, folder=True)
             if not names:
                 return False, True
             tr.action = "save to " + " ".join(names)

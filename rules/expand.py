@@ -96,6 +96,7 @@ otherwise it splits and expands it itself (``expand_words``) and execs the words
 _REGEX_SPECIALS = frozenset("(|)*?+.^$[\\")
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 _DIGITS = frozenset("0123456789")
+_NAME_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
 _BLANKS = " \t\n"  # what unquoted expansions are split on (procmailrc(5) BUGS)
 # Raw text without any of these expands to itself (after blank handling).
 _PLAIN_UNSAFE = frozenset("$\"'`\\#\n}")
@@ -164,6 +165,7 @@ def expand_words(
     *,
     shellmetas: str = DEFAULT_SHELLMETAS,
     on_eol: Callable[[], None] | None = None,
+    folder: bool = False,
 ) -> list[str]:
     """Action-line words (folders, program argv when no SHELLMETAS, forward addresses):
     unquoted expansions are split on blanks, quotes removed, ``"$@"`` expands to separate
@@ -173,15 +175,28 @@ def expand_words(
     empty word, and only the last ``"$@"`` counts: the word it ends (``"$@"``, ``x"$@"``,
     ``"$@"''``, but not ``"$@"x``) is replaced by ``positional``; with no positional
     arguments that word stays (often as ``""``).
+
+    ``folder``: the line is a folder action.  procmail first reads such a line as a
+    possible ``NAME=`` (its ``gobenv``) and, when a name is followed by anything but a
+    blank or ``=``, hands the rest to its reader as if a word started there: ``box#x``
+    is the folder ``box`` (``#`` starts a comment), ``box\\#x`` is ``box#x``, and the
+    leading blanks of an unquoted ``$VAR`` or backquote right after the name are dropped
+    without ending the word (``box$A`` with A=" x" is ``boxx``).  All checked against
+    procmail by the differential cases ``folder-after-name-*``.
     """
     if not _PLAIN_UNSAFE.intersection(raw):
         words = [w for w in raw.replace("\t", " ").split(" ") if w]
         return words if words else [""]
     if " " not in raw and "\t" not in raw:
-        simple = _substitute_names(raw, lookup)
+        simple = _substitute_names(raw, lookup)   # None for any "#", "\\" or "`"
         if simple is not None and not any(c in simple for c in _BLANKS):
             return [simple]
-    reader = _Reader(raw, _WORDS, lookup, backquote, shellmetas)
+    name = _leading_name(raw) if folder else 0
+    if name:
+        reader = _Reader(raw[name:], _WORDS, lookup, backquote, shellmetas)
+        reader.cur = list(raw[:name])      # the name, read; the state as at a word's start
+    else:
+        reader = _Reader(raw, _WORDS, lookup, backquote, shellmetas)
     reader.on_eol = on_eol
     reader.run()
     words = reader.words
@@ -190,6 +205,21 @@ def expand_words(
         if index < len(words) and len(words[index]) == length:
             words[index : index + 1] = list(positional)
     return words
+
+
+def _leading_name(raw: str) -> int:
+    """Where procmail's reader starts afresh on a folder line: after the variable-like
+    name that begins ``raw`` (and the ``=`` right after it, if any) when a character other
+    than a blank follows; 0 when it reads the line from its start as usual.  After a
+    blank both readings agree, so those lines are read as usual."""
+    if not raw or raw[0] not in _NAME_START:
+        return 0
+    end = 1
+    while end < len(raw) and raw[end] in _NAME_CHARS:
+        end += 1
+    if end < len(raw) and raw[end] == "=":
+        end += 1
+    return end if end < len(raw) and raw[end] not in _BLANKS else 0
 
 
 def expand_quoted(

@@ -388,6 +388,55 @@ def test_name_substitution_fast_path_reads_letters_only() -> None:
     assert words("$X", rec=Recorder({"X": "a b"})) == ["a", "b"]  # split by the reader
 
 
+@pytest.mark.parametrize(
+    ("raw", "values", "output", "expected"),
+    [
+        ("box#1 other", {}, "", ["box"]),            # after the name, # starts a comment
+        ("d1#x/ d2/", {}, "", ["d1"]),
+        ("_b1#x", {}, "", ["_b1"]),
+        ("box\\#x", {}, "", ["box#x"]),             # \# at a word's start is a plain #
+        ("box$A", {"A": " x"}, "", ["boxx"]),        # the value's blank ends no word
+        ("box$A", {"A": "x y"}, "", ["boxx", "y"]),
+        ("box`c`", {}, " y", ["boxy"]),
+        ("box=#x", {}, "", ["box="]),
+        ("box.x#y", {}, "", ["box.x#y"]),            # not right after the name: literal
+        ("1box#x", {}, "", ["1box#x"]),              # a name never starts with a digit
+        ("box #x", {}, "", ["box"]),
+        ("$A#x", {"A": "box"}, "", ["box#x"]),
+        ('"box"#x', {}, "", ["box#x"]),
+    ],
+)
+def test_folder_lines_restart_after_a_leading_name(
+    raw: str, values: dict[str, str], output: str, expected: list[str]
+) -> None:
+    """procmail reads a folder line as a possible NAME= first (gobenv), then from where
+    the name ended as at a word's start (differential cases folder-after-name-*)."""
+    rec = Recorder(values, output)
+    assert expand_words(raw, rec.lookup, rec.backquote, folder=True) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=RAW, values=LOOKUPS, output=st.text(max_size=6))
+def test_folder_lines_differ_only_after_a_leading_name(
+    raw: str, values: dict[str, str], output: str
+) -> None:
+    """A folder line that does not start with a name followed directly by something other
+    than a blank reads exactly as any other action line."""
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"
+    if raw[:1] and raw[0] in letters:
+        after_name = raw.lstrip(letters + "0123456789")
+        if after_name and after_name[0] not in " \t\n":
+            return
+    rec = Recorder(values, output)
+    outcomes = []
+    for folder in (False, True):
+        try:
+            outcomes.append(expand_words(raw, rec.lookup, rec.backquote, folder=folder))
+        except ExpansionError as err:
+            outcomes.append(str(err))
+    assert outcomes[0] == outcomes[1]
+
+
 def test_import_is_cheap() -> None:
     """rules.expand is on the delivery hot path: importing it loads neither pyparsing nor
     re2 (checked in a fresh interpreter without site, so nothing is preloaded)."""
