@@ -440,16 +440,25 @@ def _on_forward(s: str, loc: int, toks: pp.ParseResults) -> list:
     return [*line.diags, Forward(line.raw, _CONTEXT.get().span(loc))]
 
 
-def _on_pipe(s: str, loc: int, toks: pp.ParseResults) -> Pipe:
+def _on_pipe(s: str, loc: int, toks: pp.ParseResults) -> list:
+    """A program action.  A bare ``|`` is refused: procmail writes the mail to its
+    stdout there, which for a delivery agent is the MTA's pipe, so the mail would be
+    lost with exit 0; refused, the recipe is skipped and the mail goes on."""
     capture = toks[0] if len(toks) == 2 else None
-    return Pipe(toks[-1], capture, _CONTEXT.get().span(loc))  # verbatim: " cmd" logged
+    ctx = _CONTEXT.get()
+    if not toks[-1].strip(" \t"):
+        return [ctx.error(loc, "a bare '|' (procmail writes the mail to stdout, where a "
+                               "delivery agent loses it) is not supported: expected a "
+                               "program; the recipe is ignored"),
+                _Marker("refused", loc)]
+    return [Pipe(toks[-1], capture, ctx.span(loc))]  # verbatim: " cmd" logged
 
 
 def _on_capture(s: str, loc: int, toks: pp.ParseResults) -> list:
     """``VAR=| program`` captures the program's output; ``VAR=! address`` would
     capture a forward, which the AST cannot say (procmail allows it)."""
     if isinstance(toks[-1], str):
-        return [_on_pipe(s, loc, toks)]
+        return _on_pipe(s, loc, toks)
     ctx = _CONTEXT.get()
     line: _Words = toks[-1]
     return [*line.diags,

@@ -73,7 +73,8 @@ FOLDER = WORDS.filter(lambda s: s[0] not in "!|:{}#" and not s.startswith("-")
 ACTION_LEAF = st.one_of(
     st.builds(Folder, FOLDER),
     st.builds(Forward, st.one_of(st.just(""), WORDS)),
-    st.builds(Pipe, st.one_of(st.just(""), COMMAND), st.one_of(st.none(), NAME)),
+    st.builds(Pipe, COMMAND.filter(lambda s: s.strip(" \t")),   # a bare "|" is refused
+              st.one_of(st.none(), NAME)),
 )
 FLAGS = st.frozensets(st.sampled_from(list(Flag)))
 LOCK = st.one_of(st.none(), st.just(LockSpec(None)), st.builds(LockSpec, WORD))
