@@ -100,12 +100,13 @@ class _ProcmailStyleLock(flufl.lock.Lock):
     """flufl.lock's link protocol, with procmail's lock-file shape and stale-lock policy."""
 
     def __init__(self, lockfile: str, policy: LockPolicy,
-                 claims: dict[str, str] | None = None) -> None:
+                 claims: dict[str, str] | None = None, *, name: str | None = None) -> None:
         # flufl's __init__ minus its socket.getfqdn() (a resolver lookup, most of the cost
         # of a lock): the same attributes, the host name cached per node name.
         self._hostname = _fqdn()
         self._default_timeout = None
         self._lockfile = lockfile
+        self._name = lockfile if name is None else name   # as the log lines name it
         self.lifetime = _LIFETIME
         self._separator = flufl.lock.SEP
         self._claims = claims              # a batch's kept claim files (deliver.groupcommit)
@@ -258,10 +259,10 @@ class _ProcmailStyleLock(flufl.lock.Lock):
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.warning('Forced unlock denied on "%s": %s', self._lockfile, exc.strerror)
+            log.warning('Forced unlock denied on "%s": %s', self._name, exc.strerror)
             return None
-        log.warning('Forcing lock on "%s"', self._lockfile)
-        self.forced.append(self._lockfile)
+        log.warning('Forcing lock on "%s"', self._name)
+        self.forced.append(self._name)
         for claim in claims:
             with contextlib.suppress(OSError):
                 os.unlink(claim)
@@ -332,7 +333,16 @@ class DotLock:
         return self._lock.forced if self._lock else []
 
     def acquire(self) -> None:
-        lock = _ProcmailStyleLock(self.path, self.policy, self._claims)
+        # A relative name is made absolute now, so that the lock is released where it was
+        # made even if the working directory changes meanwhile (a relative LOCKFILE, then
+        # MAILDIR=elsewhere: procmail's unlink then misses, logs "Couldn't unlock" and
+        # leaves the lock to stall the next deliveries for LOCKTIMEOUT).  Joined, not
+        # normalised: "dir/../x.lock" must stay the file the kernel finds through dir.
+        path = self.path
+        if not path.startswith("/"):
+            with contextlib.suppress(OSError):     # a removed cwd: the name as it is
+                path = os.path.join(os.getcwd(), path)
+        lock = _ProcmailStyleLock(path, self.policy, self._claims, name=self.path)
         timeout = None if self.policy.timeout is None else timedelta(seconds=self.policy.timeout)
         tries = 0
         while True:

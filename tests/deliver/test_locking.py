@@ -74,6 +74,20 @@ def test_lock_removed_when_block_raises(prdir):
     assert entries(prdir) == []
 
 
+def test_relative_lock_is_released_where_it_was_made(prdir, monkeypatch):
+    """A relative name (LOCKFILE=g.lock, then MAILDIR=sub) is released in the directory
+    it was made in: neither the lock nor its claim file is left behind."""
+    sub = os.path.join(prdir, "sub")
+    os.mkdir(sub)
+    monkeypatch.chdir(prdir)
+    lock = DotLock("g.lock", FAST)
+    lock.acquire()
+    assert os.path.exists(os.path.join(prdir, "g.lock"))
+    os.chdir(sub)
+    lock.release()
+    assert entries(prdir) == ["sub"] and entries(sub) == []
+
+
 def test_procmail_waits_for_our_lock(prdir):
     lockfile = os.path.join(prdir, "box.lock")
     box = os.path.join(prdir, "box")
