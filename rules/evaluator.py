@@ -1017,9 +1017,9 @@ def _cond_text(cond: Condition) -> str:
 
 
 def _maildir(ev: Evaluator, value: str | None, old: str | None) -> None:
-    if value is None:
-        return
-    if not ev.effects.chdir(value):
+    # Unset, procmail still changes directory, to "": that fails, is logged, and the
+    # old value comes back as after any failed chdir.
+    if not ev.effects.chdir(value or ""):
         if old is None:
             ev.vars.pop("MAILDIR", None)
         else:
