@@ -379,7 +379,7 @@ class Agent:
         command = ev.program_command(trap) if trap else None
         if command is not None:
             # run as a pipe's command line is: through $SHELL only with SHELLMETAS in it
-            trap_status = self.effects.run_trap(command.argv, ev.message.data)
+            trap_status = self.effects.run_trap(command, ev.message.data)
             if exitcode is not None and exitcode.strip() == "":
                 return trap_status
         if exitcode is not None and exitcode.strip():

@@ -285,11 +285,16 @@ class RealEffects:
         t = renvint(DEFAULT_TIMEOUT, self.vars.get("TIMEOUT"))
         return float(t) if t > 0 else None
 
+    def _program_name(self, argv: Sequence[str], text: str) -> str:
+        """How procmail names a program in its log: the line as written when it went
+        through $SHELL, else the program's first word."""
+        shell = len(argv) == 3 and argv[1] == self.vars.get("SHELLFLAGS", "-c") \
+            and argv[0] == self.vars.get("SHELL", "/bin/sh")
+        return text if shell else argv[0]
+
     def _run(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
              ignore_write_error: bool, capture: bool, unpadded: int | None = None) -> ProgramResult:
-        shell = len(command.argv) == 3 and command.argv[1] == self.vars.get("SHELLFLAGS", "-c") \
-            and command.argv[0] == self.vars.get("SHELL", "/bin/sh")
-        name = command.text if shell else command.argv[0]
+        name = self._program_name(command.argv, command.text)
         res = programs.run(command.argv, data, env=self._env(), stderr_fd=self._log_fd,
                            capture=capture, timeout=self._timeout())
         if wait and res.status is not None:
@@ -360,19 +365,28 @@ class RealEffects:
     def test_program(self, command: Command, data: bytes) -> int:
         res = programs.run(command.argv, data, env=self._env(), stderr_fd=self._log_fd,
                            capture=False, timeout=self._timeout())
+        if res.timed_out:
+            self.log(f'procmail: Timeout, terminating "{self._program_name(command.argv, command.text)}"\n')
         self.last_status = 1 if res.status is None else res.status
         return self.last_status
 
-    def run_trap(self, argv: Sequence[str], data: bytes) -> int:
-        """TRAP: the mail on stdin, its stdout and stderr appended to the log."""
-        res = programs.run(argv, program_bytes(data, berkeley=self.berkeley), env=self._env(),
-                           stderr_fd=self._log_fd, capture=False, timeout=self._timeout(),
-                           stdout_fd=self._log_fd)
+    def run_trap(self, command: Command, data: bytes) -> int:
+        """TRAP: the mail on stdin, its stdout and stderr appended to the log.  Killed at
+        TIMEOUT like any program (procmail logs the same line but lets it run on)."""
+        res = programs.run(command.argv, program_bytes(data, berkeley=self.berkeley),
+                           env=self._env(), stderr_fd=self._log_fd, capture=False,
+                           timeout=self._timeout(), stdout_fd=self._log_fd)
+        if res.timed_out:
+            self.log(f'procmail: Timeout, terminating "{self._program_name(command.argv, command.text)}"\n')
         return 1 if res.status is None else res.status
 
     def backquote(self, command: Command, data: bytes) -> str:
         res = programs.run(command.argv, program_bytes(data, berkeley=self.berkeley), env=self._env(), stderr_fd=self._log_fd,
                            capture=True, timeout=self._timeout())
+        if res.timed_out:
+            # as after any captured program that failed: procmail keeps what it had read
+            self.log(f'procmail: Timeout, terminating "{self._program_name(command.argv, command.text)}"\n'
+                     "procmail: Rescue of unfiltered data succeeded\n")
         self.last_status = 1 if res.status is None else res.status
         return res.output.rstrip(b"\n").decode("latin-1")
 

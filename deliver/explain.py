@@ -98,8 +98,8 @@ class RecordingEffects:
         self.events.append(f"? program not run, counted as failed: {command.text.strip()}")
         return 1
 
-    def run_trap(self, argv: Sequence[str], data: bytes) -> int:
-        self.events.append(f"TRAP not run: {argv[-1]}")
+    def run_trap(self, command: Command, data: bytes) -> int:
+        self.events.append(f"TRAP not run: {command.text.strip()}")
         return 0
 
     def backquote(self, command: Command, data: bytes) -> str:
