@@ -22,7 +22,8 @@ from .errors import RulesError
 __all__ = ["encode_rc", "decode_rc", "AstCodecError", "FORMAT", "VERSION"]
 
 FORMAT = "postroom-rc-ast"
-VERSION = 3          # 2: SizeTest.text; 3: Block.end
+VERSION = 4          # 2: SizeTest.text; 3: Block.end; 4: a bare "|" refused (the parse changed:
+                     # a cached AST of an older parser must not be used)
 
 
 class AstCodecError(RulesError):
