@@ -119,14 +119,25 @@ class ExpandTest:
 Test = RegexTest | VarTest | ProgramTest | SizeTest | ExpandTest
 
 
+MIN_LINEBUF = 128
+"""procmail's smallest LINEBUF: a line shorter than this never exceeds it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Condition:
-    """One ``*`` line.  ``negate`` is the parity of the leading ``!`` marks."""
+    """One ``*`` line.  ``negate`` is the parity of the leading ``!`` marks.
+
+    ``width`` is the line's length as procmail reads it into its LINEBUF-sized buffer
+    (after the ``*`` and the blanks that follow it; a continued line with its
+    backslash-newlines and indentation), kept when at least MIN_LINEBUF, else 0: at
+    run time a line of LINEBUF characters or more is ``Exceeded LINEBUF`` and fails.
+    """
 
     test: Test
     negate: bool = False
     weight: Weight | None = None
     span: Span = _span()
+    width: int = field(default=0, compare=False)   # layout, as the span
 
 
 # ---------------------------------------------------------------- actions

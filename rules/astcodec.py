@@ -22,8 +22,8 @@ from .errors import RulesError
 __all__ = ["encode_rc", "decode_rc", "AstCodecError", "FORMAT", "VERSION"]
 
 FORMAT = "postroom-rc-ast"
-VERSION = 4          # 2: SizeTest.text; 3: Block.end; 4: a bare "|" refused (the parse changed:
-                     # a cached AST of an older parser must not be used)
+VERSION = 5          # 2: SizeTest.text; 3: Block.end; 4: a bare "|" refused (the parse changed:
+                     # a cached AST of an older parser must not be used); 5: Condition.width
 
 
 class AstCodecError(RulesError):
@@ -78,7 +78,7 @@ def _item(it: Item) -> dict:
                     "test": _test(c.test), "negate": c.negate,
                     "weight": None if c.weight is None else [c.weight.weight,
                                                              c.weight.exponent],
-                    "span": _span(c.span)} for c in it.conditions],
+                    "span": _span(c.span), "width": c.width} for c in it.conditions],
                 "action": _action(it.action),
                 "span": _span(it.span),
             }
@@ -190,7 +190,7 @@ def _ditem(d: Any, depth: int = 0) -> Item:
             else:
                 raise AstCodecError("bad weight")
             conds.append(Condition(_dtest(_get(c, "test")), _get(c, "negate", bool),
-                                   weight, _dspan(_get(c, "span"))))
+                                   weight, _dspan(_get(c, "span")), _get(c, "width", int)))
         return Recipe(flags, lock, tuple(conds), _daction(_get(d, "action"), depth), sp)
     raise AstCodecError(f"unknown item tag {t!r}")
 

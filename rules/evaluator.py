@@ -26,9 +26,9 @@ from typing import Callable, Sequence
 
 from . import expand, prefilter
 from .areas import search_area
-from .ast import (Assignment, Block, Condition, ExpandTest, Flag, Folder, Forward, Item,
-                  Pipe, ProgramTest, RcFile, Recipe, RegexTest, SizeTest, Skipped, Span,
-                  VarTest, Weight)
+from .ast import (MIN_LINEBUF, Assignment, Block, Condition, ExpandTest, Flag, Folder,
+                  Forward, Item, Pipe, ProgramTest, RcFile, Recipe, RegexTest, SizeTest,
+                  Skipped, Span, VarTest, Weight)
 from .condparse import parse_condition, size_operand
 from .effects import Command, Effects
 from .envint import renvint
@@ -41,7 +41,6 @@ from .trace import ConditionTrace, RecipeTrace
 MAX32 = 2147483647.0
 MIN32 = -2147483647.0
 MAX_INCLUDE_DEPTH = 32   # procmail is limited only by memory; a loop must not be
-MIN_LINEBUF = 128
 _MEMO_MAX = 4096         # entries in the per-AST-object memos below (then cleared)
 
 
@@ -62,7 +61,7 @@ class _Frame:
     saved: tuple[bool, bool] | None = None   # (prevcond, lastcond) restored at "}"
     # File frames: procmail's own log lines for this file's syntax problems, in source
     # order, logged as execution passes them (procmail reads and runs in one pass).
-    diags: list[tuple[int, int, str]] = field(default_factory=list)
+    diags: list[tuple[int, int, str, int]] = field(default_factory=list)
 
 
 # The diagnostics procmail itself logs, as the start of the parser's message.
@@ -70,10 +69,10 @@ _PROCMAIL_DIAG = re.compile(r'^(Skipped "[^"\n]*"|Missing closing brace|Closing 
                             r'|Missing action|Incomplete recipe|Extraneous [a-z-]+(?: flag)? ignored)')
 
 
-_DIAGS: dict[int, tuple[RcFile, tuple[tuple[int, int, str], ...]]] = {}
+_DIAGS: dict[int, tuple[RcFile, tuple[tuple[int, int, str, int], ...]]] = {}
 
 
-def _file_diags(rc: RcFile) -> list[tuple[int, int, str]]:
+def _file_diags(rc: RcFile) -> list[tuple[int, int, str, int]]:
     """procmail's own log lines for ``rc``, latest first (a fresh list: it is consumed).
     Computed once per RcFile object: the AST is immutable and the library API and the
     MTA's workers run the same cached object for every mail."""
@@ -87,13 +86,18 @@ def _file_diags(rc: RcFile) -> list[tuple[int, int, str]]:
     return out
 
 
-def _compute_diags(rc: RcFile) -> list[tuple[int, int, str]]:
+def _compute_diags(rc: RcFile) -> list[tuple[int, int, str, int]]:
+    """(line, col, message, 0) for procmail's own syntax lines; (line, col, "", width)
+    for each condition long enough to exceed some LINEBUF, which procmail checks as it
+    reads the line (in a block it skips too), against LINEBUF as it stands then."""
     skipped_at = {(i.span.line, i.span.col) for i in _walk(rc.items) if isinstance(i, Skipped)}
     out = []
     for d in rc.diagnostics:
         m = _PROCMAIL_DIAG.match(d.message)
         if m and (d.span.line, d.span.col) not in skipped_at:
-            out.append((d.span.line, d.span.col, m.group(1)))
+            out.append((d.span.line, d.span.col, m.group(1), 0))
+    out.extend((c.span.line, c.span.col, "", c.width) for i in _walk(rc.items)
+               if isinstance(i, Recipe) for c in i.conditions if c.width)
     out.sort(key=lambda d: d[:2])   # stable: several at one place keep their order
     out.reverse()                   # popped from the end, earliest first
     return out
@@ -204,7 +208,12 @@ class Evaluator:
             return
         pending = frame.diags
         while pending and (upto is None or pending[-1][:2] < (upto.line, upto.col)):
-            self.effects.log(f"procmail: {pending.pop()[2]}\n")
+            _line, _col, message, width = pending.pop()
+            if not width:
+                self.effects.log(f"procmail: {message}\n")
+            elif width >= self._linebuf():
+                self.effects.log("procmail: Exceeded LINEBUF\n")
+                self.vars["PROCMAIL_OVERFLOW"] = "yes"
 
     @property
     def current_file(self) -> str:
@@ -356,15 +365,16 @@ class Evaluator:
 
     def _drop_diags_inside(self, block: Block) -> None:
         """procmail skips a block it does not enter by counting braces, without
-        reading its recipes: the syntax problems inside are never logged (a skipped
-        block that is never closed says nothing)."""
+        parsing its recipes: the syntax problems inside are never logged (a skipped
+        block that is never closed says nothing).  It still reads every line, so a
+        condition line that exceeds LINEBUF is logged there too: those entries stay."""
         frame = self._file_frame()
         if frame is None or not frame.diags:
             return
         start = (block.span.line, block.span.col)
         end = None if block.end is None else (block.end.line, block.end.col)
         frame.diags[:] = [d for d in frame.diags
-                          if not (start <= d[:2] and (end is None or d[:2] <= end))]
+                          if d[3] or not (start <= d[:2] and (end is None or d[:2] <= end))]
 
     def _enter_block(self, recipe: Recipe, block: Block, tr: RecipeTrace) -> None:
         tr.action = "enter block"
@@ -447,6 +457,12 @@ class Evaluator:
             if not ok:
                 if self.tracing:
                     tr.conditions.append(ConditionTrace(cond.span, _cached_cond_text(cond), None))
+                continue
+            if cond.width and cond.width >= self._linebuf():
+                # Exceeded LINEBUF (logged as the line was read): the recipe fails
+                ok = False
+                if self.tracing:
+                    tr.conditions.append(ConditionTrace(cond.span, _cached_cond_text(cond), False))
                 continue
             ok = self._condition(cond, recipe.flags, state, tr)
         score = state.score

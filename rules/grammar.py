@@ -67,6 +67,7 @@ pyparsing.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,7 +76,7 @@ from dataclasses import dataclass, field
 
 import pyparsing as pp
 
-from .ast import (Condition, Diagnostic, Flag, FLAG_LETTERS, Folder, Forward, LockSpec,
+from .ast import (MIN_LINEBUF, Condition, Diagnostic, Flag, FLAG_LETTERS, Folder, Forward, LockSpec,
                   Pipe, Recipe, Assignment, SizeTest, Skipped, Span)
 from .condparse import parse_condition, size_leftover
 from .errors import RcSyntaxError
@@ -539,6 +540,8 @@ def _on_recipe(s: str, loc: int, toks: pp.ParseResults) -> list:
                                            f"{ctx.span(head.pos)} is ignored"))
             bad = True
             continue
+        if len(line.text) >= MIN_LINEBUF:
+            cond = dataclasses.replace(cond, width=len(line.text))
         conditions.append(cond)
         if isinstance(cond.test, SizeTest) and cond.test.text is None \
                 and (left := size_leftover(line.text)):

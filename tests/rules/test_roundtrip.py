@@ -184,6 +184,18 @@ def test_astcodec_keeps_spans() -> None:
     assert back.diagnostics == rc.diagnostics and back.diagnostics
 
 
+def test_long_condition_keeps_its_width_through_the_codec() -> None:
+    """A condition line long enough to exceed some LINEBUF keeps its length as read
+    (after '*' and blanks, the backslash-newline included); shorter lines record 0."""
+    long_line = "^Subject: " + "x?" * 70
+    text = f":0\n*   ! {long_line}\n* short\n* {long_line[:70]}\\\n  {long_line[70:]}\nbox\n"
+    rc = parse_rc(text, "w.rc")
+    widths = [c.width for c in rc.items[0].conditions]
+    assert widths == [2 + len(long_line), 0, len(long_line) + 4]
+    back = decode_rc(json.loads(json.dumps(encode_rc(rc))))
+    assert [c.width for c in back.items[0].conditions] == widths
+
+
 def test_parse_300_lines() -> None:
     """A 300-line rc with every common shape parses whole, each block to its five items.
 
