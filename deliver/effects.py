@@ -128,26 +128,31 @@ class RealEffects:
         return self._umask
 
     def set_logfile(self, path: str | None) -> None:
-        if self._log_opened:
-            os.close(self._log_fd)
-            self._log_opened = False
-        self._log_fd = self._stderr_fd
+        """Switch the log to ``path``: None is stderr; "" (LOGFILE= or unset) is
+        nowhere, as procmail's open of "" fails.  A log that cannot be opened leaves
+        the current one in place, which gets the error line, as in procmail."""
         if path is None:
+            self._close_log()
             return
-        if not path:
-            # LOGFILE= (or unset): procmail's open of "" fails and its log goes nowhere
-            path = os.devnull
         try:
             # a symlink is followed, as procmail does (LOGFILE=/dev/stderr, a log kept
             # elsewhere): the delivery runs as the user by now, never as root
             # as procmail's NORMperm: a new log gets the "new mail" bit of its mailboxes
             # when the umask lets it through (UMASK=022: 0645)
-            self._log_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
-                                   0o666 | UPDATE_MASK)
-            self._log_opened = True
+            fd = os.open(path or os.devnull, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                         0o666 | UPDATE_MASK)
         except OSError:
-            self._log_fd = self._stderr_fd
             self.log(f'procmail: Error while writing to "{path}"\n')
+            return
+        self._close_log()
+        self._log_fd = fd
+        self._log_opened = True
+
+    def _close_log(self) -> None:
+        if self._log_opened:
+            os.close(self._log_fd)
+            self._log_opened = False
+        self._log_fd = self._stderr_fd
 
     @property
     def log_opened(self) -> bool:
@@ -171,10 +176,7 @@ class RealEffects:
         for lock in list(self._held.values()):
             lock.release()
         self._held.clear()
-        if self._log_opened:
-            os.close(self._log_fd)
-            self._log_opened = False
-            self._log_fd = self._stderr_fd
+        self._close_log()
 
     # ------------------------------------------------------------------ rc files
 
@@ -244,15 +246,17 @@ class RealEffects:
             self._held.pop(key, None)
             lock.release()
 
-    def global_lock(self, path: str | None) -> None:
+    def global_lock(self, path: str | None) -> bool:
         if self._global is not None:
             self._global[1].release()
             self._global = None
         if not path:
-            return
+            return True
         lock = self._acquire(path)
-        if lock is not None:
-            self._global = (path, lock)
+        if lock is None:
+            return False
+        self._global = (path, lock)
+        return True
 
     def _is_locked(self, path: str) -> bool:
         if not self._held and self._global is None:
