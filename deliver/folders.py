@@ -123,8 +123,8 @@ def deliver_to_folders(
 
     if kind == MBOX:
         skipped = tuple(others)
-        for name in skipped:
-            log.warning('Skipped "%s"', name)
+        if skipped:     # one line for the rest, its words joined (procmail's concatenate)
+            log.warning('Skipped "%s"', " ".join(skipped))
         data = mbox_bytes(message, raw=raw, berkeley=berkeley)
         try:
             size = append_mbox(path, data, policy=policy, umask=umask, lock=lock_mbox,
