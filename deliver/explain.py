@@ -76,8 +76,9 @@ class RecordingEffects:
         self.events.append(f'would lock "{path}"')
         yield True
 
-    def global_lock(self, path: str | None) -> None:
+    def global_lock(self, path: str | None) -> bool:
         self.events.append(f'LOCKFILE would be "{path}"')
+        return True
 
     def save(self, folders: Sequence[str], data: bytes, *, raw: bool) -> SaveResult:
         self.events.append("would save to " + " ".join(folders) + f" ({len(data)} bytes)")

@@ -83,8 +83,10 @@ class Effects(Protocol):
         """A procmail-compatible lock file; yields False when locking failed (procmail
         logs ``Lock failure`` and goes on unlocked)."""
 
-    def global_lock(self, path: str | None) -> None:
-        """LOCKFILE assignment: release the previous global lock, take the new one."""
+    def global_lock(self, path: str | None) -> bool:
+        """LOCKFILE assignment: release the previous global lock, take the new one.
+        False when ``path`` was given and its lock could not be taken (procmail then
+        unsets LOCKFILE)."""
 
     # -- actions ------------------------------------------------------------
     def save(self, folders: Sequence[str], data: bytes, *, raw: bool) -> SaveResult:

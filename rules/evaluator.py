@@ -1107,7 +1107,8 @@ def _host(ev: Evaluator, value: str | None, old: str | None) -> None:
 
 
 def _lockfile(ev: Evaluator, value: str | None, old: str | None) -> None:
-    ev.effects.global_lock(value or None)
+    if not ev.effects.global_lock(value or None):
+        ev.vars.pop("LOCKFILE", None)      # as procmail: a lock not taken is not named
 
 
 def _shift(ev: Evaluator, value: str | None, old: str | None) -> None:

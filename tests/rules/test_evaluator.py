@@ -64,8 +64,9 @@ class Recorder:
         self.ran.append(f"lock {path}")
         yield True
 
-    def global_lock(self, path: str | None) -> None:
+    def global_lock(self, path: str | None) -> bool:
         self.ran.append(f"LOCKFILE {path}")
+        return True
 
     def save(self, folders: Sequence[str], data: bytes, *, raw: bool) -> SaveResult:
         if folders[0] in self.fail:
