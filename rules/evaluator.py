@@ -808,6 +808,8 @@ class Evaluator:
         lock = self._implicit_program_lock(
             recipe, action.command if self._needs_shell(action.command) else cmd.argv[0])
         if action.capture is not None:
+            if Flag.COPY in flags:
+                self.effects.log("procmail: Extraneous copy-flag ignored\n")
             tr.action = f"capture into {action.capture}: {cmd.text.strip()}"
             with self._locked(lock):
                 result = self.effects.pipe(cmd, data, wait=wait, quiet=quiet,

@@ -512,6 +512,9 @@ def _extraneous(head: "_Header", tail: object) -> list[tuple[str, str]]:
                 if (head.lock is not None if flag is None else flag in head.flags)]
     if isinstance(tail, Folder) and Flag.FILTER in head.flags:
         return [("filter-flag", "a folder is not a filter (the whole mail is saved)")]
+    if isinstance(tail, Pipe) and tail.capture is not None and Flag.FILTER in head.flags:
+        # procmail reads VAR=| as a folder line first, where f is dropped
+        return [("filter-flag", "a capture is not a filter (the mail stays as it is)")]
     return []
 
 
