@@ -22,7 +22,7 @@ from typing import Iterator, Mapping, Sequence
 
 from rules.ast import RcFile
 from rules.effects import Command, ProgramResult, SaveResult
-from rules.envint import renvint
+from rules import numvars
 
 from . import programs
 from .errors import DeliveryError, LockError
@@ -32,7 +32,6 @@ from .locking import DotLock, LockPolicy
 from .mbox import UPDATE_MASK
 from .mboxformat import program_bytes
 
-DEFAULT_TIMEOUT = 960
 MAX_SUBJECT_SHOW = 78
 MAX_FOLDER_SHOW = 60
 TAB = 8
@@ -69,6 +68,7 @@ class RealEffects:
         # a long-lived delivery process's (mta.localdelivery's pool workers)
         self._claims = group.claims if group is not None else claims
         self.vars: Mapping[str, str] = {}
+        self.numbers: Mapping[str, int] = numvars.initial_numbers()
         self._stderr_fd = stderr_fd
         self._log_fd = stderr_fd
         self._log_opened = False
@@ -90,8 +90,9 @@ class RealEffects:
 
     # ------------------------------------------------------------------ environment
 
-    def environment(self, variables: Mapping[str, str]) -> None:
+    def environment(self, variables: Mapping[str, str], numbers: Mapping[str, int]) -> None:
         self.vars = variables
+        self.numbers = numbers
 
     def _env(self) -> dict[bytes, bytes]:
         env = {k.encode("latin-1", "replace"): v.encode("latin-1", "replace")
@@ -208,13 +209,12 @@ class RealEffects:
     def _policy(self) -> LockPolicy:
         """The lock policy from the variables; rebuilt only when one of them changed
         (asked for on every save and lock, the variables rarely change in between)."""
-        v = self.vars
-        raw = (v.get("LOCKEXT", ".lock"), v.get("LOCKTIMEOUT"), v.get("LOCKSLEEP"), v.get("SUSPEND"))
+        n = self.numbers
+        raw = (self.vars.get("LOCKEXT", ".lock"), n["LOCKTIMEOUT"], n["LOCKSLEEP"], n["SUSPEND"])
         cached = self._policy_memo
         if cached is not None and cached[0] == raw:
             return cached[1]
-        policy = LockPolicy(lockext=raw[0], locktimeout=renvint(1024, raw[1]),
-                            locksleep=renvint(8, raw[2]), suspend=renvint(16, raw[3]))
+        policy = LockPolicy(lockext=raw[0], locktimeout=raw[1], locksleep=raw[2], suspend=raw[3])
         self._policy_memo = (raw, policy)
         return policy
 
@@ -286,7 +286,7 @@ class RealEffects:
         return SaveResult(True, " ".join(result.names), result.size)
 
     def _timeout(self) -> float | None:
-        t = renvint(DEFAULT_TIMEOUT, self.vars.get("TIMEOUT"))
+        t = self.numbers["TIMEOUT"]
         return float(t) if t > 0 else None
 
     def _program_name(self, argv: Sequence[str], text: str) -> str:
@@ -401,7 +401,7 @@ class RealEffects:
         above 1 every delivering recipe is logged, 1 the final delivery, 0 nothing;
         unset (or negative) the final delivery when a LOGFILE is open (procmail's
         lgabstract)."""
-        level = renvint(-1, self.vars.get("LOGABSTRACT"))
+        level = self.numbers["LOGABSTRACT"]
         if level > 1:
             return True
         if level == 0 or not final:

@@ -37,7 +37,7 @@ class RecordingEffects:
         self.umask = 0o077           # what deliver/ starts with; only recorded here
         self.last_status = 0         # $?: nothing is run
 
-    def environment(self, variables: Mapping[str, str]) -> None:
+    def environment(self, variables: Mapping[str, str], numbers: Mapping[str, int]) -> None:
         self.vars = variables
 
     def chdir(self, path: str) -> bool:

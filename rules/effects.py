@@ -53,8 +53,10 @@ class Effects(Protocol):
     a backquote, a ``?`` condition); 0 before any."""
 
     # -- environment --------------------------------------------------------
-    def environment(self, variables: Mapping[str, str]) -> None:
-        """Called before any program runs: the variables to export (procmail exports all)."""
+    def environment(self, variables: Mapping[str, str], numbers: Mapping[str, int]) -> None:
+        """Called before any program runs: the variables to export (procmail exports all)
+        and procmail's numeric variables as it holds them (rules.numvars: TIMEOUT,
+        LOCKTIMEOUT, LOGABSTRACT, ...), both live."""
 
     def chdir(self, path: str) -> bool:
         """MAILDIR assignment; False (after logging ``Couldn't chdir``) leaves it unchanged."""

@@ -24,9 +24,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from . import expand, prefilter
+from . import expand, numvars, prefilter
 from .areas import search_area
-from .ast import (MIN_LINEBUF, Assignment, Block, Condition, ExpandTest, Flag, Folder,
+from .ast import (Assignment, Block, Condition, ExpandTest, Flag, Folder,
                   Forward, Item, Pipe, ProgramTest, RcFile, Recipe, RegexTest, SizeTest,
                   Skipped, Span, VarTest, Weight)
 from .condparse import parse_condition, size_operand
@@ -151,8 +151,9 @@ class Evaluator:
         self._areas: dict[tuple[bool, bool], tuple[bytes, bytes]] = {}
         # id(rules.prefilter.AreaSet) -> the members it found in this message's area
         self._set_hits: dict[int, frozenset[int]] = {}
-        self._linebuf_memo: tuple[str | None, int] = (None, 2048)
-        effects.environment(self.vars)
+        # procmail's numeric variables as numbers of their own (rules.numvars)
+        self.numbers = numvars.initial_numbers()
+        effects.environment(self.vars, self.numbers)
 
     # ------------------------------------------------------------------ driving
 
@@ -256,13 +257,7 @@ class Evaluator:
         return out
 
     def _linebuf(self) -> int:
-        raw = self.vars.get("LINEBUF", "2048")
-        cached = self._linebuf_memo
-        if cached[0] == raw:
-            return cached[1]
-        value = max(MIN_LINEBUF, renvint(2048, raw))
-        self._linebuf_memo = (raw, value)
-        return value
+        return self.numbers["LINEBUF"]
 
     def _overflow(self, value: str) -> bool:
         if len(value) <= self._linebuf():
@@ -408,9 +403,9 @@ class Evaluator:
         clone.tracing = self.tracing
         clone._areas = dict(self._areas)
         clone._set_hits = dict(self._set_hits)
-        clone._linebuf_memo = self._linebuf_memo
+        clone.numbers = dict(self.numbers)
         saved_cwd = os.getcwd()
-        self.effects.environment(clone.vars)
+        self.effects.environment(clone.vars, clone.numbers)
         saved_umask = self.effects.umask
         try:
             end = clone._loop()
@@ -419,7 +414,7 @@ class Evaluator:
         finally:
             # what the clone changed dies with it in procmail (a process of its own):
             # the environment, the log file, the directory, the umask, its LOCKFILE
-            self.effects.environment(self.vars)
+            self.effects.environment(self.vars, self.numbers)
             self.effects.set_logfile(self.vars.get("LOGFILE"))
             self.effects.chdir(saved_cwd)
             if self.effects.umask != saved_umask:
@@ -1120,7 +1115,14 @@ def _shift(ev: Evaluator, value: str | None, old: str | None) -> None:
     # the variable keeps the value it was given, as procmail reads it back
 
 
+def _number(name: str) -> Callable[[Evaluator, str | None, str | None], None]:
+    def assign(ev: Evaluator, value: str | None, old: str | None) -> None:
+        numvars.assign_number(ev.numbers, name, value)
+    return assign
+
+
 _SPECIAL_ASSIGNMENTS: dict[str, Callable[[Evaluator, str | None, str | None], None]] = {
+    **{name: _number(name) for name in numvars.NUMERIC_DEFAULTS},
     "MAILDIR": _maildir,
     "LOGFILE": _logfile,
     "LOG": _log,

@@ -35,7 +35,7 @@ class Recorder:
         self.umask = 0o077
         self.last_status = 0
 
-    def environment(self, variables: Mapping[str, str]) -> None:
+    def environment(self, variables: Mapping[str, str], numbers: Mapping[str, int]) -> None:
         self.vars = variables
 
     def chdir(self, path: str) -> bool:
