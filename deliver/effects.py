@@ -268,7 +268,8 @@ class RealEffects:
 
     # ------------------------------------------------------------------ actions
 
-    def save(self, folders: Sequence[str], data: bytes, *, raw: bool) -> SaveResult:
+    def save(self, folders: Sequence[str], data: bytes, *, raw: bool,
+             body_only: bool = False) -> SaveResult:
         if len(folders) == 1 and folders[0] == os.devnull:
             self.last_size = len(data)          # procmail writes nothing and reports the mail
             return SaveResult(True, folders[0], len(data))
@@ -278,7 +279,8 @@ class RealEffects:
             result = deliver_to_folders(
                 list(folders), data, raw=raw, umask=self._umask, policy=self._policy(),
                 msgprefix=self.vars.get("MSGPREFIX", "msg."), lock_mbox=not already,
-                berkeley=self.berkeley, group=self.group, abspath=self._abspath)
+                berkeley=self.berkeley, group=self.group, abspath=self._abspath,
+                body_only=body_only)
         except DeliveryError as err:
             self.log(f'procmail: Error while writing to "{err.path or folders[0]}"\n')
             return SaveResult(False, err.lastfolder)
@@ -352,8 +354,9 @@ class RealEffects:
         return failed
 
     def pipe(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
-             ignore_write_error: bool, capture: bool, raw: bool) -> ProgramResult:
-        feed = data if raw else program_bytes(data, berkeley=self.berkeley)
+             ignore_write_error: bool, capture: bool, raw: bool,
+             body_only: bool = False) -> ProgramResult:
+        feed = data if raw else program_bytes(data, berkeley=self.berkeley or body_only)
         self.last_size = len(feed)   # what a signal's abstract counts if the pipe never returns
         return self._run(command, feed, wait=wait, quiet=quiet,
                          ignore_write_error=ignore_write_error, capture=capture,

@@ -80,13 +80,15 @@ class RecordingEffects:
         self.events.append(f'LOCKFILE would be "{path}"')
         return True
 
-    def save(self, folders: Sequence[str], data: bytes, *, raw: bool) -> SaveResult:
+    def save(self, folders: Sequence[str], data: bytes, *, raw: bool,
+             body_only: bool = False) -> SaveResult:
         self.events.append("would save to " + " ".join(folders) + f" ({len(data)} bytes)")
         self.last_size = len(data)
         return SaveResult(True, " ".join(folders), len(data))
 
     def pipe(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
-             ignore_write_error: bool, capture: bool, raw: bool) -> ProgramResult:
+             ignore_write_error: bool, capture: bool, raw: bool,
+             body_only: bool = False) -> ProgramResult:
         self.events.append(f"would run (not run): {command.text.strip()}")
         return ProgramResult(True, 0, data if capture else b"")
 

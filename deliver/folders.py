@@ -108,9 +108,13 @@ def deliver_to_folders(
     berkeley: bool = False,
     group: GroupCommit | None = None,
     abspath: Callable[[str], str] = os.path.abspath,
+    body_only: bool = False,
 ) -> FolderResult:
     """Deliver ``message`` to ``names`` (one action line); see the module docstring.
-    ``abspath``: the caller's os.path.abspath (RealEffects knows its cwd: no getcwd)."""
+    ``abspath``: the caller's os.path.abspath (RealEffects knows its cwd: no getcwd).
+    ``body_only``: ``message`` is a body alone (a ``b`` recipe): a Maildir keeps its
+    first line even when it starts with "From ", and no line is taken for a
+    Content-Length field (procmail writes that part of its buffer as it is)."""
     if not names:
         raise MailboxError("no folder given")
     first, others = names[0], list(names[1:])
@@ -125,7 +129,7 @@ def deliver_to_folders(
         skipped = tuple(others)
         if skipped:     # one line for the rest, its words joined (procmail's concatenate)
             log.warning('Skipped "%s"', " ".join(skipped))
-        data = mbox_bytes(message, raw=raw, berkeley=berkeley)
+        data = mbox_bytes(message, raw=raw, berkeley=berkeley or body_only)
         try:
             size = append_mbox(path, data, policy=policy, umask=umask, lock=lock_mbox,
                                spool_checks=spool_checks, group=group)
@@ -138,7 +142,7 @@ def deliver_to_folders(
         return FolderResult((path,), size, MBOX, skipped)
 
     if kind == MAILDIR:
-        data = maildir_bytes(message, berkeley=berkeley)
+        data = message if body_only else maildir_bytes(message, berkeley=berkeley)
         batch = None if others else group
         try:
             stored = maildir.deliver_maildir(path, data, umask=umask, hostname=hostname, group=batch,
@@ -155,8 +159,8 @@ def deliver_to_folders(
             stored = maildir.deliver_maildir(path, data, umask=umask, hostname=hostname, group=batch,
                                              abspath=abspath)
     else:
-        data = (rewrite_content_length(message, berkeley=berkeley) if raw
-                else program_bytes(message, berkeley=berkeley))
+        data = (rewrite_content_length(message, berkeley=berkeley or body_only) if raw
+                else program_bytes(message, berkeley=berkeley or body_only))
         if kind == MH:
             stored = mh.deliver_mh(path, data, umask=umask)
         else:

@@ -91,13 +91,18 @@ class Effects(Protocol):
         unsets LOCKFILE)."""
 
     # -- actions ------------------------------------------------------------
-    def save(self, folders: Sequence[str], data: bytes, *, raw: bool) -> SaveResult:
+    def save(self, folders: Sequence[str], data: bytes, *, raw: bool,
+             body_only: bool = False) -> SaveResult:
         """Write to one or more folders; ``data`` is what the recipe feeds (h/b).
-        Recipe locks are taken by the evaluator through ``lock`` around this call."""
+        ``body_only``: the body alone (b without h), which procmail writes as it is:
+        no From_ line is taken off for a Maildir and no line of it is read as a
+        Content-Length field.  Recipe locks are taken by the evaluator through ``lock``
+        around this call."""
 
     def pipe(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
-             ignore_write_error: bool, capture: bool, raw: bool) -> ProgramResult:
-        """Run a program with data on stdin.  capture=True returns its stdout (filters,
+             ignore_write_error: bool, capture: bool, raw: bool,
+             body_only: bool = False) -> ProgramResult:
+        """Run a program with data on stdin (``body_only`` as for ``save``).  capture=True returns its stdout (filters,
         VAR=| captures); otherwise stdout is discarded and stderr goes to the log."""
 
     def forward(self, command: Command, data: bytes, *, wait: bool, quiet: bool,

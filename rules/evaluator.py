@@ -718,7 +718,8 @@ class Evaluator:
             lockname = self._lockname(recipe, names[0])
             with self._locked(lockname):
                 self.vars["LASTFOLDER"] = " ".join(names)
-                result = self.effects.save(names, data, raw=raw)
+                result = self.effects.save(names, data, raw=raw,
+                                           body_only=_body_only(flags, folder=True))
             if result.ok or result.lastfolder:
                 self.vars["LASTFOLDER"] = result.lastfolder
             if result.ok and Flag.COPY in flags:
@@ -808,7 +809,8 @@ class Evaluator:
             tr.action = f"capture into {action.capture}: {cmd.text.strip()}"
             with self._locked(lock):
                 result = self.effects.pipe(cmd, data, wait=wait, quiet=quiet,
-                                           ignore_write_error=ign, capture=True, raw=raw)
+                                           ignore_write_error=ign, capture=True, raw=raw,
+                                           body_only=_body_only(flags))
             if result.ok:
                 out = result.output
                 if out.endswith(b"\n"):
@@ -825,7 +827,8 @@ class Evaluator:
             tr.action = f"filter through: {cmd.text.strip()}"
             with self._locked(lock):
                 result = self.effects.pipe(cmd, data, wait=wait, quiet=quiet,
-                                           ignore_write_error=ign, capture=True, raw=raw)
+                                           ignore_write_error=ign, capture=True, raw=raw,
+                                           body_only=_body_only(flags))
             if result.ok or not wait:
                 self._replace(flags, result.output)
             elif not quiet:
@@ -834,7 +837,8 @@ class Evaluator:
         tr.action = f"pipe to: {cmd.text.strip()}"
         with self._locked(lock):
             result = self.effects.pipe(cmd, data, wait=wait, quiet=quiet,
-                                       ignore_write_error=ign, capture=False, raw=raw)
+                                       ignore_write_error=ign, capture=False, raw=raw,
+                                       body_only=_body_only(flags))
         # after the program ran, as procmail: it sees the LASTFOLDER of before
         self.vars["LASTFOLDER"] = cmd.text
         if result.ok and Flag.COPY in flags:
@@ -922,6 +926,13 @@ def _weighted_matches(rx, text: bytes, buf: bytes | None, w: float, x: float,
     if texts is not None:
         del texts[scored:]
     return added, count > 0
+
+
+def _body_only(flags: frozenset[Flag], *, folder: bool = False) -> bool:
+    """Whether the recipe feeds the body alone (b without h; f on a folder is ignored
+    and the whole mail saved): procmail then writes that part of its buffer as it is."""
+    return (Flag.FEED_BODY in flags and Flag.FEED_HEADER not in flags
+            and not (folder and Flag.FILTER in flags))
 
 
 def _read_upto(item: Item) -> Span:

@@ -68,7 +68,8 @@ class Recorder:
         self.ran.append(f"LOCKFILE {path}")
         return True
 
-    def save(self, folders: Sequence[str], data: bytes, *, raw: bool) -> SaveResult:
+    def save(self, folders: Sequence[str], data: bytes, *, raw: bool,
+             body_only: bool = False) -> SaveResult:
         if folders[0] in self.fail:
             return SaveResult(False)
         self.saved.append(tuple(folders))
@@ -80,7 +81,8 @@ class Recorder:
         return self.programs.get(key, (0, b""))
 
     def pipe(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
-             ignore_write_error: bool, capture: bool, raw: bool) -> ProgramResult:
+             ignore_write_error: bool, capture: bool, raw: bool,
+             body_only: bool = False) -> ProgramResult:
         status, out = self._prog(command)
         ok = status == 0 or not wait
         return ProgramResult(ok, status, out)
