@@ -269,7 +269,7 @@ class RealEffects:
     # ------------------------------------------------------------------ actions
 
     def save(self, folders: Sequence[str], data: bytes, *, raw: bool,
-             body_only: bool = False) -> SaveResult:
+             part: str | None = None) -> SaveResult:
         if len(folders) == 1 and folders[0] == os.devnull:
             self.last_size = len(data)          # procmail writes nothing and reports the mail
             return SaveResult(True, folders[0], len(data))
@@ -280,7 +280,7 @@ class RealEffects:
                 list(folders), data, raw=raw, umask=self._umask, policy=self._policy(),
                 msgprefix=self.vars.get("MSGPREFIX", "msg."), lock_mbox=not already,
                 berkeley=self.berkeley, group=self.group, abspath=self._abspath,
-                body_only=body_only)
+                part=part)
         except DeliveryError as err:
             self.log(f'procmail: Error while writing to "{err.path or folders[0]}"\n')
             return SaveResult(False, err.lastfolder)
@@ -355,8 +355,9 @@ class RealEffects:
 
     def pipe(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
              ignore_write_error: bool, capture: bool, raw: bool,
-             body_only: bool = False) -> ProgramResult:
-        feed = data if raw else program_bytes(data, berkeley=self.berkeley or body_only)
+             part: str | None = None) -> ProgramResult:
+        # a part alone is fed as it stands: its Content-Length was set when the mail was read
+        feed = data if raw else program_bytes(data, berkeley=self.berkeley or part is not None)
         self.last_size = len(feed)   # what a signal's abstract counts if the pipe never returns
         return self._run(command, feed, wait=wait, quiet=quiet,
                          ignore_write_error=ignore_write_error, capture=capture,

@@ -81,14 +81,14 @@ class RecordingEffects:
         return True
 
     def save(self, folders: Sequence[str], data: bytes, *, raw: bool,
-             body_only: bool = False) -> SaveResult:
+             part: str | None = None) -> SaveResult:
         self.events.append("would save to " + " ".join(folders) + f" ({len(data)} bytes)")
         self.last_size = len(data)
         return SaveResult(True, " ".join(folders), len(data))
 
     def pipe(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
              ignore_write_error: bool, capture: bool, raw: bool,
-             body_only: bool = False) -> ProgramResult:
+             part: str | None = None) -> ProgramResult:
         self.events.append(f"would run (not run): {command.text.strip()}")
         return ProgramResult(True, 0, data if capture else b"")
 

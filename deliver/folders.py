@@ -39,7 +39,8 @@ from .errors import MailboxError
 from .groupcommit import GroupCommit
 from .locking import LockPolicy
 from .mbox import append_mbox
-from .mboxformat import maildir_bytes, mbox_bytes, rewrite_content_length, program_bytes
+from .mboxformat import (maildir_bytes, mbox_bytes, program_bytes, rewrite_content_length,
+                         skip_from_line)
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +109,15 @@ def deliver_to_folders(
     berkeley: bool = False,
     group: GroupCommit | None = None,
     abspath: Callable[[str], str] = os.path.abspath,
-    body_only: bool = False,
+    part: str | None = None,
 ) -> FolderResult:
     """Deliver ``message`` to ``names`` (one action line); see the module docstring.
     ``abspath``: the caller's os.path.abspath (RealEffects knows its cwd: no getcwd).
-    ``body_only``: ``message`` is a body alone (a ``b`` recipe): a Maildir keeps its
-    first line even when it starts with "From ", and no line is taken for a
-    Content-Length field (procmail writes that part of its buffer as it is)."""
+    ``part``: "header" or "body" when ``message`` is one part alone (an ``h`` or ``b``
+    recipe), written as that part of procmail's buffer stands: its Content-Length was
+    set when the mail was read (a header alone has no body to count, a body's lines
+    are no header fields), and a body keeps a first line starting with "From " even in
+    a Maildir."""
     if not names:
         raise MailboxError("no folder given")
     first, others = names[0], list(names[1:])
@@ -129,7 +132,7 @@ def deliver_to_folders(
         skipped = tuple(others)
         if skipped:     # one line for the rest, its words joined (procmail's concatenate)
             log.warning('Skipped "%s"', " ".join(skipped))
-        data = mbox_bytes(message, raw=raw, berkeley=berkeley or body_only)
+        data = mbox_bytes(message, raw=raw, berkeley=berkeley or part is not None)
         try:
             size = append_mbox(path, data, policy=policy, umask=umask, lock=lock_mbox,
                                spool_checks=spool_checks, group=group)
@@ -142,7 +145,8 @@ def deliver_to_folders(
         return FolderResult((path,), size, MBOX, skipped)
 
     if kind == MAILDIR:
-        data = message if body_only else maildir_bytes(message, berkeley=berkeley)
+        data = (message if part == "body" else skip_from_line(message) if part
+                else maildir_bytes(message, berkeley=berkeley))
         batch = None if others else group
         try:
             stored = maildir.deliver_maildir(path, data, umask=umask, hostname=hostname, group=batch,
@@ -159,8 +163,8 @@ def deliver_to_folders(
             stored = maildir.deliver_maildir(path, data, umask=umask, hostname=hostname, group=batch,
                                              abspath=abspath)
     else:
-        data = (rewrite_content_length(message, berkeley=berkeley or body_only) if raw
-                else program_bytes(message, berkeley=berkeley or body_only))
+        data = (rewrite_content_length(message, berkeley=berkeley or part is not None) if raw
+                else program_bytes(message, berkeley=berkeley or part is not None))
         if kind == MH:
             stored = mh.deliver_mh(path, data, umask=umask)
         else:

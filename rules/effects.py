@@ -92,17 +92,18 @@ class Effects(Protocol):
 
     # -- actions ------------------------------------------------------------
     def save(self, folders: Sequence[str], data: bytes, *, raw: bool,
-             body_only: bool = False) -> SaveResult:
+             part: str | None = None) -> SaveResult:
         """Write to one or more folders; ``data`` is what the recipe feeds (h/b).
-        ``body_only``: the body alone (b without h), which procmail writes as it is:
-        no From_ line is taken off for a Maildir and no line of it is read as a
-        Content-Length field.  Recipe locks are taken by the evaluator through ``lock``
-        around this call."""
+        ``part``: "header" or "body" when the recipe feeds one part alone, which
+        procmail writes as that part of its buffer stands (its Content-Length was set
+        when the mail was read; a body keeps a first line starting with "From " even in
+        a Maildir).  Recipe locks are taken by the evaluator through ``lock`` around
+        this call."""
 
     def pipe(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
              ignore_write_error: bool, capture: bool, raw: bool,
-             body_only: bool = False) -> ProgramResult:
-        """Run a program with data on stdin (``body_only`` as for ``save``).  capture=True returns its stdout (filters,
+             part: str | None = None) -> ProgramResult:
+        """Run a program with data on stdin (``part`` as for ``save``).  capture=True returns its stdout (filters,
         VAR=| captures); otherwise stdout is discarded and stderr goes to the log."""
 
     def forward(self, command: Command, data: bytes, *, wait: bool, quiet: bool,

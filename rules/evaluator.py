@@ -719,7 +719,7 @@ class Evaluator:
             with self._locked(lockname):
                 self.vars["LASTFOLDER"] = " ".join(names)
                 result = self.effects.save(names, data, raw=raw,
-                                           body_only=_body_only(flags, folder=True))
+                                           part=_part(flags, folder=True))
             if result.ok or result.lastfolder:
                 self.vars["LASTFOLDER"] = result.lastfolder
             if result.ok and Flag.COPY in flags:
@@ -810,7 +810,7 @@ class Evaluator:
             with self._locked(lock):
                 result = self.effects.pipe(cmd, data, wait=wait, quiet=quiet,
                                            ignore_write_error=ign, capture=True, raw=raw,
-                                           body_only=_body_only(flags))
+                                           part=_part(flags))
             if result.ok:
                 out = result.output
                 if out.endswith(b"\n"):
@@ -828,7 +828,7 @@ class Evaluator:
             with self._locked(lock):
                 result = self.effects.pipe(cmd, data, wait=wait, quiet=quiet,
                                            ignore_write_error=ign, capture=True, raw=raw,
-                                           body_only=_body_only(flags))
+                                           part=_part(flags))
             if result.ok or not wait:
                 self._replace(flags, result.output)
             elif not quiet:
@@ -838,7 +838,7 @@ class Evaluator:
         with self._locked(lock):
             result = self.effects.pipe(cmd, data, wait=wait, quiet=quiet,
                                        ignore_write_error=ign, capture=False, raw=raw,
-                                       body_only=_body_only(flags))
+                                       part=_part(flags))
         # after the program ran, as procmail: it sees the LASTFOLDER of before
         self.vars["LASTFOLDER"] = cmd.text
         if result.ok and Flag.COPY in flags:
@@ -928,11 +928,15 @@ def _weighted_matches(rx, text: bytes, buf: bytes | None, w: float, x: float,
     return added, count > 0
 
 
-def _body_only(flags: frozenset[Flag], *, folder: bool = False) -> bool:
-    """Whether the recipe feeds the body alone (b without h; f on a folder is ignored
-    and the whole mail saved): procmail then writes that part of its buffer as it is."""
-    return (Flag.FEED_BODY in flags and Flag.FEED_HEADER not in flags
-            and not (folder and Flag.FILTER in flags))
+def _part(flags: frozenset[Flag], *, folder: bool = False) -> str | None:
+    """"header" or "body" when the recipe feeds that part alone (h or b without the
+    other; f on a folder is ignored and the whole mail saved), else None."""
+    if folder and Flag.FILTER in flags:
+        return None
+    h, b = Flag.FEED_HEADER in flags, Flag.FEED_BODY in flags
+    if h == b:
+        return None
+    return "header" if h else "body"
 
 
 def _read_upto(item: Item) -> Span:

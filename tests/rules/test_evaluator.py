@@ -69,7 +69,7 @@ class Recorder:
         return True
 
     def save(self, folders: Sequence[str], data: bytes, *, raw: bool,
-             body_only: bool = False) -> SaveResult:
+             part: str | None = None) -> SaveResult:
         if folders[0] in self.fail:
             return SaveResult(False)
         self.saved.append(tuple(folders))
@@ -82,7 +82,7 @@ class Recorder:
 
     def pipe(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
              ignore_write_error: bool, capture: bool, raw: bool,
-             body_only: bool = False) -> ProgramResult:
+             part: str | None = None) -> ProgramResult:
         status, out = self._prog(command)
         ok = status == 0 or not wait
         return ProgramResult(ok, status, out)
