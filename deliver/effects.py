@@ -21,7 +21,7 @@ import stat
 from typing import Iterator, Mapping, Sequence
 
 from rules.ast import RcFile
-from rules.effects import Command, ProgramResult, SaveResult
+from rules.effects import Command, Part, ProgramResult, SaveResult
 from rules import numvars
 
 from . import programs
@@ -269,7 +269,7 @@ class RealEffects:
     # ------------------------------------------------------------------ actions
 
     def save(self, folders: Sequence[str], data: bytes, *, raw: bool,
-             part: str | None = None) -> SaveResult:
+             part: Part = None) -> SaveResult:
         if len(folders) == 1 and folders[0] == os.devnull:
             self.last_size = len(data)          # procmail writes nothing and reports the mail
             return SaveResult(True, folders[0], len(data))
@@ -355,7 +355,7 @@ class RealEffects:
 
     def pipe(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
              ignore_write_error: bool, capture: bool, raw: bool,
-             part: str | None = None) -> ProgramResult:
+             part: Part = None) -> ProgramResult:
         # a part alone is fed as it stands: its Content-Length was set when the mail was read
         feed = data if raw else program_bytes(data, berkeley=self.berkeley or part is not None)
         self.last_size = len(feed)   # what a signal's abstract counts if the pipe never returns

@@ -19,7 +19,7 @@ import sys
 from typing import IO, Callable, Iterator, Mapping, Sequence
 
 from rules.ast import RcFile
-from rules.effects import Command, ProgramResult, SaveResult
+from rules.effects import Command, Part, ProgramResult, SaveResult
 from rules.trace import RecipeTrace
 
 from .agent import Agent, Invocation, Site, User
@@ -81,14 +81,14 @@ class RecordingEffects:
         return True
 
     def save(self, folders: Sequence[str], data: bytes, *, raw: bool,
-             part: str | None = None) -> SaveResult:
+             part: Part = None) -> SaveResult:
         self.events.append("would save to " + " ".join(folders) + f" ({len(data)} bytes)")
         self.last_size = len(data)
         return SaveResult(True, " ".join(folders), len(data))
 
     def pipe(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
              ignore_write_error: bool, capture: bool, raw: bool,
-             part: str | None = None) -> ProgramResult:
+             part: Part = None) -> ProgramResult:
         self.events.append(f"would run (not run): {command.text.strip()}")
         return ProgramResult(True, 0, data if capture else b"")
 

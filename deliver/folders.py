@@ -34,6 +34,8 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from rules.effects import Part
+
 from . import dirfolder, maildir, mh
 from .errors import MailboxError
 from .groupcommit import GroupCommit
@@ -109,7 +111,7 @@ def deliver_to_folders(
     berkeley: bool = False,
     group: GroupCommit | None = None,
     abspath: Callable[[str], str] = os.path.abspath,
-    part: str | None = None,
+    part: Part = None,
 ) -> FolderResult:
     """Deliver ``message`` to ``names`` (one action line); see the module docstring.
     ``abspath``: the caller's os.path.abspath (RealEffects knows its cwd: no getcwd).

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Mapping, Protocol, Sequence
+from typing import Literal, Mapping, Protocol, Sequence
 
 from .ast import RcFile
 
+
+Part = Literal["header", "body", None]
+"""What a recipe feeds when not the whole mail (h or b alone); None is the whole mail."""
 
 @dataclass(frozen=True, slots=True)
 class SaveResult:
@@ -92,7 +95,7 @@ class Effects(Protocol):
 
     # -- actions ------------------------------------------------------------
     def save(self, folders: Sequence[str], data: bytes, *, raw: bool,
-             part: str | None = None) -> SaveResult:
+             part: Part = None) -> SaveResult:
         """Write to one or more folders; ``data`` is what the recipe feeds (h/b).
         ``part``: "header" or "body" when the recipe feeds one part alone, which
         procmail writes as that part of its buffer stands (its Content-Length was set
@@ -102,9 +105,10 @@ class Effects(Protocol):
 
     def pipe(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
              ignore_write_error: bool, capture: bool, raw: bool,
-             part: str | None = None) -> ProgramResult:
-        """Run a program with data on stdin (``part`` as for ``save``).  capture=True returns its stdout (filters,
-        VAR=| captures); otherwise stdout is discarded and stderr goes to the log."""
+             part: Part = None) -> ProgramResult:
+        """Run a program with data on stdin (``part`` as for ``save``).  capture=True
+        returns its stdout (filters, VAR=| captures); otherwise stdout is discarded and
+        stderr goes to the log."""
 
     def forward(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
                 ignore_write_error: bool, raw: bool) -> ProgramResult:

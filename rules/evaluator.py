@@ -30,7 +30,7 @@ from .ast import (Assignment, Block, Condition, ExpandTest, Flag, Folder,
                   Forward, Item, Pipe, ProgramTest, RcFile, Recipe, RegexTest, SizeTest,
                   Skipped, Span, VarTest, Weight)
 from .condparse import parse_condition, size_operand
-from .effects import Command, Effects
+from .effects import Command, Effects, Part
 from .envint import renvint
 from .errors import ExpansionError, RcSyntaxError, RegexError
 from .macros import expand_macros
@@ -928,7 +928,7 @@ def _weighted_matches(rx, text: bytes, buf: bytes | None, w: float, x: float,
     return added, count > 0
 
 
-def _part(flags: frozenset[Flag], *, folder: bool = False) -> str | None:
+def _part(flags: frozenset[Flag], *, folder: bool = False) -> Part:
     """"header" or "body" when the recipe feeds that part alone (h or b without the
     other; f on a folder is ignored and the whole mail saved), else None."""
     if folder and Flag.FILTER in flags:

@@ -10,7 +10,7 @@ from typing import Iterator, Mapping, Sequence
 import pytest
 
 from rules.ast import RcFile
-from rules.effects import Command, ProgramResult, SaveResult
+from rules.effects import Command, Part, ProgramResult, SaveResult
 from rules.evaluator import End, Evaluator
 from rules.message import Message
 from rules.parser import parse_rc
@@ -69,7 +69,7 @@ class Recorder:
         return True
 
     def save(self, folders: Sequence[str], data: bytes, *, raw: bool,
-             part: str | None = None) -> SaveResult:
+             part: Part = None) -> SaveResult:
         if folders[0] in self.fail:
             return SaveResult(False)
         self.saved.append(tuple(folders))
@@ -82,7 +82,7 @@ class Recorder:
 
     def pipe(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
              ignore_write_error: bool, capture: bool, raw: bool,
-             part: str | None = None) -> ProgramResult:
+             part: Part = None) -> ProgramResult:
         status, out = self._prog(command)
         ok = status == 0 or not wait
         return ProgramResult(ok, status, out)
