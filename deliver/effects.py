@@ -30,7 +30,7 @@ from .folders import deliver_to_folders
 from .groupcommit import GroupCommit
 from .locking import DotLock, LockPolicy
 from .mbox import UPDATE_MASK
-from .mboxformat import program_bytes
+from .mboxformat import program_bytes, rewrite_content_length
 
 MAX_SUBJECT_SHOW = 78
 MAX_FOLDER_SHOW = 60
@@ -362,6 +362,9 @@ class RealEffects:
         return self._run(command, feed, wait=wait, quiet=quiet,
                          ignore_write_error=ignore_write_error, capture=capture,
                          unpadded=len(data))
+
+    def filtered(self, data: bytes) -> bytes:
+        return rewrite_content_length(data, berkeley=self.berkeley)
 
     def forward(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
                 ignore_write_error: bool, raw: bool) -> ProgramResult:

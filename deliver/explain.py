@@ -105,6 +105,9 @@ class RecordingEffects:
         self.events.append(f"TRAP not run: {command.text.strip()}")
         return 0
 
+    def filtered(self, data: bytes) -> bytes:
+        return data
+
     def backquote(self, command: Command, data: bytes) -> str:
         self.events.append(f"backquote not run (empty): {command.text.strip()}")
         return ""

@@ -110,6 +110,11 @@ class Effects(Protocol):
         returns its stdout (filters, VAR=| captures); otherwise stdout is discarded and
         stderr goes to the log."""
 
+    def filtered(self, data: bytes) -> bytes:
+        """The mail as procmail holds it after a filter replaced (part of) it: read
+        again, so its Content-Length is set to the new body's length, as when the mail
+        was first read."""
+
     def forward(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
                 ignore_write_error: bool, raw: bool) -> ProgramResult:
         """``! addresses``: run $SENDMAIL with the mail (without its From_ line)."""

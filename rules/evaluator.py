@@ -854,7 +854,7 @@ class Evaluator:
             new = self.message.header + output
         else:
             new = output
-        self.message = Message(new)
+        self.message = Message(self.effects.filtered(new))
         self._areas.clear()
         self._set_hits.clear()
 
