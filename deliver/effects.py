@@ -221,7 +221,8 @@ class RealEffects:
     def _acquire(self, path: str) -> DotLock | None:
         """Take a procmail-compatible lock; None (after procmail's log line) on failure,
         and the delivery goes on unlocked as procmail's does."""
-        lock = DotLock(path, self._policy(), claims=self._claims, key=self._abspath(path))
+        key = self._abspath(path)              # also learns the cwd a relative name needs
+        lock = DotLock(path, self._policy(), claims=self._claims, key=key, cwd=self._cwd)
         try:
             lock.acquire()
         except LockError:
@@ -298,6 +299,10 @@ class RealEffects:
             and argv[0] == self.vars.get("SHELL", "/bin/sh")
         return text if shell else argv[0]
 
+    def _log_timeout(self, command: Command) -> None:
+        """A backquote, `?` program or TRAP killed at TIMEOUT, logged as procmail does."""
+        self.log(f'procmail: Timeout, terminating "{self._program_name(command.argv, command.text)}"\n')
+
     def _run(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
              ignore_write_error: bool, capture: bool, unpadded: int | None = None) -> ProgramResult:
         name = self._program_name(command.argv, command.text)
@@ -367,8 +372,8 @@ class RealEffects:
         return rewrite_content_length(data, berkeley=self.berkeley)
 
     def forward(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
-                ignore_write_error: bool, raw: bool) -> ProgramResult:
-        feed = data if raw else program_bytes(data, berkeley=self.berkeley)
+                ignore_write_error: bool, raw: bool, part: Part = None) -> ProgramResult:
+        feed = data if raw else program_bytes(data, berkeley=self.berkeley or part is not None)
         return self._run(command, feed, wait=wait, quiet=quiet,
                          ignore_write_error=ignore_write_error, capture=False,
                          unpadded=len(data))
@@ -377,7 +382,7 @@ class RealEffects:
         res = programs.run(command.argv, data, env=self._env(), stderr_fd=self._log_fd,
                            capture=False, timeout=self._timeout())
         if res.timed_out:
-            self.log(f'procmail: Timeout, terminating "{self._program_name(command.argv, command.text)}"\n')
+            self._log_timeout(command)
         self.last_status = 1 if res.status is None else res.status
         return self.last_status
 
@@ -388,7 +393,7 @@ class RealEffects:
                            env=self._env(), stderr_fd=self._log_fd, capture=False,
                            timeout=self._timeout(), stdout_fd=self._log_fd)
         if res.timed_out:
-            self.log(f'procmail: Timeout, terminating "{self._program_name(command.argv, command.text)}"\n')
+            self._log_timeout(command)
         return 1 if res.status is None else res.status
 
     def backquote(self, command: Command, data: bytes) -> str:
@@ -396,8 +401,8 @@ class RealEffects:
                            capture=True, timeout=self._timeout())
         if res.timed_out:
             # as after any captured program that failed: procmail keeps what it had read
-            self.log(f'procmail: Timeout, terminating "{self._program_name(command.argv, command.text)}"\n'
-                     "procmail: Rescue of unfiltered data succeeded\n")
+            self._log_timeout(command)
+            self.log("procmail: Rescue of unfiltered data succeeded\n")
         self.last_status = 1 if res.status is None else res.status
         return res.output.rstrip(b"\n").decode("latin-1")
 

@@ -93,7 +93,7 @@ class RecordingEffects:
         return ProgramResult(True, 0, data if capture else b"")
 
     def forward(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
-                ignore_write_error: bool, raw: bool) -> ProgramResult:
+                ignore_write_error: bool, raw: bool, part: Part = None) -> ProgramResult:
         self.events.append(f"would forward (not run): {command.text}")
         return ProgramResult(True, 0)
 

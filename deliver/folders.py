@@ -122,6 +122,8 @@ def deliver_to_folders(
     a Maildir."""
     if not names:
         raise MailboxError("no folder given")
+    # Content-Length is left as it stands under -Y, and in a part alone (set at reading)
+    keep_length = berkeley or part is not None
     first, others = names[0], list(names[1:])
     kind, path = _split(first)
     if not kind:
@@ -134,7 +136,7 @@ def deliver_to_folders(
         skipped = tuple(others)
         if skipped:     # one line for the rest, its words joined (procmail's concatenate)
             log.warning('Skipped "%s"', " ".join(skipped))
-        data = mbox_bytes(message, raw=raw, berkeley=berkeley or part is not None)
+        data = mbox_bytes(message, raw=raw, berkeley=keep_length)
         try:
             size = append_mbox(path, data, policy=policy, umask=umask, lock=lock_mbox,
                                spool_checks=spool_checks, group=group)
@@ -165,8 +167,8 @@ def deliver_to_folders(
             stored = maildir.deliver_maildir(path, data, umask=umask, hostname=hostname, group=batch,
                                              abspath=abspath)
     else:
-        data = (rewrite_content_length(message, berkeley=berkeley or part is not None) if raw
-                else program_bytes(message, berkeley=berkeley or part is not None))
+        data = (rewrite_content_length(message, berkeley=keep_length) if raw
+                else program_bytes(message, berkeley=keep_length))
         if kind == MH:
             stored = mh.deliver_mh(path, data, umask=umask)
         else:

@@ -318,9 +318,10 @@ class DotLock:
 
     def __init__(self, path: str, policy: LockPolicy = LockPolicy(), *,
                  claims: dict[str, str] | None = None, retry_missing_dir: bool = True,
-                 key: str | None = None) -> None:
+                 key: str | None = None, cwd: str | None = None) -> None:
         self.path = path
         self._given_key = key                 # os.path.abspath(path), when the caller knows it
+        self._cwd = cwd                       # the working directory, when the caller knows it
         self.policy = policy
         self._claims = claims
         self._retry_missing_dir = retry_missing_dir
@@ -340,8 +341,12 @@ class DotLock:
         # normalised: "dir/../x.lock" must stay the file the kernel finds through dir.
         path = self.path
         if not path.startswith("/"):
-            with contextlib.suppress(OSError):     # a removed cwd: the name as it is
-                path = os.path.join(os.getcwd(), path)
+            cwd = self._cwd
+            if cwd is None:
+                with contextlib.suppress(OSError):     # a removed cwd: the name as it is
+                    cwd = os.getcwd()
+            if cwd is not None:
+                path = os.path.join(cwd, path)
         lock = _ProcmailStyleLock(path, self.policy, self._claims, name=self.path)
         timeout = None if self.policy.timeout is None else timedelta(seconds=self.policy.timeout)
         tries = 0

@@ -116,8 +116,9 @@ class Effects(Protocol):
         was first read."""
 
     def forward(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
-                ignore_write_error: bool, raw: bool) -> ProgramResult:
-        """``! addresses``: run $SENDMAIL with the mail (without its From_ line)."""
+                ignore_write_error: bool, raw: bool, part: Part = None) -> ProgramResult:
+        """``! addresses``: run $SENDMAIL with what the recipe feeds (from the start of
+        the mail, without its From_ line; ``part`` as for ``save``)."""
 
     def abstract(self, message: bytes, folder: str) -> None:
         """Log the abstract of a copy's delivery (From_ line, Subject, Folder, the size

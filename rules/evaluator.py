@@ -754,7 +754,8 @@ class Evaluator:
         sendmail = self.vars.get("SENDMAIL", "")   # unset: empty, as in procmail
         sendmailflags = self.vars.get("SENDMAILFLAGS", "").split()
         argv = (sendmail, *sendmailflags, *words)
-        if data is self.message.data or data.startswith(b"From "):
+        part = _part(recipe.flags)
+        if part != "body":      # procmail leaves the From_ line off when it sends from the start
             data = skip_from_line(data)
         wait, quiet = self._wait_flags(recipe.flags)
         cmd = Command(argv, " ".join(argv))
@@ -763,7 +764,7 @@ class Evaluator:
         with self._locked(self._implicit_program_lock(recipe, argv[0])):
             result = self.effects.forward(cmd, data, wait=wait, quiet=quiet,
                                           ignore_write_error=Flag.IGNORE_WRITE in recipe.flags,
-                                          raw=Flag.RAW in recipe.flags)
+                                          raw=Flag.RAW in recipe.flags, part=part)
         self.vars["LASTFOLDER"] = cmd.text     # after, as for a pipe
         if result.ok and Flag.COPY in recipe.flags:
             self._copy_done(cmd.text)

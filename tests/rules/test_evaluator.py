@@ -88,7 +88,7 @@ class Recorder:
         return ProgramResult(ok, status, out)
 
     def forward(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
-                ignore_write_error: bool, raw: bool) -> ProgramResult:
+                ignore_write_error: bool, raw: bool, part: Part = None) -> ProgramResult:
         self.ran.append("forward " + " ".join(command.argv))
         return ProgramResult(True, 0)
 
