@@ -30,7 +30,7 @@ from .folders import deliver_to_folders
 from .groupcommit import GroupCommit
 from .locking import DotLock, LockPolicy
 from .mbox import UPDATE_MASK
-from .mboxformat import program_bytes, rewrite_content_length
+from .mboxformat import header_end, program_bytes, rewrite_content_length
 
 MAX_SUBJECT_SHOW = 78
 MAX_FOLDER_SHOW = 60
@@ -430,8 +430,7 @@ def format_abstract(message: bytes, folder: str, size: int, *, subject: bool = T
     the folder padded with tabs to column 72 and the size right-aligned in 7.  Without
     ``subject`` the Subject line is left out, as procmail's abstract after a signal."""
     out: list[str] = []
-    header_end = message.find(b"\n\n")
-    header = message if header_end < 0 else message[: header_end + 1]
+    header = message[:header_end(message)]     # as procmail: up to its thebody
     start = 0
     if header.startswith(b"From "):
         nl = header.find(b"\n")

@@ -27,36 +27,12 @@ unchanged.  Pure functions, no errors.
 
 from __future__ import annotations
 
-from rules.message import skip_from_line  # noqa: F401 - re-exported for deliver/
+from rules.message import header_end, skip_from_line  # noqa: F401 - re-exported for deliver/
+from rules.message import realstart as _realstart
 
 _FROM_NL = b"\nFrom "
 _CL = b"content-length:"
 _NUM_SIZE = 27   # procmail's charNUM(num, long): at most 26 digits are written in the field
-
-
-def _realstart(data: bytes) -> int:
-    """One past the first byte that is not a newline (procmail's realstart)."""
-    i = 0
-    while i < len(data):
-        c = data[i]
-        i += 1
-        if c != 0x0A:
-            break
-    return i
-
-
-def header_end(data: bytes) -> int:
-    """Offset just past the empty line that ends the header (len(data) if none).
-
-    Like rules.message.Message.header_end but as procmail's readmail() finds it: the search
-    starts after leading empty lines and a NUL byte before the empty line makes the whole
-    mail header.  One ``find`` in C (this runs up to three times per delivery).
-    """
-    pos = _realstart(data)
-    nul = data.find(b"\0", pos)
-    stop = len(data) if nul < 0 else nul       # procmail scans with strchr(): NUL ends it
-    nl = data.find(b"\n\n", pos, stop)
-    return len(data) if nl < 0 else nl + 2
 
 
 def _find_content_length(data: bytes, stop: int) -> int:

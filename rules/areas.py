@@ -8,6 +8,8 @@ regex engine sees for a recipe:
   * body area (``B``): everything after that empty line;
   * both (``HB``): the whole mail.
 A mail without ``\\n\\n`` is all header; ``\\r\\n\\r\\n`` is not a header end (item 33).
+The empty line is found as procmail's readmail() finds it (rules.message.header_end):
+after the mail's leading empty lines, and not past a NUL byte.
 
 Whenever the header is part of the area, folded header fields are joined the way
 procmail's concon(' ') does it: the newline in front of a continuation line (one that

@@ -3,8 +3,9 @@
 procmail holds one buffer: the From_ line (if any), the header, the empty line, the body.
 The header is everything up to and including the first empty line (``\\n\\n``); a mail
 with no ``\\n\\n`` is all header (procmail does not treat ``\\r\\n\\r\\n`` as a header end,
-PROCMAIL-BEHAVIOUR 33).  Bytes, never str: mail is 8-bit and must be written back
-unchanged.
+PROCMAIL-BEHAVIOUR 33).  The empty line is looked for as procmail's readmail() looks:
+after the mail's leading empty lines, and not past a NUL byte (``header_end``).  Bytes,
+never str: mail is 8-bit and must be written back unchanged.
 
 Immutable: a filter (``f``) produces a new Message rather than editing this one.
 """
@@ -21,8 +22,7 @@ class Message:
     @property
     def header_end(self) -> int:
         """Offset just past the empty line that ends the header (len(data) if none)."""
-        end = self.data.find(b"\n\n")
-        return len(self.data) if end < 0 else end + 2
+        return header_end(self.data)
 
     @property
     def header(self) -> bytes:
@@ -43,6 +43,32 @@ class Message:
 
     def __len__(self) -> int:
         return len(self.data)
+
+
+def realstart(data: bytes) -> int:
+    """One past the first byte that is not a newline (procmail's realstart: its loop
+    steps over that byte too)."""
+    i = 0
+    while i < len(data):
+        c = data[i]
+        i += 1
+        if c != 0x0A:
+            break
+    return i
+
+
+def header_end(data: bytes) -> int:
+    """Offset just past the empty line that ends the header (len(data) if none), found
+    as procmail's readmail() finds it: the search starts after the mail's leading empty
+    lines (a mail that starts with blank lines still has its header), and a NUL byte
+    before the empty line makes the whole mail header (procmail looks with strchr(),
+    which stops there).  Every reader of the header agrees on this one offset: the
+    conditions' areas, h and b, the mbox escaping and the log's abstract."""
+    pos = realstart(data)
+    nl = data.find(b"\n\n", pos)
+    if nl < 0 or data.find(b"\0", pos, nl) >= 0:     # the NUL looked for in the header only
+        return len(data)
+    return nl + 2
 
 
 def skip_from_line(data: bytes) -> bytes:

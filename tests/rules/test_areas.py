@@ -78,3 +78,44 @@ def test_areas_partition_the_mail(data: bytes) -> None:
     # Only fold newlines change, and only into blanks.
     for got, orig in zip(head, msg.header, strict=True):
         assert got == orig or (orig == 0x0A and got == 0x20)
+
+
+def _readmail_thebody(data: bytes) -> int:
+    """procmail's readmail() step by step (mailfold.c): skip the leading newlines (its
+    loop steps over the first other byte too), then strchr() for each newline, which
+    stops at a NUL, until a newline follows one."""
+    n, p = len(data), 0
+    while p < n:
+        p += 1
+        if data[p - 1] != 0x0A:
+            break
+    while True:
+        j = p
+        while j < n and data[j] not in (0x0A, 0x00):
+            j += 1
+        if j >= n or data[j] == 0x00:
+            return n                 # strchr() found no newline: all header
+        p = j + 1
+        if p < n and data[p] == 0x0A:
+            return p + 1
+
+
+def test_leading_empty_lines_do_not_end_the_header() -> None:
+    msg = Message(b"\n\nX: y\n\nbody\n")
+    assert msg.header == b"\n\nX: y\n\n"
+    assert msg.body == b"body\n"
+
+
+def test_a_nul_before_the_empty_line_makes_the_whole_mail_header() -> None:
+    msg = Message(b"Subject: a\0b\n\nbody\n")
+    assert msg.header_end == len(msg.data)
+    assert search_area(msg, header=False, body=True) == b""
+    # a NUL in the body changes nothing
+    assert Message(b"Subject: a\n\nbo\0dy\n").body == b"bo\0dy\n"
+
+
+@given(st.lists(st.sampled_from([b"\n", b"\0", b"a", b" ", b"From x\n", b"X: y\n"]),
+                max_size=12).map(b"".join))
+@settings(max_examples=400)
+def test_header_end_is_where_readmail_puts_thebody(data: bytes) -> None:
+    assert Message(data).header_end == _readmail_thebody(data)
