@@ -279,7 +279,7 @@ class RealEffects:
         try:
             result = deliver_to_folders(
                 list(folders), data, raw=raw, umask=self._umask, policy=self._policy(),
-                msgprefix=self.vars.get("MSGPREFIX", "msg."), lock_mbox=not already,
+                msgprefix=self.vars.get("MSGPREFIX", ""), lock_mbox=not already,
                 berkeley=self.berkeley, group=self.group, abspath=self._abspath,
                 part=part)
         except DeliveryError as err:

@@ -800,7 +800,7 @@ def name_map(side: SideResult) -> dict[str, str]:
                 maildir.append((key, name))
             elif entry is not None and entry.kind == "file":
                 code = inode_name(entry.ino)
-                if name.endswith(code) and len(name) > len(code):
+                if name.endswith(code):      # MSGPREFIX may be empty: the bare code
                     inode.append((entry.data, entry.ino, name))
         for _key, name in sorted(maildir):
             if name not in mapping:
