@@ -243,7 +243,7 @@ class Evaluator:
             text = text[: text.index("\0")]
         # through $SHELL only with SHELLMETAS in it, else split and run by us: as a
         # pipe's command line (``$(...)`` and ``~`` stay literal without the shell)
-        cmd = self._command(text)
+        cmd, via_shell = self._command_line(text)
         if cmd is None:
             return ""          # nothing to run: the words expanded to none
         out = self.effects.backquote(cmd, self.message.data)
@@ -251,7 +251,7 @@ class Evaluator:
         if len(out) >= limit:
             # procmail reads at most LINEBUF bytes of a command substitution; it names
             # the program alone when it ran it without the shell
-            name = text if self._needs_shell(text) else cmd.argv[0]
+            name = text if via_shell else cmd.argv[0]
             self.effects.log(f'procmail: Excessive output quenched from "{name}"\n')
             out = out[: limit - 1]
         return out
@@ -279,7 +279,10 @@ class Evaluator:
             value = value[: value.index("\0")]   # procmail's C string ends there
         return "" if self._overflow(value) else value
 
-    def _expand_words(self, raw: str, *, folder: bool = False) -> list[str] | None:
+    def _expand_words(self, raw: str, *, folder: bool = False,
+                      overflow: list[str] | None = None) -> list[str] | None:
+        """The words of ``raw``; None after an error, and ``overflow`` (None unless the
+        caller must tell the two apart) when they exceed LINEBUF."""
         try:
             words = expand.expand_words(raw, self.lookup, self.backquote, self.positional,
                                         on_eol=self._unexpected_eol, folder=folder)
@@ -287,7 +290,7 @@ class Evaluator:
             self.effects.log(f"procmail: {err}\n")
             return None
         if self._overflow(" ".join(words)):
-            return None
+            return overflow
         if "\0" in raw:
             # a NUL in the rc text (no variable's value holds one): procmail's parsed
             # word lists are NUL-separated strings, so it ends a word there
@@ -676,16 +679,23 @@ class Evaluator:
     def _command(self, text: str) -> Command | None:
         """A program line: through $SHELL when it has SHELLMETAS (procmail leaves the
         expansion to the shell), else split and expanded by us (item 18)."""
-        if self._needs_shell(text):
-            if "\0" in text:    # the shell gets a C string: it ends at the NUL
-                text = text[: text.index("\0")]
-            shell = self.vars.get("SHELL", "/bin/sh")
-            shellflags = self.vars.get("SHELLFLAGS", "-c")
-            return Command((shell, shellflags, text), text)
-        words = self._expand_words(text)
-        if not words:
-            return None
-        return Command(tuple(words), _display_text(text, words, self._expand_words))
+        return self._command_line(text)[0]
+
+    def _command_line(self, text: str) -> tuple[Command | None, bool]:
+        """``_command`` and whether the line goes through $SHELL.  As procmail's
+        metaparse(): a line whose words, expanded, exceed LINEBUF (``Exceeded LINEBUF``)
+        is handed to $SHELL as written instead."""
+        if not self._needs_shell(text):
+            words = self._expand_words(text, overflow=_SHELL_INSTEAD)
+            if words is not _SHELL_INSTEAD:
+                if not words:
+                    return None, False
+                return Command(tuple(words), _display_text(text, words, self._expand_words)), False
+        if "\0" in text:    # the shell gets a C string: it ends at the NUL
+            text = text[: text.index("\0")]
+        shell = self.vars.get("SHELL", "/bin/sh")
+        shellflags = self.vars.get("SHELLFLAGS", "-c")
+        return Command((shell, shellflags, text), text), True
 
     def _needs_shell(self, text: str) -> bool:
         metas = self.vars.get("SHELLMETAS", "")   # preset by deliver/; unset means none
@@ -1004,6 +1014,10 @@ class _Discard(list):
 
 
 # Shared write-only records for an evaluator that is not tracing (Evaluator.tracing).
+# _expand_words's answer to _command_line for words that exceed LINEBUF (told apart by
+# identity): the line then goes to $SHELL as written, as procmail's metaparse() does.
+_SHELL_INSTEAD: list[str] = []
+
 _RECIPE_SINK = RecipeTrace(Span("", 0, 0), "", chained=True, conditions=_Discard())
 _CONDITION_SINK = ConditionTrace(Span("", 0, 0), "", None)
 
