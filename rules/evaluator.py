@@ -684,10 +684,11 @@ class Evaluator:
     def _command_line(self, text: str) -> tuple[Command | None, bool]:
         """``_command`` and whether the line goes through $SHELL.  As procmail's
         metaparse(): a line whose words, expanded, exceed LINEBUF (``Exceeded LINEBUF``)
-        is handed to $SHELL as written instead."""
+        is handed to $SHELL as written instead, and so is one whose program is ``test``
+        (Debian's procmail is built without GOT_bin_test: the shell's own test runs)."""
         if not self._needs_shell(text):
             words = self._expand_words(text, overflow=_SHELL_INSTEAD)
-            if words is not _SHELL_INSTEAD:
+            if words is not _SHELL_INSTEAD and not (words and words[0] == "test"):
                 if not words:
                     return None, False
                 return Command(tuple(words), _display_text(text, words, self._expand_words)), False
