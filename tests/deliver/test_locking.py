@@ -177,6 +177,21 @@ def test_missing_directory_without_retries_fails_at_once(prdir):
     assert info.value.errno == errno.ENOENT
     assert entries(prdir) == []
 
+def test_relative_name_in_a_removed_working_directory(prdir, monkeypatch):
+    """getcwd(2) fails once the working directory is removed: the relative name is
+    then tried as it is, and the lock fails as any lock in a missing directory does
+    (LockError, ENOENT), instead of an OSError escaping the delivery."""
+    gone = os.path.join(prdir, "gone")
+    os.mkdir(gone)
+    monkeypatch.chdir(gone)
+    os.rmdir(gone)
+    with pytest.raises(LockError) as info:
+        with DotLock("box.lock", FAST, retry_missing_dir=False):
+            pass
+    assert info.value.errno == errno.ENOENT
+    assert entries(prdir) == []
+
+
 def test_missing_directory_appearing_during_retries(prdir):
     sub = os.path.join(prdir, "later")
     threading.Timer(0.3, os.mkdir, args=(sub,)).start()
