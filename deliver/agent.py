@@ -131,6 +131,11 @@ def initial_environment(user: User, inv: Invocation, site: Site,
         "LINEBUF": "2048",
         "PROCMAIL_VERSION": PROCMAIL_VERSION,
     })
+    if inv.preserve_env and not inv.mailfilter:
+        # procmail clears these two unless -p comes with -m: a caller's EXITCODE or
+        # LASTFOLDER must not decide this delivery's exit status or $LASTFOLDER
+        env.pop("LASTFOLDER", None)
+        env.pop("EXITCODE", None)
     if inv.rcfiles and not inv.preserve_env:
         env["COMSAT"] = "no"
     if inv.mailfilter:
@@ -333,14 +338,15 @@ class Agent:
             locking = lockext and default != os.devnull and not default.endswith(("/", "/."))
             with self.effects.lock(default + lockext) if locking else _null():
                 res = self.effects.save([default], ev.message.data, raw=False)
+            # set even when the save failed: procmail names the file as it opens it
+            variables["LASTFOLDER"] = res.lastfolder or default
             if res.ok:
-                variables["LASTFOLDER"] = res.lastfolder
                 return True
         orgmail = variables.get("ORGMAIL", "")
         if orgmail and orgmail != default:
             res = self.effects.save([orgmail], ev.message.data, raw=False)
+            variables["LASTFOLDER"] = res.lastfolder or orgmail
             if res.ok:
-                variables["LASTFOLDER"] = res.lastfolder
                 return True
         return False
 
@@ -371,21 +377,25 @@ class Agent:
         return Outcome(status, delivered, variables.get("LASTFOLDER", ""))
 
     def _trap_and_exitcode(self, ev: Evaluator, status: int) -> int:
+        """procmail's exectrap(): an EXITCODE the rc file assigned (an inherited one
+        does not count) that reads as a number ("yes" is 1, "all" 2) is the exit status;
+        one that does not (empty, a word) lets a TRAP's non-zero status replace it."""
         variables = ev.vars
-        exitcode = variables.get("EXITCODE")
+        exitcode = variables.get("EXITCODE") if ev.exitcode_assigned else None
         trap = variables.get("TRAP")
-        if exitcode is None:
-            variables["EXITCODE"] = str(int(status))
+        forced = -1
+        if exitcode is not None:
+            forced = renvint(-2, exitcode)
+            if forced >= 0:
+                status = forced
+        elif trap:
+            variables["EXITCODE"] = str(int(status))     # what the TRAP is told
         command = ev.program_command(trap) if trap else None
         if command is not None:
             # run as a pipe's command line is: through $SHELL only with SHELLMETAS in it
             trap_status = self.effects.run_trap(command, ev.message.data)
-            if exitcode is not None and exitcode.strip() == "":
-                return trap_status
-        if exitcode is not None and exitcode.strip():
-            value = renvint(-1, exitcode)   # "yes" is 1, "all" 2, as procmail reads it
-            if value >= 0:
-                return value
+            if trap_status != 0 and forced == -2:
+                status = trap_status
         return status
 
 

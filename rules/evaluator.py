@@ -145,6 +145,9 @@ class Evaluator:
         self.lastsucc = False
         self.lastscore = 0
         self.copied = False              # a ``c`` recipe delivered a copy
+        # procmail's setxit: the rc file (or the command line) assigned EXITCODE; an
+        # EXITCODE in the caller's environment (-p -m) never sets the exit status
+        self.exitcode_assigned = False
         self.frames: list[_Frame] = []
         self.trace: list[RecipeTrace] = []
         # (header, body) -> the area and its padded search buffer (rules.regex.padded)
@@ -399,6 +402,7 @@ class Evaluator:
         clone.lastcond, clone.prevcond, clone.lastsucc = self.lastcond, self.prevcond, self.lastsucc
         clone.lastscore = self.lastscore
         clone.copied = self.copied
+        clone.exitcode_assigned = self.exitcode_assigned
         clone.frames = [_Frame(f.items, f.kind, f.path, f.index, f.saved, list(f.diags))
                         for f in self.frames]
         clone.frames.append(frame)
@@ -1123,7 +1127,8 @@ def _switchrc(ev: Evaluator, value: str | None, old: str | None) -> None:
         top.index = len(top.items)
         return
     ev._flush_diags(top, None)
-    ev.lastcond = ev.prevcond = ev.lastsucc = False
+    # the chaining state carries over: procmail's changerc() only opens the new file
+    # (lastcond/prevcond/lastsucc start afresh for an rc file of the command line)
     prefilter.seen(rc)
     ev.frames[-1] = _Frame(rc.items, top.kind, rc.path, diags=_file_diags(rc))
 
@@ -1146,6 +1151,10 @@ def _shift(ev: Evaluator, value: str | None, old: str | None) -> None:
     # the variable keeps the value it was given, as procmail reads it back
 
 
+def _exitcode(ev: Evaluator, value: str | None, old: str | None) -> None:
+    ev.exitcode_assigned = True
+
+
 def _number(name: str) -> Callable[[Evaluator, str | None, str | None], None]:
     def assign(ev: Evaluator, value: str | None, old: str | None) -> None:
         numvars.assign_number(ev.numbers, name, value)
@@ -1163,6 +1172,7 @@ _SPECIAL_ASSIGNMENTS: dict[str, Callable[[Evaluator, str | None, str | None], No
     "HOST": _host,
     "LOCKFILE": _lockfile,
     "SHIFT": _shift,
+    "EXITCODE": _exitcode,
 }
 
 _SPECIAL_LOOKUPS: dict[str, Callable[[Evaluator], str | None]] = {
