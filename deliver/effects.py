@@ -332,7 +332,7 @@ class RealEffects:
             return ProgramResult(False, res.status, res.output)
         if res.write_error and not ignore_write_error:
             self.log(f'procmail: Error while writing to "{name}"\n')
-            return ProgramResult(False, res.status, res.output)
+            return ProgramResult(False, res.status, res.output, write_error=True)
         return ProgramResult(True, res.status, res.output)
 
     def _timed_out(self, name: str, res: programs.RunResult, size: int, *, wait: bool,

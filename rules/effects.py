@@ -39,6 +39,7 @@ class ProgramResult:
     ok: bool                     # started, fed, and (when waited for) exited 0
     exit_status: int | None = None   # None when not waited for; negative = killed by signal
     output: bytes = b""          # captured stdout (filters, captures, backquotes)
+    write_error: bool = False    # the program stopped reading (reported: not ignored by i)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from .ast import (Assignment, Block, Condition, ExpandTest, Flag, Folder,
                   Forward, Item, Pipe, ProgramTest, RcFile, Recipe, RegexTest, SizeTest,
                   Skipped, Span, VarTest, Weight)
 from .condparse import parse_condition, size_operand
-from .effects import Command, Effects, Part
+from .effects import Command, Effects, Part, ProgramResult
 from .envint import renvint
 from .errors import ExpansionError, RcSyntaxError, RegexError
 from .macros import expand_macros
@@ -823,20 +823,25 @@ class Evaluator:
             if Flag.COPY in flags:
                 self.effects.log("procmail: Extraneous copy-flag ignored\n")
             tr.action = f"capture into {action.capture}: {cmd.text.strip()}"
+            # procmail keeps a variable's old value to pump back when the program fails
+            # (its "backpipe"); an unset variable has none, so nothing is rescued or said
+            had_value = action.capture in self.vars
             with self._locked(lock):
                 result = self.effects.pipe(cmd, data, wait=wait, quiet=quiet,
                                            ignore_write_error=ign, capture=True, raw=raw,
                                            part=_part(flags))
-            if result.ok:
+            # A program that stopped reading, not waited for and with no old value to
+            # rescue: procmail takes what it printed (its pipw is never set then).
+            ok = result.ok or (result.write_error and not wait and not had_value)
+            if ok:
                 out = result.output
                 if out.endswith(b"\n"):
                     out = out[:-1]
                 self.set_variable(action.capture, out.decode("latin-1"))
-            elif wait and not quiet:
-                # procmail treats a capture like a filter: a failing `w` program leaves
-                # the variable as it was.
+            elif had_value and self._rescue_said(result, wait, quiet):
+                # the variable keeps its value, as a filter's mail stays as it was
                 self.effects.log("procmail: Rescue of unfiltered data succeeded\n")
-            return result.ok, False
+            return ok, False
         if Flag.FILTER in flags:
             if Flag.COPY in flags:
                 self.effects.log("procmail: Extraneous copy-flag ignored\n")
@@ -845,9 +850,11 @@ class Evaluator:
                 result = self.effects.pipe(cmd, data, wait=wait, quiet=quiet,
                                            ignore_write_error=ign, capture=True, raw=raw,
                                            part=_part(flags))
-            if result.ok or not wait:
+            if result.ok or (not wait and not result.write_error):
                 self._replace(flags, result.output)
-            elif not quiet:
+            elif self._rescue_said(result, wait, quiet):
+                # the mail that was fed stays: w or not, a filter that stopped reading
+                # must not replace the mail with what it printed before it stopped
                 self.effects.log("procmail: Rescue of unfiltered data succeeded\n")
             return result.ok, False
         tr.action = f"pipe to: {cmd.text.strip()}"
@@ -860,6 +867,13 @@ class Evaluator:
         if result.ok and Flag.COPY in flags:
             self._copy_done(cmd.text)
         return result.ok, True
+
+    @staticmethod
+    def _rescue_said(result: ProgramResult, wait: bool, quiet: bool) -> bool:
+        """Whether procmail logs the rescue of a failed filter or capture: after a
+        write error whatever the flags, after a w program's failure, and not after a W
+        program's (its stermchild() looks away then)."""
+        return result.write_error or (wait and not quiet)
 
     def _replace(self, flags: frozenset[Flag], output: bytes) -> None:
         """A filter's output replaces what it was fed (item 36)."""
