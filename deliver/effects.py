@@ -30,7 +30,7 @@ from .folders import deliver_to_folders
 from .groupcommit import GroupCommit
 from .locking import DotLock, LockPolicy
 from .mbox import UPDATE_MASK
-from .mboxformat import header_end, program_bytes, rewrite_content_length
+from .mboxformat import header_end, program_bytes, rewrite_content_length, with_final_newline
 
 MAX_SUBJECT_SHOW = 78
 MAX_FOLDER_SHOW = 60
@@ -379,8 +379,10 @@ class RealEffects:
                          unpadded=len(data))
 
     def test_program(self, command: Command, data: bytes) -> int:
-        res = programs.run(command.argv, data, env=self._env(), stderr_fd=self._log_fd,
-                           capture=False, timeout=self._timeout())
+        # written as procmail's dump() writes any text to a program: ending in an empty
+        # line (an area that does not gets a newline; an empty body is one newline)
+        res = programs.run(command.argv, with_final_newline(data), env=self._env(),
+                           stderr_fd=self._log_fd, capture=False, timeout=self._timeout())
         if res.timed_out:
             self._log_timeout(command)
         self.last_status = 1 if res.status is None else res.status

@@ -94,7 +94,7 @@ def _escape_points(data: bytes, start: int, stop: int) -> list[int]:
     return points
 
 
-def _with_final_newline(data: bytes) -> bytes:
+def with_final_newline(data: bytes) -> bytes:
     """Rule 29: end with an empty line; no final newline at all gets exactly one."""
     return data if data.endswith(b"\n\n") else data + b"\n"
 
@@ -128,7 +128,7 @@ def mbox_bytes(message: bytes, *, raw: bool, berkeley: bool = False) -> bytes:
 
 def program_bytes(message: bytes, *, berkeley: bool = False) -> bytes:
     """What a pipe, forward, MH or directory folder receives: rule 29, no escaping."""
-    return _with_final_newline(rewrite_content_length(message, berkeley=berkeley))
+    return with_final_newline(rewrite_content_length(message, berkeley=berkeley))
 
 
 def maildir_bytes(message: bytes, *, berkeley: bool = False) -> bytes:
