@@ -107,11 +107,14 @@ def _strip(text: str) -> str:
     return text.strip(_BLANKS)
 
 
-def parse_condition(text: str, span: Span) -> Condition:
-    """Parse the text after ``*`` (not yet stripped).  Raises RcSyntaxError."""
+def parse_condition(text: str, span: Span, *, expanded: bool = False) -> Condition:
+    """Parse the text after ``*`` (not yet stripped).  Raises RcSyntaxError.
+    ``expanded``: the text a ``* $`` condition expanded to, of which procmail skips the
+    leading blanks only (its trailing blanks were cut from the line before expanding;
+    a blank the expansion ends with is part of the regular expression)."""
     if not isinstance(text, str):
         raise RcSyntaxError(span, "condition text must be a string")
-    rest = _strip(text)
+    rest = text.lstrip(_BLANKS) if expanded else _strip(text)
     negate = False
     weight: Weight | None = None
     area: str | None = None

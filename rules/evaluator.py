@@ -495,7 +495,7 @@ class Evaluator:
                 tr.conditions.append(ct)
                 return False
             try:
-                inner = parse_condition(text, cond.span)
+                inner = parse_condition(text, cond.span, expanded=True)
             except RcSyntaxError as err:
                 self.effects.log(f"procmail: {err.message}\n")
                 ct.matched = False
