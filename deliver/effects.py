@@ -399,8 +399,9 @@ class RealEffects:
         return 1 if res.status is None else res.status
 
     def backquote(self, command: Command, data: bytes) -> str:
-        res = programs.run(command.argv, program_bytes(data, berkeley=self.berkeley), env=self._env(), stderr_fd=self._log_fd,
-                           capture=True, timeout=self._timeout())
+        res = programs.run(command.argv, program_bytes(data, berkeley=self.berkeley),
+                           env=self._env(), stderr_fd=self._log_fd, capture=True,
+                           timeout=self._timeout())
         if res.timed_out:
             # as after any captured program that failed: procmail keeps what it had read
             self._log_timeout(command)

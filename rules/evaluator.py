@@ -67,6 +67,8 @@ class _Frame:
 # The diagnostics procmail itself logs, as the start of the parser's message.
 _PROCMAIL_DIAG = re.compile(r'^(Skipped "[^"\n]*"|Missing closing brace|Closing brace unexpected'
                             r'|Missing action|Incomplete recipe|Extraneous [a-z-]+(?: flag)? ignored)')
+# logged as procmail reads the recipe, in a block it skips too (its conditions() runs)
+_PROCMAIL_DIAG_ALWAYS = re.compile(r'^(Conflicting [a-z-]+ suppressed)')
 
 
 _DIAGS: dict[int, tuple[RcFile, tuple[tuple[int, int, str, int], ...]]] = {}
@@ -87,15 +89,18 @@ def _file_diags(rc: RcFile) -> list[tuple[int, int, str, int]]:
 
 
 def _compute_diags(rc: RcFile) -> list[tuple[int, int, str, int]]:
-    """(line, col, message, 0) for procmail's own syntax lines; (line, col, "", width)
-    for each condition long enough to exceed some LINEBUF, which procmail checks as it
-    reads the line (in a block it skips too), against LINEBUF as it stands then."""
+    """(line, col, message, 0) for procmail's own syntax lines; (line, col, message, -1)
+    for those it logs in a block it skips too; (line, col, "", width) for each condition
+    long enough to exceed some LINEBUF, which procmail checks as it reads the line (in a
+    block it skips too), against LINEBUF as it stands then."""
     skipped_at = {(i.span.line, i.span.col) for i in _walk(rc.items) if isinstance(i, Skipped)}
     out = []
     for d in rc.diagnostics:
         m = _PROCMAIL_DIAG.match(d.message)
         if m and (d.span.line, d.span.col) not in skipped_at:
             out.append((d.span.line, d.span.col, m.group(1), 0))
+        elif m := _PROCMAIL_DIAG_ALWAYS.match(d.message):
+            out.append((d.span.line, d.span.col, m.group(1), -1))
     out.extend((c.span.line, c.span.col, "", c.width) for i in _walk(rc.items)
                if isinstance(i, Recipe) for c in i.conditions if c.width)
     out.sort(key=lambda d: d[:2])   # stable: several at one place keep their order
@@ -213,7 +218,7 @@ class Evaluator:
         pending = frame.diags
         while pending and (upto is None or pending[-1][:2] < (upto.line, upto.col)):
             _line, _col, message, width = pending.pop()
-            if not width:
+            if width <= 0:
                 self.effects.log(f"procmail: {message}\n")
             elif width >= self._linebuf():
                 self.effects.log("procmail: Exceeded LINEBUF\n")

@@ -386,6 +386,14 @@ def _on_header(s: str, loc: int, toks: pp.ParseResults) -> _Header:
         nrcond = int(not (flags & {Flag.CHAIN_MATCHED, Flag.CHAIN_SUCCEEDED,
                                    Flag.ELSE, Flag.ON_ERROR}))
     ctx.forced_left = max(nrcond, 0)
+    if Flag.ON_ERROR in flags:
+        # procmail's conditions() drops what contradicts e (a recipe for a failed
+        # action), every time it reads the recipe: the count above saw the flags first
+        for flag, what in ((Flag.ELSE, "else-if-flag"), (Flag.CHAIN_SUCCEEDED, "also-if-succeeded-flag")):
+            if flag in flags:
+                diags.append(ctx.warn(loc, f"Conflicting {what} suppressed: e runs the recipe "
+                                           "only after the preceding recipe's action failed"))
+                flags = flags - {flag}
     return _Header(loc, flags, lock, tuple(diags))
 
 

@@ -24,7 +24,7 @@ ERRORS = Path(__file__).parent / "errors"
 CASES = sorted(p.stem for p in ERRORS.glob("*.rc"))
 REGEN = os.environ.get("POSTROOM_REGEN_GOLDEN") == "1"
 PHRASES = re.compile(r'^(Missing action|Incomplete recipe|Closing brace unexpected|'
-                     r'Missing closing brace|Skipped "[^"]*")')
+                     r'Missing closing brace|Skipped "[^"]*"|Conflicting [a-z-]+ suppressed)')
 
 
 # Deliberate differences (README): a size test without a number is refused (procmail
