@@ -350,15 +350,15 @@ class Agent:
                 return True
         return False
 
-    def _finish_clone(self, clone: Evaluator, end: End) -> None:
+    def _finish_clone(self, clone: Evaluator, end: End) -> int:
         """A ``c`` block's clone that fell off the end delivers to $DEFAULT as the real
-        forked procmail would."""
+        forked procmail would; its exit status, which a w or W parent looks at."""
         delivered = end is End.DELIVERED or (end is End.FELL_OFF and self._fallback(clone))
         if delivered and self.effects.abstract_enabled(final=True):
             self.effects.log(format_abstract(clone.message.data, clone.vars.get("LASTFOLDER", ""),
                                              self.effects.last_size))
         # the clone is a procmail of its own: its TRAP runs when it ends
-        self._trap_and_exitcode(clone, ExitCode.OK if delivered else ExitCode.CANTCREAT)
+        return self._trap_and_exitcode(clone, ExitCode.OK if delivered else ExitCode.CANTCREAT)
 
     def _finish(self, ev: Evaluator, inv: Invocation, delivered: bool) -> Outcome:
         eff = self.effects

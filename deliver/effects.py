@@ -149,6 +149,16 @@ class RealEffects:
         self._log_fd = fd
         self._log_opened = True
 
+    def fork_log(self) -> object:
+        saved = (self._log_fd, self._log_opened)
+        if self._log_opened:
+            self._log_fd = os.dup(self._log_fd)   # the clone's copy, closed by the clone
+        return saved
+
+    def join_log(self, saved: object) -> None:
+        self._close_log()
+        self._log_fd, self._log_opened = saved    # type: ignore[misc]
+
     def _close_log(self) -> None:
         if self._log_opened:
             os.close(self._log_fd)

@@ -55,6 +55,12 @@ class RecordingEffects:
     def set_logfile(self, path: str | None) -> None:
         self.events.append(f"LOGFILE would be {path!r}")
 
+    def fork_log(self) -> object:
+        return None
+
+    def join_log(self, saved: object) -> None:
+        pass
+
     def log(self, text: str) -> None:
         for line in text.rstrip("\n").split("\n"):
             if line:

@@ -22,9 +22,10 @@ from .errors import RulesError
 __all__ = ["encode_rc", "decode_rc", "AstCodecError", "FORMAT", "VERSION"]
 
 FORMAT = "postroom-rc-ast"
-VERSION = 7          # 2: SizeTest.text; 3: Block.end; 4: a bare "|" refused (the parse changed:
+VERSION = 8          # 2: SizeTest.text; 3: Block.end; 4: a bare "|" refused (the parse changed:
                      # a cached AST of an older parser must not be used); 5: Condition.width;
-                     # 6: f on a VAR=| capture warned; 7: E and a dropped beside e
+                     # 6: f on a VAR=| capture warned; 7: E and a dropped beside e;
+                     # 8: a c block's lock kept, not warned
 
 
 class AstCodecError(RulesError):

@@ -75,6 +75,15 @@ class Effects(Protocol):
         """LOGFILE assignment; empty means the log is dropped (procmail's open of ""
         fails), None means back to stderr (what the log is before any LOGFILE)."""
 
+    def fork_log(self) -> object:
+        """Before a ``c`` block's clone runs: the parent's log, kept open for it to come
+        back to (the clone writes to the same file until it switches LOGFILE, as
+        procmail's forked child does)."""
+
+    def join_log(self, saved: object) -> None:
+        """After the clone: its log is closed and the parent's (``fork_log``) is the
+        log again, the same open file even if it was renamed or MAILDIR moved meanwhile."""
+
     def log(self, text: str) -> None:
         """Write text to the log as is (LOG= and procmail's own messages)."""
 

@@ -133,7 +133,7 @@ class Evaluator:
     def __init__(self, effects: Effects, variables: dict[str, str], message: Message, *,
                  positional: Sequence[str] = (), pid: int | None = None,
                  argv0: str = "procmail",
-                 on_clone_end: Callable[["Evaluator", End], None] | None = None,
+                 on_clone_end: Callable[["Evaluator", End], int] | None = None,
                  tracing: bool = True) -> None:
         self.effects = effects
         # Without tracing (a real delivery: only --explain reads the trace) no record is
@@ -388,12 +388,23 @@ class Evaluator:
         frame = _Frame(block.items, "block", saved=(self.prevcond, self.lastcond))
         if Flag.COPY in recipe.flags:
             tr.action = "run block in a clone (c)"
-            self._clone_into(frame)
+            # procmail's parent takes a c block's lock (":0 c:" is LOCKEXT alone) and
+            # holds it while it waits for the clone, as W does when neither w nor W is
+            # given; a clone that a w or W parent waited for fails the recipe when it
+            # exits non-zero (w says so: "Program failure (n) of "procmail"")
+            wait = Flag.WAIT in recipe.flags or Flag.WAIT_QUIET in recipe.flags
+            quiet = Flag.WAIT_QUIET in recipe.flags or (recipe.lock is not None and not wait)
+            with self._locked(self._lockname(recipe, "")):
+                status = self._clone_into(frame)
+            if (wait or recipe.lock is not None) and status != 0:
+                if not quiet:
+                    self.effects.log(f'procmail: Program failure ({status}) of "procmail"\n')
+                self.lastsucc = False
             self._drop_diags_inside(block)     # the clone has logged them; we skip it
             return
         self.frames.append(frame)
 
-    def _clone_into(self, frame: _Frame) -> None:
+    def _clone_into(self, frame: _Frame) -> int:
         """procmail forks here: the clone runs the block and, unless it delivers, the
         rest of the rc file; the parent skips the block.  We run the clone first, on
         copied state, and restore the process-wide state (cwd, umask) afterwards."""
@@ -419,20 +430,23 @@ class Evaluator:
         saved_cwd = os.getcwd()
         self.effects.environment(clone.vars, clone.numbers)
         saved_umask = self.effects.umask
+        saved_log = self.effects.fork_log()
+        status = 0
         try:
             end = clone._loop()
             if self.on_clone_end is not None:
-                self.on_clone_end(clone, end)
+                status = self.on_clone_end(clone, end)
         finally:
             # what the clone changed dies with it in procmail (a process of its own):
             # the environment, the log file, the directory, the umask, its LOCKFILE
             self.effects.environment(self.vars, self.numbers)
-            self.effects.set_logfile(self.vars.get("LOGFILE"))
+            self.effects.join_log(saved_log)
             self.effects.chdir(saved_cwd)
             if self.effects.umask != saved_umask:
                 self.effects.set_umask(saved_umask)
             if clone.vars.get("LOCKFILE") != self.vars.get("LOCKFILE"):
                 self.effects.global_lock(self.vars.get("LOCKFILE") or None)
+        return status
 
     # ------------------------------------------------------------------ conditions
 

@@ -507,7 +507,7 @@ recipe = (colon + header + pp.ZeroOrMore(forced_condition)
 # so when it reads the recipe, whether or not the conditions match.
 _BLOCK_EXTRANEOUS = (
     (Flag.FILTER, "filter-flag", "a block is not a filter"),
-    (None, "locallockfile", "a block takes no lock (give the recipes inside it ':0:')"),
+    (None, "locallockfile", "a block without c takes no lock (give the recipes inside it ':0:')"),
     (Flag.FEED_BODY, "deliver-body flag", "a block is not fed anything"),
     (Flag.FEED_HEADER, "deliver-head flag", "a block is not fed anything"),
     (Flag.IGNORE_WRITE, "ignore-write-error flag", "nothing is written to a block"),
@@ -516,8 +516,10 @@ _BLOCK_EXTRANEOUS = (
 
 def _extraneous(head: "_Header", tail: object) -> list[tuple[str, str]]:
     if isinstance(tail, _Marker) and tail.kind == "block":
+        # a c block's lock is taken (the parent holds it while its clone runs)
         return [(what, why) for flag, what, why in _BLOCK_EXTRANEOUS
-                if (head.lock is not None if flag is None else flag in head.flags)]
+                if (head.lock is not None and Flag.COPY not in head.flags if flag is None
+                    else flag in head.flags)]
     if isinstance(tail, Folder) and Flag.FILTER in head.flags:
         return [("filter-flag", "a folder is not a filter (the whole mail is saved)")]
     if isinstance(tail, Pipe) and tail.capture is not None and Flag.FILTER in head.flags:

@@ -47,6 +47,12 @@ class Recorder:
     def set_logfile(self, path: str | None) -> None:
         self.logfile = path
 
+    def fork_log(self) -> object:
+        return getattr(self, "logfile", None)
+
+    def join_log(self, saved: object) -> None:
+        self.logfile = saved
+
     def log(self, text: str) -> None:
         self.logged.append(text)
 
