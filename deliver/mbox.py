@@ -153,7 +153,10 @@ def append_mbox(path: str, data: bytes, *, policy: LockPolicy = LockPolicy(), um
         old_size = os.lseek(fd, 0, os.SEEK_END)
         try:
             _write_all(fd, data)
-            if group is None:
+            if not stat.S_ISREG(st.st_mode):
+                pass        # a device (a symlink to /dev/null, /dev/zero): nothing to sync,
+                            # as procmail's dump() takes fsync's EINVAL ("wasn't a file")
+            elif group is None:
                 os.fsync(fd)
             else:
                 group.wrote(fd, st)
