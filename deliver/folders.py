@@ -58,12 +58,22 @@ class FolderResult:
 
 
 def _split(name: str) -> tuple[str, str]:
-    """(kind by syntax, directory or file path) — before looking at the file system."""
-    if len(name) >= 2 and name.endswith("/."):
-        return MH, name[:-2]
-    if len(name) >= 2 and name.endswith("/"):
-        return MAILDIR, name[:-1]
-    return "", name
+    """(kind by syntax, directory or file path) — before looking at the file system.
+    As procmail's folderparse(): the type is read off the end, then any further slashes
+    before it go too (``md///`` is the Maildir ``md``); a name of two characters is a
+    Maildir only as ``x/`` (``/.`` is a file name)."""
+    n = len(name)
+    if n == 2:
+        return (MAILDIR, name[:1]) if name.endswith("/") else ("", name)
+    if n > 2 and name.endswith("/."):
+        kind, end = MH, n - 2
+    elif n > 2 and name.endswith("/"):
+        kind, end = MAILDIR, n - 1
+    else:
+        return "", name
+    while end > 1 and name[end - 1] == "/":
+        end -= 1
+    return kind, name[:end]
 
 
 def folder_kind(name: str) -> str:
@@ -136,6 +146,10 @@ def deliver_to_folders(
         skipped = tuple(others)
         if skipped:     # one line for the rest, its words joined (procmail's concatenate)
             log.warning('Skipped "%s"', " ".join(skipped))
+        if path == os.devnull:
+            # reached through "/dev/null//" or as the first of several names: procmail
+            # writes nothing there and counts the mail as it stands (its rawnonl)
+            return FolderResult((path,), len(message), MBOX, skipped)
         data = mbox_bytes(message, raw=raw, berkeley=keep_length)
         try:
             size = append_mbox(path, data, policy=policy, umask=umask, lock=lock_mbox,
