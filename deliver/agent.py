@@ -274,12 +274,15 @@ class Agent:
         else:
             if not eff.chdir(self.user.home):
                 variables["MAILDIR"] = "."
+        host_matches = True
         for name, value in inv.assignments:
             if name == "INCLUDERC":
                 continue                  # procmail: command-line INCLUDERC has no effect
-            ev.set_variable(name, value)
+            if not ev.assign_argument(name, value):
+                host_matches = False      # procmail exits 0 here, delivering nothing; a
+                break                     # HOST mismatch goes to $DEFAULT (README)
         try:
-            delivered = self._run_rcfiles(ev, candidates)
+            delivered = self._run_rcfiles(ev, candidates) if host_matches else self._fallback(ev)
         except Terminated as sig:
             return self._terminated(ev, sig)
         outcome = self._finish(ev, inv, delivered)
@@ -382,7 +385,7 @@ class Agent:
         one that does not (empty, a word) lets a TRAP's non-zero status replace it."""
         variables = ev.vars
         exitcode = variables.get("EXITCODE") if ev.exitcode_assigned else None
-        trap = variables.get("TRAP")
+        trap = ev.trap
         forced = -1
         if exitcode is not None:
             forced = renvint(-2, exitcode)

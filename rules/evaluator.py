@@ -153,6 +153,9 @@ class Evaluator:
         # procmail's setxit: the rc file (or the command line) assigned EXITCODE; an
         # EXITCODE in the caller's environment (-p -m) never sets the exit status
         self.exitcode_assigned = False
+        # procmail's TRAP is its own string, set only by an assignment: a TRAP in the
+        # caller's environment (-p) is readable as $TRAP but never run
+        self.trap: str | None = None
         self.frames: list[_Frame] = []
         self.trace: list[RecipeTrace] = []
         # (header, body) -> the area and its padded search buffer (rules.regex.padded)
@@ -316,6 +319,19 @@ class Evaluator:
                 return
         self.set_variable(name, value)
 
+    def assign_argument(self, name: str, value: str) -> bool:
+        """A NAME=value from procmail's command line, its value read as asenvcpy()
+        reads it (readparse: quotes, $VAR, backquotes; words joined by one blank).
+        False for a HOST that does not match: procmail ends before any rc file."""
+        words = self._expand_words(value)
+        try:
+            self.set_variable(name, " ".join(words) if words is not None else "")
+        except _Stop as stop:
+            if stop.end is End.HOST:
+                return False
+            raise
+        return True
+
     def set_variable(self, name: str, value: str | None) -> None:
         """Assign (None unsets) and run the special variable's handler, if any."""
         handler = _SPECIAL_ASSIGNMENTS.get(name)
@@ -419,6 +435,7 @@ class Evaluator:
         clone.lastscore = self.lastscore
         clone.copied = self.copied
         clone.exitcode_assigned = self.exitcode_assigned
+        clone.trap = self.trap
         clone.frames = [_Frame(f.items, f.kind, f.path, f.index, f.saved, list(f.diags))
                         for f in self.frames]
         clone.frames.append(frame)
@@ -1188,6 +1205,10 @@ def _exitcode(ev: Evaluator, value: str | None, old: str | None) -> None:
     ev.exitcode_assigned = True
 
 
+def _trap(ev: Evaluator, value: str | None, old: str | None) -> None:
+    ev.trap = value
+
+
 def _number(name: str) -> Callable[[Evaluator, str | None, str | None], None]:
     def assign(ev: Evaluator, value: str | None, old: str | None) -> None:
         numvars.assign_number(ev.numbers, name, value)
@@ -1206,6 +1227,7 @@ _SPECIAL_ASSIGNMENTS: dict[str, Callable[[Evaluator, str | None, str | None], No
     "LOCKFILE": _lockfile,
     "SHIFT": _shift,
     "EXITCODE": _exitcode,
+    "TRAP": _trap,
 }
 
 _SPECIAL_LOOKUPS: dict[str, Callable[[Evaluator], str | None]] = {
