@@ -41,6 +41,7 @@ from .errors import Terminated
 from .exitcodes import ExitCode
 from .fromline import TRUSTED_IDS, prepare_message
 from .groupcommit import GroupCommit
+from .mbox import tighten_spool_mailbox
 
 _log = logging.getLogger(__name__)
 
@@ -267,6 +268,9 @@ class Agent:
                        pid=procinfo.pid(),
                        on_clone_end=self._finish_clone, tracing=self.tracing)
         eff.set_umask(0o077)
+        orgmail = variables.get("ORGMAIL")
+        if orgmail and not inv.mailfilter and tighten_spool_mailbox(orgmail, self.user.uid):
+            eff.log(f'procmail: Enforcing stricter permissions on "{orgmail}"\n')
         candidates = self._rc_candidates(inv)
         first_cwd = bool(candidates) and candidates[0][1] == "cwd"
         if inv.mailfilter or first_cwd:

@@ -99,6 +99,42 @@ def _check_spool(path: str, fd: int) -> None:
         raise MailboxError(f'Refusing mailbox "{path}": it {problem}', path=path)
 
 
+# procmail's screenmailbox(): the spool mailbox loses the bits its INIT_UMASK (077)
+# would not give, unless OVERRIDE_MASK says its owner set the mode on purpose; the group
+# read/write bits stay (a mail group may need them)
+_SPOOL_LOOSE = 0o077 & ~(stat.S_IRGRP | stat.S_IWGRP)
+_SPOOL_OVERRIDE = stat.S_IXUSR | stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
+
+
+def tighten_spool_mailbox(path: str, uid: int) -> bool:
+    """Make the user's spool mailbox 0600-like when it is open to others (0644 -> 0600),
+    as procmail does before reading any rc file; whether it did (the caller logs
+    procmail's "Enforcing stricter permissions on").  Only a regular file of the user's
+    own with one link is touched; anything else is left to the delivery's checks."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    mode = stat.S_IMODE(st.st_mode)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != uid or st.st_nlink != 1 \
+            or not mode & stat.S_IWUSR or mode & _SPOOL_OVERRIDE or not mode & _SPOOL_LOOSE:
+        return False
+    try:     # through a descriptor of that very file: no symlink swapped in meanwhile
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            return False
+        os.fchmod(fd, mode & ~0o077)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
