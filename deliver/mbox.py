@@ -189,13 +189,13 @@ def append_mbox(path: str, data: bytes, *, policy: LockPolicy = LockPolicy(), um
         old_size = os.lseek(fd, 0, os.SEEK_END)
         try:
             _write_all(fd, data)
-            if not stat.S_ISREG(st.st_mode):
-                pass        # a device (a symlink to /dev/null, /dev/zero): nothing to sync,
-                            # as procmail's dump() takes fsync's EINVAL ("wasn't a file")
-            elif group is None:
-                os.fsync(fd)
-            else:
-                group.wrote(fd, st)
+            # a device (a symlink to /dev/null, /dev/zero) has nothing to sync: procmail's
+            # dump() takes fsync's EINVAL for "wasn't a file"
+            if stat.S_ISREG(st.st_mode):
+                if group is None:
+                    os.fsync(fd)
+                else:
+                    group.wrote(fd, st)
         except BaseException as exc:       # a failed write, or a signal (Terminated)
             if stat.S_ISREG(st.st_mode):   # a device (/dev/full) has nothing to cut back
                 _truncate_back(fd, path, old_size)

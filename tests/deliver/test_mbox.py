@@ -14,7 +14,7 @@ import pytest
 
 from deliver.errors import MailboxError
 from deliver.locking import DotLock, LockPolicy
-from deliver.mbox import append_mbox
+from deliver.mbox import append_mbox, tighten_spool_mailbox
 
 FAST = LockPolicy(locksleep=0.05, suspend=0, retries=1)
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -216,3 +216,37 @@ def test_kernel_lock_is_taken_even_under_the_recipes_dotlock(tmp_path, dotlock):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_spool_mailbox_open_to_others_is_tightened(tmp_path):
+    box = tmp_path / "user"
+    box.write_bytes(b"")
+    box.chmod(0o644)
+    assert tighten_spool_mailbox(str(box), os.getuid())
+    assert stat.S_IMODE(box.stat().st_mode) == 0o600
+    assert not tighten_spool_mailbox(str(box), os.getuid())     # nothing left to do
+
+
+def test_spool_mailbox_tightening_leaves_links_and_other_owners_alone(tmp_path):
+    """A symlink or a hard-linked file may not be the user's mailbox at all, and a file
+    of another owner is not ours to change: the delivery's own checks refuse those."""
+    target = tmp_path / "target"
+    target.write_bytes(b"")
+    target.chmod(0o644)
+    (tmp_path / "symlink").symlink_to(target)
+    os.link(target, tmp_path / "hardlink")
+    for name in ("symlink", "hardlink"):
+        assert not tighten_spool_mailbox(str(tmp_path / name), os.getuid())
+    assert not tighten_spool_mailbox(str(target), os.getuid() + 1)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("mode", [0o660, 0o744, 0o2644, 0o600])
+def test_spool_mailbox_modes_that_stay(tmp_path, mode):
+    """Group read/write is left (a mail group); the owner's x bit or setgid says the
+    mode is deliberate (procmail's OVERRIDE_MASK)."""
+    box = tmp_path / "user"
+    box.write_bytes(b"")
+    box.chmod(mode)
+    assert not tighten_spool_mailbox(str(box), os.getuid())
+    assert stat.S_IMODE(box.stat().st_mode) == mode
