@@ -346,13 +346,16 @@ class Agent:
             with self.effects.lock(default + lockext) if locking else _null():
                 res = self.effects.save([default], ev.message.data, raw=False)
             # set even when the save failed: procmail names the file as it opens it
-            variables["LASTFOLDER"] = res.lastfolder or default
+            # (a Maildir, MH or directory temp file that could not be made names none)
+            if not res.keeps_lastfolder:
+                variables["LASTFOLDER"] = res.lastfolder or default
             if res.ok:
                 return True
         orgmail = variables.get("ORGMAIL", "")
         if orgmail and orgmail != default:
             res = self.effects.save([orgmail], ev.message.data, raw=False)
-            variables["LASTFOLDER"] = res.lastfolder or orgmail
+            if not res.keeps_lastfolder:
+                variables["LASTFOLDER"] = res.lastfolder or orgmail
             if res.ok:
                 return True
         return False

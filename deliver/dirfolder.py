@@ -59,7 +59,9 @@ def write_new_file(path: str, data: bytes, mode: int, *, fsync: bool = True) -> 
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     except OSError as exc:
-        raise MailboxError.from_oserror("Couldn't create", path, exc) from exc
+        err = MailboxError.from_oserror("Couldn't create", path, exc)
+        err.temp_file = True
+        raise err from exc
     try:
         os.fchmod(fd, mode)
         view = memoryview(data)
@@ -71,7 +73,7 @@ def write_new_file(path: str, data: bytes, mode: int, *, fsync: bool = True) -> 
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(path)
-        raise MailboxError.from_oserror("Error while writing to", path, exc) from exc
+        raise MailboxError.write_failure(path, exc) from exc
     finally:
         os.close(fd)
 
@@ -113,6 +115,9 @@ def deliver_dir(directory: str, data: bytes, *, umask: int, msgprefix: str = "ms
     tmp, st = write_temp(directory, data, message_mode(umask))
     try:
         dest = link_into_dir(tmp, directory, st.st_ino, msgprefix)
+    except MailboxError as exc:
+        exc.link_failure = True
+        raise
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

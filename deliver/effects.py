@@ -291,8 +291,8 @@ class RealEffects:
                 berkeley=self.berkeley, group=self.group, abspath=self._abspath,
                 part=part)
         except DeliveryError as err:
-            self.log(f'procmail: Error while writing to "{err.path or folders[0]}"\n')
-            return SaveResult(False, err.lastfolder)
+            self.log(f'procmail: {err.log_head} "{err.path or folders[0]}"\n')
+            return SaveResult(False, err.lastfolder, keeps_lastfolder=err.keeps_lastfolder)
         self.last_size = result.size
         return SaveResult(True, " ".join(result.names), result.size)
 

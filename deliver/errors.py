@@ -19,6 +19,11 @@ TEMPORARY_ERRNOS = frozenset(
 )
 
 
+# procmail's writefolder(): what it logs when writing (not opening) a folder fails
+_WRITE_FAILURES = {errno.ENOSPC: "No space left to finish writing",
+                   errno.EDQUOT: "Quota exceeded while writing"}
+
+
 class DeliveryError(Exception):
     """Base of every deliver/ error; ``temporary`` says whether a retry may succeed."""
 
@@ -29,8 +34,17 @@ class DeliveryError(Exception):
         self.temporary = temporary
         self.path = path
         # what procmail's LASTFOLDER holds after this failure, when not the action's
-        # names (deliver.folders sets it)
+        # names (deliver.folders sets it); ``keeps_lastfolder``: procmail failed before
+        # it named any file (a Maildir, MH or directory temp file), so LASTFOLDER keeps
+        # the value it had before the action
         self.lastfolder = ""
+        self.keeps_lastfolder = False
+        # procmail's log line for the failure: ``<log_head> "<path>"``
+        self.log_head = "Error while writing to"
+        # a temp file of a Maildir, MH or directory folder could not be created
+        self.temp_file = False
+        # an MH or directory folder's new file could not be linked to its final name
+        self.link_failure = False
 
 
 class MailboxError(DeliveryError):
@@ -41,6 +55,16 @@ class MailboxError(DeliveryError):
         """Wrap ``exc``; temporary when its errno is one a later retry can cure."""
         return cls(f'{what} "{path}": {exc.strerror or exc}', temporary=exc.errno in TEMPORARY_ERRNOS,
                    path=path)
+
+    @classmethod
+    def write_failure(cls, path: str, exc: OSError, *, synced: bool = True) -> "MailboxError":
+        """A write into ``path`` failed: logged as procmail's dump() failures are, a full
+        disk or quota by name, anything else as "Error while writing to".  ``synced``:
+        False for a device, where procmail's fsync() after the write replaces errno."""
+        err = cls.from_oserror("Error while writing to", path, exc)
+        if synced:
+            err.log_head = _WRITE_FAILURES.get(exc.errno or 0, err.log_head)
+        return err
 
 
 class LockError(DeliveryError):

@@ -107,6 +107,25 @@ def _ready(kind: str, path: str, umask: int, group: GroupCommit | None,
     return True
 
 
+def _store_maildir(path: str, data: bytes, umask: int, hostname: str | None,
+                   group: GroupCommit | None, batch: GroupCommit | None,
+                   abspath: Callable[[str], str]) -> str:
+    """deliver_maildir; in a batch, a Maildir taken for whole earlier that lost a part
+    since is made whole as at its first delivery and tried once more."""
+    try:
+        return maildir.deliver_maildir(path, data, umask=umask, hostname=hostname, group=batch,
+                                       abspath=abspath)
+    except MailboxError:
+        key = abspath(path)
+        if group is None or key not in group.maildirs:
+            raise
+        group.maildirs.discard(key)
+        if not _prepare(MAILDIR, path, umask, forcedir=False):
+            raise
+        return maildir.deliver_maildir(path, data, umask=umask, hostname=hostname, group=batch,
+                                       abspath=abspath)
+
+
 def deliver_to_folders(
     names: Sequence[str],
     message: bytes,
@@ -165,28 +184,28 @@ def deliver_to_folders(
     if kind == MAILDIR:
         data = (message if part == "body" else skip_from_line(message) if part
                 else maildir_bytes(message, berkeley=berkeley))
-        batch = None if others else group
         try:
-            stored = maildir.deliver_maildir(path, data, umask=umask, hostname=hostname, group=batch,
-                                             abspath=abspath)
-        except MailboxError:
-            key = abspath(path)
-            if group is None or key not in group.maildirs:
-                raise
-            # taken for whole earlier in the batch, it lost a part since: as at its first
-            # delivery, make what is missing and try once more
-            group.maildirs.discard(key)
-            if not _prepare(kind, path, umask, forcedir=False):
-                raise
-            stored = maildir.deliver_maildir(path, data, umask=umask, hostname=hostname, group=batch,
-                                             abspath=abspath)
+            stored = _store_maildir(path, data, umask, hostname, group, None if others else group,
+                                    abspath)
+        except MailboxError as exc:
+            exc.keeps_lastfolder = True    # procmail names the folder only once it is stored
+            raise
     else:
         data = (rewrite_content_length(message, berkeley=keep_length) if raw
                 else program_bytes(message, berkeley=keep_length))
-        if kind == MH:
-            stored = mh.deliver_mh(path, data, umask=umask)
-        else:
-            stored = dirfolder.deliver_dir(path, data, umask=umask, msgprefix=msgprefix)
+        try:
+            if kind == MH:
+                stored = mh.deliver_mh(path, data, umask=umask)
+            else:
+                stored = dirfolder.deliver_dir(path, data, umask=umask, msgprefix=msgprefix)
+        except MailboxError as exc:
+            if exc.temp_file or exc.link_failure:
+                # procmail's writefolder(): nothing was named yet; its log line shows
+                # the folder as its buffer holds it then ("mh/.", "dir/")
+                exc.log_head = "Couldn't create or rename temp file"
+                exc.path = first if kind == MH else path + "/"
+                exc.keeps_lastfolder = True
+            raise
     shown = [stored]
     skipped: list[str] = []
     ino = os.stat(stored).st_ino if others else 0     # only the links below need it

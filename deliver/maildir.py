@@ -31,6 +31,10 @@ SUBDIRS = ("new", "cur", "tmp")       # procmail's order of creation
 _serial = itertools.count()
 
 
+# procmail's writefolder() log line when a temp file cannot be made or moved
+_TEMP_FAILURE = "Couldn't create or rename temp file"
+
+
 def _host(hostname: str | None) -> str:
     name = hostname or procinfo.nodename()
     return name.replace("/", "\\057").replace(":", "\\072")
@@ -77,6 +81,8 @@ def _claim_tmp(path: str, data: bytes, umask: int, hostname: str | None,
             return name, tmp, st
         except MailboxError as exc:
             if not isinstance(exc.__cause__, FileExistsError):
+                if exc.temp_file:
+                    exc.log_head = _TEMP_FAILURE
                 raise
 
 
@@ -103,7 +109,9 @@ def deliver_maildir(path: str, data: bytes, *, umask: int, hostname: str | None 
             except FileExistsError:
                 dest = os.path.join(path, "new", unique_name(hostname))
             except OSError as exc:
-                raise MailboxError.from_oserror("Couldn't create or rename temp file", tmp, exc) from exc
+                err = MailboxError.from_oserror(_TEMP_FAILURE, tmp, exc)
+                err.log_head = _TEMP_FAILURE
+                raise err from exc
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -201,7 +201,9 @@ def append_mbox(path: str, data: bytes, *, policy: LockPolicy = LockPolicy(), um
                 _truncate_back(fd, path, old_size)
             if not isinstance(exc, OSError):
                 raise
-            err = MailboxError.from_oserror("Error while writing to", path, exc)
+            # on a device procmail's fsync() fails with EINVAL after the write, and
+            # that errno, not ENOSPC, decides its log line
+            err = MailboxError.write_failure(path, exc, synced=stat.S_ISREG(st.st_mode))
             err.temporary = True           # the mailbox is intact: let the queue retry
             raise err from exc
     return len(data)

@@ -14,22 +14,28 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 
 from .dirfolder import fsync_dir, message_mode, write_temp
 from .errors import MailboxError
 
+log = logging.getLogger(__name__)
+
 
 def highest_number(directory: str) -> int:
-    """The largest all-digit file name in ``directory`` (0 when none)."""
+    """The largest all-digit file name in ``directory`` (0 when none).  A directory
+    that cannot be listed (mode 0300) is logged and counted from 0, as procmail's
+    dirfile() does: link(2) then steps past the numbers that are taken."""
     best = 0
     try:
         with os.scandir(directory) as entries:
             for entry in entries:
                 if entry.name.isascii() and entry.name.isdigit():
                     best = max(best, int(entry.name))
-    except OSError as exc:
-        raise MailboxError.from_oserror("Couldn't read", directory, exc) from exc
+    except OSError:
+        log.warning('Couldn\'t read "%s/."', directory)     # named as procmail's buffer holds it
+        return 0
     return best
 
 
@@ -55,6 +61,9 @@ def deliver_mh(directory: str, data: bytes, *, umask: int) -> str:
     tmp, _ = write_temp(directory, data, message_mode(umask))
     try:
         dest = link_into_mh(tmp, directory)
+    except MailboxError as exc:
+        exc.link_failure = True
+        raise
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

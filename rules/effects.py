@@ -32,6 +32,9 @@ class SaveResult:
     # not empty, what procmail leaves in it instead of the action's names
     lastfolder: str = ""
     size: int = 0          # bytes written, for the log abstract
+    # after a failure: procmail named no file yet (a Maildir, MH or directory temp
+    # file), so LASTFOLDER keeps the value it had before the action
+    keeps_lastfolder: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -768,11 +768,17 @@ class Evaluator:
             tr.action = "save to " + " ".join(names)
             lockname = self._lockname(recipe, names[0])
             with self._locked(lockname):
+                before = self.vars.get("LASTFOLDER")
                 self.vars["LASTFOLDER"] = " ".join(names)
                 result = self.effects.save(names, data, raw=raw,
                                            part=_part(flags, folder=True))
             if result.ok or result.lastfolder:
                 self.vars["LASTFOLDER"] = result.lastfolder
+            elif result.keeps_lastfolder:
+                if before is None:
+                    del self.vars["LASTFOLDER"]
+                else:
+                    self.vars["LASTFOLDER"] = before
             if result.ok and Flag.COPY in flags:
                 self._copy_done(result.lastfolder)
             return result.ok, True

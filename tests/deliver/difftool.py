@@ -848,6 +848,17 @@ def normalise_abstract_padding(data: bytes) -> bytes:
     return _ABSTRACT_FOLDER.sub(rb"\1 <pad> \2", data)
 
 
+_UNIQUE_TIME = re.compile(rb"(?<![0-9])([0-9]{9,11})(?=\.[0-9]+_[0-9]+\.)")
+
+
+def normalise_unique_times(data: bytes, start: float, end: float, slack: int = 2) -> bytes:
+    """The time part of a Maildir unique name that names no file (a temp file that could
+    not be made, named in a log line), when it falls in the runs' time window."""
+    def sub(m: re.Match[bytes]) -> bytes:
+        return b"<time>" if start - slack <= int(m.group(1)) <= end + slack else m.group(1)
+    return _UNIQUE_TIME.sub(sub, data)
+
+
 def normalise_text(data: bytes, side: SideResult, mapping: Mapping[str, str]) -> bytes:
     """All text normalisations, in a fixed order (names before pids: names hold pids)."""
     data = data.replace(side.workdir.encode(), b"<workdir>")
@@ -856,6 +867,7 @@ def normalise_text(data: bytes, side: SideResult, mapping: Mapping[str, str]) ->
     start = min((r.started for r in side.runs), default=0.0)
     end = max((r.ended for r in side.runs), default=0.0)
     data = normalise_dates(data, start, end)
+    data = normalise_unique_times(data, start, end)
     return normalise_pids(data, [r.pid for r in side.runs])
 
 

@@ -167,6 +167,15 @@ def test_normalise_dates_only_inside_window() -> None:
     assert out == b"From a  <date>\nFrom b  " + difftool.ctime_utc(now - 100) + b"\n"
 
 
+def test_normalise_unique_times_only_inside_window() -> None:
+    now = 1795361366
+    text = (f'"md/tmp/{now + 1}.77_0.vm" "md/tmp/{now - 100}.77_0.vm" '
+            f'"{now}.txt" "{now}.77.vm"').encode()
+    out = difftool.normalise_unique_times(text, now, now)
+    assert out == (f'"md/tmp/<time>.77_0.vm" "md/tmp/{now - 100}.77_0.vm" '
+                   f'"{now}.txt" "{now}.77.vm"').encode()
+
+
 def test_maildir_key() -> None:
     assert difftool.maildir_key("1795361366.7033_1.vm") == (1795361366, 1, 7033)
     assert difftool.maildir_key("1795361366.7033_1.host.example.org") == (1795361366, 1, 7033)
