@@ -804,6 +804,15 @@ class Evaluator:
         wait = Flag.WAIT in flags or Flag.WAIT_QUIET in flags
         return wait, Flag.WAIT_QUIET in flags and Flag.WAIT not in flags
 
+    def _program_wait(self, recipe: Recipe) -> tuple[bool, bool]:
+        """(wait, quiet) for a program: its w/W flags, and W when it has a local lock
+        and neither: procmail waits for a locked program ("try and protect the user
+        from his blissful ignorance"), so its failure fails the recipe."""
+        wait, quiet = self._wait_flags(recipe.flags)
+        if not wait and recipe.lock is not None:
+            return True, True
+        return wait, quiet
+
     def _forward(self, recipe: Recipe, action: Forward, data: bytes, tr: RecipeTrace) -> bool:
         words = self._expand_words(action.text)
         if words is None:
@@ -814,7 +823,7 @@ class Evaluator:
         part = _part(recipe.flags)
         if part != "body":      # procmail leaves the From_ line off when it sends from the start
             data = skip_from_line(data)
-        wait, quiet = self._wait_flags(recipe.flags)
+        wait, quiet = self._program_wait(recipe)
         cmd = Command(argv, " ".join(argv))
         tr.action = "forward: " + " ".join(argv)
         # procmail's buffer holds the words NUL-separated: only $SENDMAIL is looked at
@@ -835,18 +844,23 @@ class Evaluator:
             return self._expand_value(recipe.lock.name) or None
         pos = text.find(">>")
         lockext = self.vars.get("LOCKEXT", "")
-        if pos < 0:
+        target = ""
+        if pos >= 0:
+            # the name runs to procmail's EOFName characters (a quote ends it before
+            # it starts: no name), then its variables are expanded
+            rest = text[pos + 2:].lstrip(" \t")
+            end = 0
+            while end < len(rest) and rest[end] not in _IMPLICIT_LOCK_END:
+                end += 1
+            target = rest[:end]
+            if target:
+                try:
+                    target = expand.expand_value(target, self.lookup, self.backquote)
+                except ExpansionError:
+                    target = ""
+        if not target:
             self.effects.log(f'procmail: Couldn\'t determine implicit lockfile from "{text}"\n')
             return lockext or None
-        rest = text[pos + 2:].lstrip(" \t")
-        end = 0
-        while end < len(rest) and rest[end] not in " \t\n;|&<>()":
-            end += 1
-        target = rest[:end]
-        try:
-            target = expand.expand_value(target, self.lookup, self.backquote)
-        except ExpansionError:
-            pass
         return target + lockext
 
     def _pipe(self, recipe: Recipe, action: Pipe, data: bytes, tr: RecipeTrace) -> tuple[bool, bool]:
@@ -854,7 +868,7 @@ class Evaluator:
         cmd = self._command(action.command)
         if cmd is None:
             return False, action.capture is None and Flag.FILTER not in flags
-        wait, quiet = self._wait_flags(flags)
+        wait, quiet = self._program_wait(recipe)
         raw = Flag.RAW in flags
         ign = Flag.IGNORE_WRITE in flags
         # split without the shell, procmail's buffer holds the words NUL-separated: the
@@ -939,6 +953,10 @@ class _Score:
     score: float = 0.0
     scored: bool = False
     hit: bool | None = None      # whether the last weighted regex matched (trace only)
+
+
+# procmail's EOFName: where the name after ``>>`` in a program line ends
+_IMPLICIT_LOCK_END = frozenset(" \t\n#`'\");")
 
 
 class _NoLock:
