@@ -1139,13 +1139,11 @@ def _cond_text(cond: Condition) -> str:
 
 
 def _maildir(ev: Evaluator, value: str | None, old: str | None) -> None:
-    # Unset, procmail still changes directory, to "": that fails, is logged, and the
-    # old value comes back as after any failed chdir.
+    # Unset, procmail still changes directory, to "": that fails and is logged.  After
+    # any failed chdir procmail's asenv() sets MAILDIR to "." (its curdir): the
+    # directory it stays in, whatever MAILDIR said before.
     if not ev.effects.chdir(value or ""):
-        if old is None:
-            ev.vars.pop("MAILDIR", None)
-        else:
-            ev.vars["MAILDIR"] = old
+        ev.vars["MAILDIR"] = "."
 
 
 def _logfile(ev: Evaluator, value: str | None, old: str | None) -> None:
