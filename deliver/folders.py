@@ -163,8 +163,8 @@ def deliver_to_folders(
 
     if kind == MBOX:
         skipped = tuple(others)
-        if skipped:     # one line for the rest, its words joined (procmail's concatenate)
-            log.warning('Skipped "%s"', " ".join(skipped))
+        if " ".join(skipped):   # one line for the rest, its words joined (procmail's
+            log.warning('Skipped "%s"', " ".join(skipped))    # concatenate); "" says nothing
         if path == os.devnull:
             # reached through "/dev/null//" or as the first of several names: procmail
             # writes nothing there and counts the mail as it stands (its rawnonl)

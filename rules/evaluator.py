@@ -254,7 +254,7 @@ class Evaluator:
             text = text[: text.index("\0")]
         # through $SHELL only with SHELLMETAS in it, else split and run by us: as a
         # pipe's command line (``$(...)`` and ``~`` stay literal without the shell)
-        cmd, via_shell = self._command_line(text)
+        cmd, via_shell = self._command_line(text, arguments=False)
         if cmd is None:
             return ""          # nothing to run: the words expanded to none
         out = self.effects.backquote(cmd, self.message.data)
@@ -291,12 +291,18 @@ class Evaluator:
         return "" if self._overflow(value) else value
 
     def _expand_words(self, raw: str, *, folder: bool = False,
-                      overflow: list[str] | None = None) -> list[str] | None:
+                      overflow: list[str] | None = None, arguments: bool = True,
+                      shown: list[str] | None = None) -> list[str] | None:
         """The words of ``raw``; None after an error, and ``overflow`` (None unless the
-        caller must tell the two apart) when they exceed LINEBUF."""
+        caller must tell the two apart) when they exceed LINEBUF.  ``"$@"`` becomes the
+        positional arguments only in a program's or a forward's words (``arguments``):
+        procmail puts them in as it starts a program, so a folder line or a backquote
+        gets the empty word it reads there.  ``shown``: see rules.expand.expand_words."""
         try:
-            words = expand.expand_words(raw, self.lookup, self.backquote, self.positional,
-                                        on_eol=self._unexpected_eol, folder=folder)
+            words = expand.expand_words(raw, self.lookup, self.backquote,
+                                        self.positional if arguments and not folder else (),
+                                        on_eol=self._unexpected_eol, folder=folder,
+                                        shown=shown)
         except ExpansionError as err:
             self.effects.log(f"procmail: {err}\n")
             return None
@@ -307,6 +313,8 @@ class Evaluator:
             # word lists are NUL-separated strings, so it ends a word there
             # (``inb<NUL>ox`` is two folder names)
             words = [piece for w in words for piece in w.split("\0") if piece]
+            if shown is not None:
+                shown[:] = [piece for w in shown for piece in w.split("\0") if piece]
         return words
 
     def _assign(self, item: Assignment) -> None:
@@ -721,17 +729,20 @@ class Evaluator:
         expansion to the shell), else split and expanded by us (item 18)."""
         return self._command_line(text)[0]
 
-    def _command_line(self, text: str) -> tuple[Command | None, bool]:
+    def _command_line(self, text: str, *, arguments: bool = True) -> tuple[Command | None, bool]:
         """``_command`` and whether the line goes through $SHELL.  As procmail's
         metaparse(): a line whose words, expanded, exceed LINEBUF (``Exceeded LINEBUF``)
         is handed to $SHELL as written instead, and so is one whose program is ``test``
-        (Debian's procmail is built without GOT_bin_test: the shell's own test runs)."""
+        (Debian's procmail is built without GOT_bin_test: the shell's own test runs).
+        ``arguments``: False for a backquote, whose ``"$@"`` stays the empty word."""
         if not self._needs_shell(text):
-            words = self._expand_words(text, overflow=_SHELL_INSTEAD)
+            shown: list[str] = []
+            words = self._expand_words(text, overflow=_SHELL_INSTEAD, arguments=arguments,
+                                       shown=shown)
             if words is not _SHELL_INSTEAD and not (words and words[0] == "test"):
                 if not words:
                     return None, False
-                return Command(tuple(words), _display_text(text, words, self._expand_words)), False
+                return Command(tuple(words), " ".join(shown)), False
         if "\0" in text:    # the shell gets a C string: it ends at the NUL
             text = text[: text.index("\0")]
         shell = self.vars.get("SHELL", "/bin/sh")
@@ -814,7 +825,8 @@ class Evaluator:
         return wait, quiet
 
     def _forward(self, recipe: Recipe, action: Forward, data: bytes, tr: RecipeTrace) -> bool:
-        words = self._expand_words(action.text)
+        shown: list[str] = []
+        words = self._expand_words(action.text, shown=shown)
         if words is None:
             return False
         sendmail = self.vars.get("SENDMAIL", "")   # unset: empty, as in procmail
@@ -824,7 +836,7 @@ class Evaluator:
         if part != "body":      # procmail leaves the From_ line off when it sends from the start
             data = skip_from_line(data)
         wait, quiet = self._program_wait(recipe)
-        cmd = Command(argv, " ".join(argv))
+        cmd = Command(argv, " ".join((sendmail, *sendmailflags, *shown)))
         tr.action = "forward: " + " ".join(argv)
         # procmail's buffer holds the words NUL-separated: only $SENDMAIL is looked at
         with self._locked(self._implicit_program_lock(recipe, argv[0])):
@@ -1035,19 +1047,6 @@ def _read_upto(item: Item) -> Span:
     if isinstance(item, Recipe):
         return Span(item.span.path, item.action.span.line, 0)
     return item.span
-
-
-def _display_text(text: str, words: list[str], expand_words) -> str:
-    """A program line as procmail shows it in LASTFOLDER and the abstract: the expanded
-    words; procmail's buffer ends where "$@" starts (its words are NUL-separated)."""
-    at = text.find('"$@"')
-    if at < 0:
-        at = text.find("$@")
-    if at < 0:
-        return " ".join(words)
-    before = text[:at]
-    head = expand_words(before) if before.strip() else []
-    return " ".join(head or []) + (" " if before[-1:] in (" ", "\t") else "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -166,6 +166,7 @@ def expand_words(
     shellmetas: str = DEFAULT_SHELLMETAS,
     on_eol: Callable[[], None] | None = None,
     folder: bool = False,
+    shown: list[str] | None = None,
 ) -> list[str]:
     """Action-line words (folders, program argv when no SHELLMETAS, forward addresses):
     unquoted expansions are split on blanks, quotes removed, ``"$@"`` expands to separate
@@ -183,13 +184,21 @@ def expand_words(
     leading blanks of an unquoted ``$VAR`` or backquote right after the name are dropped
     without ending the word (``box$A`` with A=" x" is ``boxx``).  All checked against
     procmail by the differential cases ``folder-after-name-*``.
+
+    ``shown``: filled with the words as procmail's buffer holds them, ``"$@"`` as the
+    empty word it leaves there (the arguments are put in only when the program starts):
+    what LASTFOLDER and the log show of a program or forward line.
     """
     if not _PLAIN_UNSAFE.intersection(raw):
-        words = [w for w in raw.replace("\t", " ").split(" ") if w]
-        return words if words else [""]
+        words = [w for w in raw.replace("\t", " ").split(" ") if w] or [""]
+        if shown is not None:
+            shown.extend(words)
+        return words
     if " " not in raw and "\t" not in raw:
         simple = _substitute_names(raw, lookup)   # None for any "#", "\\" or "`"
         if simple is not None and not any(c in simple for c in _BLANKS):
+            if shown is not None:
+                shown.append(simple)
             return [simple]
     name = _leading_name(raw) if folder else 0
     if name:
@@ -200,6 +209,8 @@ def expand_words(
     reader.on_eol = on_eol
     reader.run()
     words = reader.words
+    if shown is not None:
+        shown.extend(words)
     if reader.all_args is not None and positional:
         index, length = reader.all_args
         if index < len(words) and len(words[index]) == length:
