@@ -150,6 +150,11 @@ class Evaluator:
         self.lastsucc = False
         self.lastscore = 0
         self.copied = False              # a ``c`` recipe delivered a copy
+        # procmail's pipw: whether the last filter or capture it waited for failed.  It
+        # is updated only when procmail reaps one (w, W, a lock, a rescue), and a filter
+        # or capture succeeds exactly when it is clear: one not waited for after a failed
+        # one fails too, though its output is taken (pipes.c readdyn(), pipthrough())
+        self.pipw = False
         # procmail's setxit: the rc file (or the command line) assigned EXITCODE; an
         # EXITCODE in the caller's environment (-p -m) never sets the exit status
         self.exitcode_assigned = False
@@ -442,6 +447,7 @@ class Evaluator:
         clone.lastcond, clone.prevcond, clone.lastsucc = self.lastcond, self.prevcond, self.lastsucc
         clone.lastscore = self.lastscore
         clone.copied = self.copied
+        clone.pipw = self.pipw
         clone.exitcode_assigned = self.exitcode_assigned
         clone.trap = self.trap
         clone.frames = [_Frame(f.items, f.kind, f.path, f.index, f.saved, list(f.diags))
@@ -899,9 +905,9 @@ class Evaluator:
                                            ignore_write_error=ign, capture=True, raw=raw,
                                            part=_part(flags))
             # A program that stopped reading, not waited for and with no old value to
-            # rescue: procmail takes what it printed (its pipw is never set then).
-            ok = result.ok or (result.write_error and not wait and not had_value)
-            if ok:
+            # rescue: procmail takes what it printed (it reaps no child then).
+            taken = result.ok or (result.write_error and not wait and not had_value)
+            if taken:
                 out = result.output
                 if out.endswith(b"\n"):
                     out = out[:-1]
@@ -909,7 +915,7 @@ class Evaluator:
             elif had_value and self._rescue_said(result, wait, quiet):
                 # the variable keeps its value, as a filter's mail stays as it was
                 self.effects.log("procmail: Rescue of unfiltered data succeeded\n")
-            return ok, False
+            return self._reaped(result, wait, rescued=had_value), False
         if Flag.FILTER in flags:
             if Flag.COPY in flags:
                 self.effects.log("procmail: Extraneous copy-flag ignored\n")
@@ -924,7 +930,7 @@ class Evaluator:
                 # the mail that was fed stays: w or not, a filter that stopped reading
                 # must not replace the mail with what it printed before it stopped
                 self.effects.log("procmail: Rescue of unfiltered data succeeded\n")
-            return result.ok, False
+            return self._reaped(result, wait, rescued=True), False
         tr.action = f"pipe to: {cmd.text.strip()}"
         with self._locked(lock):
             result = self.effects.pipe(cmd, data, wait=wait, quiet=quiet,
@@ -935,6 +941,15 @@ class Evaluator:
         if result.ok and Flag.COPY in flags:
             self._copy_done(cmd.text)
         return result.ok, True
+
+    def _reaped(self, result: ProgramResult, wait: bool, *, rescued: bool) -> bool:
+        """Whether a filter or capture succeeded, procmail's ``!pipw``: a failure with
+        something to rescue (a filter's mail, a capture's old value) is reaped, as is any
+        program waited for; otherwise pipw keeps what the last reaped one left."""
+        failed = not result.ok
+        if wait or (failed and rescued):
+            self.pipw = failed
+        return not self.pipw
 
     @staticmethod
     def _rescue_said(result: ProgramResult, wait: bool, quiet: bool) -> bool:
