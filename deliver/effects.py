@@ -39,6 +39,11 @@ ABSTRACT_COLUMN = 72
 _DELIVER_LOG = logging.getLogger("deliver")    # the bridge's logger, looked up once
 
 
+# Linux's pipe capacity: a write of at most this much into a fresh pipe completes
+# without waiting for the reader
+_PIPE_CAPACITY = 65536
+
+
 class _LogBridge(logging.Handler):
     """deliver/'s modules report through `logging` (Unable to treat as directory,
     Skipped, Forcing lock on ...); during a delivery those lines belong in the user's
@@ -331,15 +336,26 @@ class RealEffects:
             return ProgramResult(False, res.status, b"")
         # procmail's abstract counts what it wrote: all of it, or up to the failed write
         self.last_size = len(data) if not res.write_error or unpadded is None else unpadded
-        # A waited-for program's failing exit status is reported first: a program that
-        # died without reading (a missing script) also breaks the pipe, and which of
-        # the two procmail notices must not depend on who wins that race.
-        if wait and res.status != 0:
+        failed_exit = wait and res.status != 0
+        write_error = res.write_error and not ignore_write_error
+        if write_error and failed_exit and len(data) <= _PIPE_CAPACITY:
+            # A waited-for program that failed without reading all of a mail the pipe
+            # could hold: procmail's write went into the pipe before the program
+            # exited (a missing script dies too late to break it), so only the exit
+            # status counts; whether ours was cut short is the race procmail won.
+            write_error = False
+        if write_error:
+            # procmail's dump() failed: it says so first, whatever w or W say
+            self.log(f'procmail: Error while writing to "{name}"\n')
+            if capture:
+                # a filter's sending child gives up at the write error (stermchild):
+                # nobody waits for the program's status
+                return ProgramResult(False, res.status, res.output, write_error=True)
+        if failed_exit:
             if not quiet:
                 self.log(f'procmail: Program failure ({res.status}) of "{name}"\n')
-            return ProgramResult(False, res.status, res.output)
-        if res.write_error and not ignore_write_error:
-            self.log(f'procmail: Error while writing to "{name}"\n')
+            return ProgramResult(False, res.status, res.output, write_error=write_error)
+        if write_error:
             return ProgramResult(False, res.status, res.output, write_error=True)
         return ProgramResult(True, res.status, res.output)
 
