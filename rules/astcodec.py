@@ -11,7 +11,6 @@ not exactly what ``encode_rc`` writes: wrong version, unknown tag, wrong type.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from .ast import (Assignment, Block, Condition, Diagnostic, ExpandTest, Flag, Folder,
@@ -124,7 +123,9 @@ def _dspan(v: Any) -> Span:
 
 
 def _num(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    # a weight may be inf or nan (glibc's strtod reads them: rules.condparse); json
+    # writes them as Infinity / NaN and reads them back
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise AstCodecError("bad number")
     return float(v)
 

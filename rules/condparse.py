@@ -32,6 +32,7 @@ a ``?`` or ``$`` test after ``NAME ??`` (procmail supports these; the AST cannot
 
 from __future__ import annotations
 
+import math
 import re
 
 from .ast import (Condition, ExpandTest, ProgramTest, RegexTest, SizeTest, Span,
@@ -46,9 +47,12 @@ _BLANKS = " \t"
 # procmail is built with it, not with its own stod()): blanks, a sign, then a decimal
 # with an optional exponent (``1e3``) or a hexadecimal with an optional binary exponent
 # (``0x10``, ``0x1.8p3``); a comma is no decimal point.  An exponent without digits is
-# not part of the number.  (strtod's "inf" and "nan" are not taken: no digit.)
+# not part of the number.  glibc's strtod also reads "inf", "infinity" and "nan",
+# "nan(chars)" in any case: a condition starting with a sign can be such a weight
+# (``+inf^0``), an exponent too (``1^nan``).
 _STRTOD = re.compile(r"[ \t\n\v\f\r]*([+-]?)(?:0[xX]((?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+))"
-                     r"([pP][+-]?[0-9]+)?|((?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?))")
+                     r"([pP][+-]?[0-9]+)?|((?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)"
+                     r"|((?i:inf(?:inity)?|nan(?:\([0-9A-Za-z_]*\))?)))")
 _FINITE = 1.7976931348623157e308      # strtod's HUGE_VAL kept finite: scores clamp anyway
 _SIZE = re.compile(r"[ \t]*([+-]?[0-9]+)?[ \t]*(.*)\Z", re.S)
 _SIZE_LEFTOVER = re.compile(r"[<>](.*)\Z", re.S)
@@ -94,12 +98,13 @@ def _stod(text: str) -> tuple[float, int] | None:
     m = _STRTOD.match(text)
     if m is None:
         return None
-    sign, hexdigits, binexp, decimal = m.groups()
-    if hexdigits is not None:
+    sign, hexdigits, binexp, decimal, special = m.groups()
+    if special is not None:
+        value = math.nan if special[:3].lower() == "nan" else math.inf
+    elif hexdigits is not None:
         value = float.fromhex("0x" + (hexdigits if hexdigits != "." else "0") + (binexp or ""))
     else:
-        value = float(decimal)
-    value = min(value, _FINITE)
+        value = min(float(decimal), _FINITE)
     return (-value if sign == "-" else value), m.end()
 
 

@@ -40,6 +40,7 @@ from .trace import ConditionTrace, RecipeTrace
 
 MAX32 = 2147483647.0
 MIN32 = -2147483647.0
+_LONG_MIN = -9223372036854775808
 MAX_INCLUDE_DEPTH = 32   # procmail is limited only by memory; a loop must not be
 _MEMO_MAX = 4096         # entries in the per-AST-object memos below (then cleared)
 
@@ -518,7 +519,10 @@ class Evaluator:
                 continue
             ok = self._condition(cond, recipe.flags, state, tr)
         score = state.score
-        self.lastscore = int(score) if not (int(score) == 0 and score > 0) else 1
+        if score != score:
+            self.lastscore = _LONG_MIN     # a NaN weight: C's (long)NaN on x86-64
+        else:
+            self.lastscore = int(score) if not (int(score) == 0 and score > 0) else 1
         if state.scored:
             tr.score = score
             if ok and score <= 0:
@@ -646,9 +650,17 @@ class Evaluator:
             return (m is not None) != negate
         w, x = weight.weight, weight.exponent
         if negate:
-            absent = rx.search(text, buf) is None
+            # procmail searches only for a weight that is not 0 (``weight&&!bregexec``),
+            # and a search that finds its \/ sets MATCH, negated or not
+            m = rx.search(text, buf) if w or self.tracing else None
+            absent = m is None
+            if not w:
+                m = None                   # looked at for the trace only
             if w and absent:
                 state.score += w
+            elif m is not None and m.match is not None:
+                self.vars["MATCH"] = m.match.partition(b"\0")[0].decode("latin-1")
+                ct.matched_text = self.vars["MATCH"]
             state.hit = absent
             return True
         texts: list[bytes] | None = [] if rx.sets_match else None
