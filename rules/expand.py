@@ -496,6 +496,12 @@ class _Reader:
         """A backslash outside single quotes, followed by ``c`` (goodies.c ``Quoted``)."""
         got = self.got
         if c == "":
+            # the text ends right after the backslash (the rc file's last byte):
+            # procmail's Quoted reads EOF there and says "Unexpected EOL" in any state
+            if self.mode != _QUOTED and self.got <= _NORMAL:
+                log.info("Unexpected EOL in %r", self.src)
+                if self.on_eol is not None:
+                    self.on_eol()
             self._finish_eof()
             return None
         if c == "\n":
