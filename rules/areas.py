@@ -22,7 +22,7 @@ Guarantees: pure, linear in the size of the mail; raises nothing.
 
 from __future__ import annotations
 
-from .message import Message
+from .message import Message, realstart
 
 
 def join_folds(header: bytes) -> bytes:
@@ -38,11 +38,20 @@ def search_area(message: Message, *, header: bool, body: bool) -> bytes:
     body area, or both (HB = the whole mail)."""
     if header:
         end = message.header_end
-        head = message.data[:end]
+        data = message.data
+        head = data[:end]
         # The newline of the empty line ending the header is followed by the body: that
-        # one is not a fold, so only look inside the header proper.
-        joined = join_folds(head[:-1]) + head[-1:] if head.endswith(b"\n\n") else join_folds(head)
-        return joined + message.data[end:] if body else joined
+        # one is not a fold, so only look inside the header proper.  procmail's
+        # readmail() marks folds from its realstart (leading empty lines are no folds)
+        # with strchr(), which stops at a NUL: folds after one stay as they are.
+        start = realstart(data)
+        stop = len(head) - 1 if head.endswith(b"\n\n") else len(head)
+        stop = max(stop, start)
+        nul = data.find(b"\0", start, stop)
+        if nul >= 0:
+            stop = nul
+        joined = head[:start] + join_folds(head[start:stop]) + head[stop:]
+        return joined + data[end:] if body else joined
     if body:
         return message.body
     return b""

@@ -119,3 +119,45 @@ def test_a_nul_before_the_empty_line_makes_the_whole_mail_header() -> None:
 @settings(max_examples=400)
 def test_header_end_is_where_readmail_puts_thebody(data: bytes) -> None:
     assert Message(data).header_end == _readmail_thebody(data)
+
+
+def _readmail_joined_header(data: bytes) -> bytes:
+    """procmail's readmail() marking folds (confield) on its way to thebody, then
+    concon(' '): each marked newline, one followed by a blank or a tab, becomes a
+    blank.  The scan starts at realstart and strchr() stops at a NUL."""
+    n, p = len(data), 0
+    while p < n:
+        p += 1
+        if data[p - 1] != 0x0A:
+            break
+    out = bytearray(data)
+    while True:
+        j = p
+        while j < n and data[j] not in (0x0A, 0x00):
+            j += 1
+        if j >= n or data[j] == 0x00:
+            end = n
+            break
+        p = j + 1
+        if p < n and data[p] in (0x20, 0x09):
+            out[j] = 0x20
+        elif p < n and data[p] == 0x0A:
+            end = p + 1
+            break
+    return bytes(out[:end])
+
+
+@given(st.lists(st.sampled_from([b"\n", b"\0", b"a", b" ", b"\t", b"\n ", b"X: y\n"]),
+                max_size=14).map(b"".join))
+@settings(max_examples=500)
+def test_header_area_joins_the_folds_readmail_marks(data: bytes) -> None:
+    assert search_area(Message(data), header=True, body=False) == _readmail_joined_header(data)
+
+
+def test_no_fold_before_realstart_or_after_a_nul() -> None:
+    # a mail that starts with a newline and a blank: that newline is no fold
+    assert search_area(Message(b"\n Subject: a\nTo: b\n\nx\n"), header=True, body=False) \
+        == b"\n Subject: a\nTo: b\n\n"
+    # after a NUL (the whole mail is header then) folds stay as they are
+    assert search_area(Message(b"X: a\0b\nSubject: c\n d\n\nx\n"), header=True, body=False) \
+        == b"X: a\0b\nSubject: c\n d\n\nx\n"
