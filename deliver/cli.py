@@ -59,9 +59,10 @@ class _Refused(Exception):
 
 
 def _is_assignment(arg: str) -> bool:
-    name, eq, _ = arg.partition("=")
-    return bool(eq) and bool(name) and (name[0].isalpha() or name[0] == "_") \
-        and all(c.isalnum() or c == "_" for c in name)
+    """procmail's asenvcpy(): any argument with an "=" in it is an assignment, whatever
+    stands before it (``1x=y`` sets "1x"; ``=foo`` sets the empty name, which postroom
+    drops: no rc file can read it), never an rc file name."""
+    return "=" in arg
 
 
 def parse_args(argv: Sequence[str]) -> tuple[Invocation, bool]:
@@ -136,7 +137,8 @@ def parse_args(argv: Sequence[str]) -> tuple[Invocation, bool]:
             inv.positional = []
         while rest and _is_assignment(rest[0]):
             name, _, value = rest.pop(0).partition("=")
-            inv.assignments.append((name, value))
+            if name:
+                inv.assignments.append((name, value))
         if not rest:
             raise _Refused("Missing rcfile", ExitCode.NOINPUT)
         inv.rcfiles = [rest[0]]
@@ -145,7 +147,8 @@ def parse_args(argv: Sequence[str]) -> tuple[Invocation, bool]:
     for arg in rest:
         if _is_assignment(arg):
             name, _, value = arg.partition("=")
-            inv.assignments.append((name, value))
+            if name:
+                inv.assignments.append((name, value))
         else:
             inv.rcfiles.append(arg)
     return inv, explain
