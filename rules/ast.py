@@ -158,6 +158,9 @@ class Pipe:
     command: str
     capture: str | None = None
     span: Span = _span()
+    # the line's length as procmail's getlline() reads it, kept when at least
+    # MIN_LINEBUF (as Condition.width): a longer line than LINEBUF is not run
+    width: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,10 +21,10 @@ from .errors import RulesError
 __all__ = ["encode_rc", "decode_rc", "AstCodecError", "FORMAT", "VERSION"]
 
 FORMAT = "postroom-rc-ast"
-VERSION = 8          # 2: SizeTest.text; 3: Block.end; 4: a bare "|" refused (the parse changed:
+VERSION = 9          # 2: SizeTest.text; 3: Block.end; 4: a bare "|" refused (the parse changed:
                      # a cached AST of an older parser must not be used); 5: Condition.width;
                      # 6: f on a VAR=| capture warned; 7: E and a dropped beside e;
-                     # 8: a c block's lock kept, not warned
+                     # 8: a c block's lock kept, not warned; 9: Pipe.width
 
 
 class AstCodecError(RulesError):
@@ -55,7 +55,8 @@ def _action(a) -> dict:
         case Folder(text=t):
             return {"t": "folder", "text": t, "span": _span(a.span)}
         case Pipe(command=c, capture=cap):
-            return {"t": "pipe", "command": c, "capture": cap, "span": _span(a.span)}
+            return {"t": "pipe", "command": c, "capture": cap, "span": _span(a.span),
+                    "width": a.width}
         case Forward(text=t):
             return {"t": "forward", "text": t, "span": _span(a.span)}
         case Block(items=its, end=end):
@@ -156,7 +157,7 @@ def _daction(d: Any, depth: int):
     if t == "forward":
         return Forward(_get(d, "text", str), sp)
     if t == "pipe":
-        return Pipe(_get(d, "command", str), _str_or_none(d, "capture"), sp)
+        return Pipe(_get(d, "command", str), _str_or_none(d, "capture"), sp, _get(d, "width", int))
     if t == "block":
         end = _get(d, "end")
         return Block(tuple(_ditem(i, depth + 1) for i in _get(d, "items", list)), sp,

@@ -104,6 +104,9 @@ def _compute_diags(rc: RcFile) -> list[tuple[int, int, str, int]]:
             out.append((d.span.line, d.span.col, m.group(1), -1))
     out.extend((c.span.line, c.span.col, "", c.width) for i in _walk(rc.items)
                if isinstance(i, Recipe) for c in i.conditions if c.width)
+    out.extend((i.action.span.line, i.action.span.col, "", i.action.width)
+               for i in _walk(rc.items)
+               if isinstance(i, Recipe) and isinstance(i.action, Pipe) and i.action.width)
     out.sort(key=lambda d: d[:2])   # stable: several at one place keep their order
     out.reverse()                   # popped from the end, earliest first
     return out
@@ -391,6 +394,12 @@ class Evaluator:
         action = recipe.action
         if isinstance(action, Block):
             self._enter_block(recipe, action, tr)
+            return
+        if isinstance(action, Pipe) and action.width and action.width >= self._linebuf():
+            # procmail's getlline() overflowed reading the program line ("Exceeded
+            # LINEBUF", logged as the line was read): it goes on with the next line
+            # without running anything, lastsucc as it was
+            tr.action = "not run: the program line exceeds LINEBUF"
             return
         succeeded, delivering = self._act(recipe, action, tr)
         tr.succeeded = succeeded

@@ -460,7 +460,8 @@ def _on_pipe(s: str, loc: int, toks: pp.ParseResults) -> list:
                                "delivery agent loses it) is not supported: expected a "
                                "program; the recipe is ignored"),
                 _Marker("refused", loc)]
-    return [Pipe(toks[-1], capture, ctx.span(loc))]  # verbatim: " cmd" logged
+    width = len(toks[-1]) if len(toks[-1]) >= MIN_LINEBUF else 0
+    return [Pipe(toks[-1], capture, ctx.span(loc), width)]  # verbatim: " cmd" logged
 
 
 def _on_capture(s: str, loc: int, toks: pp.ParseResults) -> list:
