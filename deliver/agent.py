@@ -179,6 +179,9 @@ class Agent:
         # the per-recipe trace costs a record per condition: made only for --explain
         self.tracing = False
         self._fresh_own_effects = effects is None     # made here and not used yet
+        # the rc files after the one running now: where a c block's clone goes on
+        # after a HOST mismatch, as procmail's clone opens its next rc file
+        self._rcs_after: list[tuple[str, str]] = []
 
     # ------------------------------------------------------------------ rc files
 
@@ -296,10 +299,11 @@ class Agent:
     def _run_rcfiles(self, ev: Evaluator, candidates: list[tuple[str, str]]) -> bool:
         """The rc files in turn, then $DEFAULT / $ORGMAIL; whether the mail was delivered."""
         end = End.FELL_OFF
-        for path, kind in candidates:
+        for index, (path, kind) in enumerate(candidates):
             rc = self._open_rc(path, kind)
             if rc is None:
                 continue
+            self._rcs_after = candidates[index + 1:]
             result = ev.run_rcfile(rc)
             end = result.end
             if end is End.DELIVERED:
@@ -362,8 +366,25 @@ class Agent:
 
     def _finish_clone(self, clone: Evaluator, end: End) -> int:
         """A ``c`` block's clone that fell off the end delivers to $DEFAULT as the real
-        forked procmail would; its exit status, which a w or W parent looks at."""
-        delivered = end is End.DELIVERED or (end is End.FELL_OFF and self._fallback(clone))
+        forked procmail would; its exit status, which a w or W parent looks at.  After a
+        HOST mismatch the clone goes on with the next rc file, as procmail's does; with
+        none left it ends with 0 and its abstract, delivering nothing (the parent still
+        has the mail: postroom's $DEFAULT for a mail HOST would lose is not needed)."""
+        if end is End.HOST:
+            rest, parent_rest = self._rcs_after, self._rcs_after
+            if rest:
+                try:
+                    delivered = self._run_rcfiles(clone, rest)
+                finally:
+                    self._rcs_after = parent_rest
+            else:
+                if self.effects.abstract_enabled(final=True):
+                    self.effects.log(format_abstract(clone.message.data,
+                                                     clone.vars.get("LASTFOLDER", ""),
+                                                     self.effects.last_size))
+                return self._trap_and_exitcode(clone, ExitCode.OK)
+        else:
+            delivered = end is End.DELIVERED or (end is End.FELL_OFF and self._fallback(clone))
         if delivered and self.effects.abstract_enabled(final=True):
             self.effects.log(format_abstract(clone.message.data, clone.vars.get("LASTFOLDER", ""),
                                              self.effects.last_size))
