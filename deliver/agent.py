@@ -140,8 +140,10 @@ def initial_environment(user: User, inv: Invocation, site: Site,
     if inv.rcfiles and not inv.preserve_env:
         env["COMSAT"] = "no"
     if inv.mailfilter:
+        # procmail -m unsets ORGMAIL and empties its own copy of DEFAULT (fdefault);
+        # $DEFAULT still reads as set, and only an assignment makes it a destination
+        # (Agent._fallback, Evaluator.default_assigned)
         env.pop("ORGMAIL", None)
-        env["DEFAULT"] = ""
     return env
 
 
@@ -182,6 +184,7 @@ class Agent:
         # the rc files after the one running now: where a c block's clone goes on
         # after a HOST mismatch, as procmail's clone opens its next rc file
         self._rcs_after: list[tuple[str, str]] = []
+        self._mailfilter = False           # this run is procmail -m's
 
     # ------------------------------------------------------------------ rc files
 
@@ -265,6 +268,7 @@ class Agent:
                                invoker=inv.invoker or self.user.name, berkeley=inv.berkeley,
                                untrusted=untrusted, override=inv.override_from)
         del raw     # a 50 MB mail must not be held twice longer than needed
+        self._mailfilter = inv.mailfilter
         variables = initial_environment(self.user, inv, self.site, caller_env)
         message = Message(data)
         ev = Evaluator(eff, variables, message, positional=inv.positional, argv0=self.site.program,
@@ -339,6 +343,8 @@ class Agent:
         """Falling off the end: $DEFAULT (locked), then $ORGMAIL (item 44)."""
         variables = ev.vars
         default = variables.get("DEFAULT", "")
+        if self._mailfilter and not ev.default_assigned:
+            default = ""        # procmail -m: no destination unless the rc names one
         if default:
             lockext = variables.get("LOCKEXT", "")
             # procmail locks $DEFAULT$LOCKEXT; a Maildir/MH default needs no lock (its

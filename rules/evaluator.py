@@ -159,6 +159,9 @@ class Evaluator:
         # or capture succeeds exactly when it is clear: one not waited for after a failed
         # one fails too, though its output is taken (pipes.c readdyn(), pipthrough())
         self.pipw = False
+        # DEFAULT assigned by the rc or the command line: procmail -m delivers to
+        # $DEFAULT at the end only then (its fdefault starts empty)
+        self.default_assigned = False
         # procmail's setxit: the rc file (or the command line) assigned EXITCODE; an
         # EXITCODE in the caller's environment (-p -m) never sets the exit status
         self.exitcode_assigned = False
@@ -458,6 +461,7 @@ class Evaluator:
         clone.lastscore = self.lastscore
         clone.copied = self.copied
         clone.pipw = self.pipw
+        clone.default_assigned = self.default_assigned
         clone.exitcode_assigned = self.exitcode_assigned
         clone.trap = self.trap
         clone.frames = [_Frame(f.items, f.kind, f.path, f.index, f.saved, list(f.diags))
@@ -1173,6 +1177,10 @@ def _cond_text(cond: Condition) -> str:
 # the new value (None when unset) and the old one.
 
 
+def _default(ev: Evaluator, value: str | None, old: str | None) -> None:
+    ev.default_assigned = True
+
+
 def _maildir(ev: Evaluator, value: str | None, old: str | None) -> None:
     # Unset, procmail still changes directory, to "": that fails and is logged.  After
     # any failed chdir procmail's asenv() sets MAILDIR to "." (its curdir): the
@@ -1285,6 +1293,7 @@ _SPECIAL_ASSIGNMENTS: dict[str, Callable[[Evaluator, str | None, str | None], No
     "SHIFT": _shift,
     "EXITCODE": _exitcode,
     "TRAP": _trap,
+    "DEFAULT": _default,
 }
 
 _SPECIAL_LOOKUPS: dict[str, Callable[[Evaluator], str | None]] = {
