@@ -28,10 +28,18 @@ class IdentityError(Exception):
 
 
 def lookup_user(name: str) -> User:
+    """The passwd entry of ``name``; as procmail's auth_finduser(), a name that is not
+    found is tried again cut at its "@" and in ASCII lower case ("-d Bob@example.org"
+    finds bob), and an unknown user is reported by that second form."""
     try:
         pw = pwd.getpwnam(name)
     except KeyError:
-        raise IdentityError(f'Unknown user "{name}"', ExitCode.NOUSER) from None
+        name = "".join(chr(ord(c) + 32) if "A" <= c <= "Z" else c
+                       for c in name.partition("@")[0])
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            raise IdentityError(f'Unknown user "{name}"', ExitCode.NOUSER) from None
     return User(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_shell or "/bin/sh")
 
 
