@@ -150,7 +150,8 @@ def initial_environment(user: User, inv: Invocation, site: Site,
 def rcfile_is_safe(path: str, user: User, *, default_rc: bool) -> bool:
     """procmail's check for absolute and HOME-relative rc files: owned by the user or
     root, not world-writable (nor group-writable for ~/.procmailrc), in a directory that
-    is not world-writable unless sticky."""
+    others cannot both write and search (nor its group, for ~/.procmailrc) unless
+    sticky."""
     try:
         st = os.stat(path)
         dst = os.stat(os.path.dirname(os.path.abspath(path)) or "/")
@@ -162,7 +163,15 @@ def rcfile_is_safe(path: str, user: User, *, default_rc: bool) -> bool:
         return False
     if default_rc and st.st_mode & stat.S_IWGRP and st.st_gid != user.gid:
         return False
-    if dst.st_mode & stat.S_IWOTH and not dst.st_mode & stat.S_ISVTX:
+    # the directory: procmail objects to one that others can write *and* search (a
+    # default rc: also its group, unless the user's), unless it is sticky
+    if dst.st_mode & stat.S_ISVTX:
+        return True
+    others = stat.S_IWOTH | stat.S_IXOTH
+    group = stat.S_IWGRP | stat.S_IXGRP
+    if dst.st_mode & others == others:
+        return False
+    if default_rc and dst.st_mode & group == group and dst.st_gid != user.gid:
         return False
     return True
 

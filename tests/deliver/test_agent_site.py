@@ -23,3 +23,28 @@ def test_dollar_zero_is_the_sites_program(tmp_path, agent_process_state) -> None
     assert int(out.status) == 0
     assert (tmp_path / "yes").exists() and not (tmp_path / "no").exists()
     assert Site().program == "postroom deliver"
+
+
+def test_rcfile_directory_checks_are_procmails(tmp_path) -> None:
+    """procmail refuses an rc file in a directory that others can both write and
+    search (not one they can only write), a default rc in a directory its group can
+    write and search unless that group is the user's, and exempts sticky ones."""
+    from deliver.agent import rcfile_is_safe
+
+    me = User("u", os.getuid(), os.getgid(), str(tmp_path), "/bin/sh")
+    stranger_group = User("u", os.getuid(), os.getgid() + 4242, str(tmp_path), "/bin/sh")
+    cases = {0o772: (True, True), 0o773: (False, False), 0o1777: (True, True),
+             0o775: (True, True), 0o770: (True, True)}
+    for mode, (as_given, as_default) in cases.items():
+        d = tmp_path / f"d{mode:o}"
+        d.mkdir()
+        rc = d / "rc"
+        rc.write_text(":0\nbox\n")
+        rc.chmod(0o644)
+        d.chmod(mode)
+        assert rcfile_is_safe(str(rc), me, default_rc=False) is as_given, oct(mode)
+        assert rcfile_is_safe(str(rc), me, default_rc=True) is as_default, oct(mode)
+    # group-writable and searchable: refused for a default rc when the group is not the user's
+    assert rcfile_is_safe(str(tmp_path / "d775" / "rc"), stranger_group, default_rc=True) is False
+    assert rcfile_is_safe(str(tmp_path / "d775" / "rc"), stranger_group, default_rc=False) is True
+    assert rcfile_is_safe(str(tmp_path / "d770" / "rc"), stranger_group, default_rc=True) is False
