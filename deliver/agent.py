@@ -194,6 +194,7 @@ class Agent:
         # after a HOST mismatch, as procmail's clone opens its next rc file
         self._rcs_after: list[tuple[str, str]] = []
         self._mailfilter = False           # this run is procmail -m's
+        self._rc_failed = False
 
     # ------------------------------------------------------------------ rc files
 
@@ -216,15 +217,22 @@ class Agent:
         return out
 
     def _open_rc(self, path: str, kind: str) -> RcFile | None:
+        """The rc file, or None after logging why not.  Of the command line's rc files
+        only the first that fails is said to be unreadable: procmail's findrc loop
+        clears its suppmunreadable after one."""
+        cmdline = kind in ("given", "cwd")
+        say = not cmdline or not self._rc_failed
         if kind in ("given", "default") and not rcfile_is_safe(path, self.user, default_rc=kind == "default"):
             self.effects.log(f'procmail: Suspicious rcfile "{path}"\n'
-                             f'procmail: Couldn\'t read "{path}"\n')
+                             + (f'procmail: Couldn\'t read "{path}"\n' if say else ""))
+            self._rc_failed = self._rc_failed or cmdline
             return None
         try:
             return self.load_rc(path)
         except OSError:
-            if kind != "default" and kind != "system":
+            if cmdline and say:
                 self.effects.log(f'procmail: Couldn\'t read "{path}"\n')
+            self._rc_failed = self._rc_failed or cmdline
             return None
 
     # ------------------------------------------------------------------ the run
@@ -278,6 +286,7 @@ class Agent:
                                untrusted=untrusted, override=inv.override_from)
         del raw     # a 50 MB mail must not be held twice longer than needed
         self._mailfilter = inv.mailfilter
+        self._rc_failed = False            # a command-line rc file failed to open
         variables = initial_environment(self.user, inv, self.site, caller_env)
         message = Message(data)
         ev = Evaluator(eff, variables, message, positional=inv.positional, argv0=self.site.program,
