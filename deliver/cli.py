@@ -86,6 +86,10 @@ def parse_args(argv: Sequence[str]) -> tuple[Invocation, bool]:
         j = 1
         while j < len(arg):
             ch = arg[j]
+            if ch == "-":
+                # "--word": procmail's '-' case takes what follows as an unknown cluster
+                inv.unknown_options.append(arg[j + 1:])
+                break
             if ch in "fra":
                 value = arg[j + 1:]
                 if not value:
@@ -127,7 +131,10 @@ def parse_args(argv: Sequence[str]) -> tuple[Invocation, bool]:
             elif ch in "h?":
                 raise UsageError("")
             else:
-                inv.unknown_options += ch    # procmail complains and carries on
+                # procmail complains about the rest of the cluster and goes on with
+                # the next argument: "-Qt" sets no -t
+                inv.unknown_options.append(arg[j:])
+                break
             j += 1
         i += 1
     rest = args[i:]
@@ -211,9 +218,9 @@ def run(argv: Sequence[str]) -> int:
         return err.status
     if inv.conflicting:
         sys.stderr.write("procmail: Conflicting options\n" + PROCMAIL_USAGE)
-    if inv.unknown_options:
+    for cluster in inv.unknown_options:
         # procmail's exact complaint: scripts and tests that compare stderr rely on it.
-        sys.stderr.write(f'procmail: Unrecognised options: "{inv.unknown_options}"\n'
+        sys.stderr.write(f'procmail: Unrecognised options: "{cluster}"\n'
                          + PROCMAIL_USAGE + "Processing continued\n")
     site = _site()
     caller_env = dict(os.environ)
