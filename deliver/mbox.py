@@ -181,12 +181,19 @@ def append_mbox(path: str, data: bytes, *, policy: LockPolicy = LockPolicy(), um
         # the kernel lock always, as procmail's fdlock(): ``lock=False`` only means the
         # dot-lock is the recipe's (``:0:``), and a kernel-lock-only reader (Dovecot, mutt
         # without dotlock) must still be kept out of a half-written message
-        try:
-            lock_kernel(fd, timeout=policy.timeout)
-        except LockError as exc:
-            raise MailboxError(str(exc), temporary=True, path=path) from exc
-        stack.callback(unlock_kernel, fd)
-        old_size = os.lseek(fd, 0, os.SEEK_END)
+        fifo = stat.S_ISFIFO(st.st_mode)
+        if fifo:
+            # a named pipe: procmail's fdlock() fails on it and the mail is written
+            # anyway (a reader gets it whole; there is nothing to cut back)
+            log.warning("Kernel-lock failed")
+            stack.callback(log.warning, "Kernel-unlock failed")
+        else:
+            try:
+                lock_kernel(fd, timeout=policy.timeout)
+            except LockError as exc:
+                raise MailboxError(str(exc), temporary=True, path=path) from exc
+            stack.callback(unlock_kernel, fd)
+        old_size = 0 if fifo else os.lseek(fd, 0, os.SEEK_END)
         try:
             _write_all(fd, data)
             # a device (a symlink to /dev/null, /dev/zero) has nothing to sync: procmail's
