@@ -285,7 +285,7 @@ class RealEffects:
     # ------------------------------------------------------------------ actions
 
     def save(self, folders: Sequence[str], data: bytes, *, raw: bool,
-             part: Part = None) -> SaveResult:
+             part: Part = None, mail: bytes | None = None) -> SaveResult:
         # /dev/null, however named, is deliver.folders' business: nothing is written
         lockext = self.vars.get("LOCKEXT", ".lock")
         already = bool(folders) and self._is_locked(folders[0] + lockext)
@@ -294,7 +294,7 @@ class RealEffects:
                 list(folders), data, raw=raw, umask=self._umask, policy=self._policy(),
                 msgprefix=self.vars.get("MSGPREFIX", ""), lock_mbox=not already,
                 berkeley=self.berkeley, group=self.group, abspath=self._abspath,
-                part=part)
+                part=part, mail=mail)
         except DeliveryError as err:
             self.log(f'procmail: {err.log_head} "{err.path or folders[0]}"\n')
             return SaveResult(False, err.lastfolder, keeps_lastfolder=err.keeps_lastfolder)

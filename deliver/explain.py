@@ -87,7 +87,7 @@ class RecordingEffects:
         return True
 
     def save(self, folders: Sequence[str], data: bytes, *, raw: bool,
-             part: Part = None) -> SaveResult:
+             part: Part = None, mail: bytes | None = None) -> SaveResult:
         self.events.append("would save to " + " ".join(folders) + f" ({len(data)} bytes)")
         self.last_size = len(data)
         return SaveResult(True, " ".join(folders), len(data))

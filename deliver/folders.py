@@ -41,7 +41,7 @@ from .errors import MailboxError
 from .groupcommit import GroupCommit
 from .locking import LockPolicy
 from .mbox import append_mbox
-from .mboxformat import (maildir_bytes, mbox_bytes, program_bytes, rewrite_content_length,
+from .mboxformat import (maildir_bytes, mbox_body_bytes, mbox_bytes, program_bytes, rewrite_content_length,
                          skip_from_line)
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,7 @@ def deliver_to_folders(
     group: GroupCommit | None = None,
     abspath: Callable[[str], str] = os.path.abspath,
     part: Part = None,
+    mail: bytes | None = None,
 ) -> FolderResult:
     """Deliver ``message`` to ``names`` (one action line); see the module docstring.
     ``abspath``: the caller's os.path.abspath (RealEffects knows its cwd: no getcwd).
@@ -169,7 +170,10 @@ def deliver_to_folders(
             # reached through "/dev/null//" or as the first of several names: procmail
             # writes nothing there and counts the mail as it stands (its rawnonl)
             return FolderResult((path,), len(message), MBOX, skipped)
-        data = mbox_bytes(message, raw=raw, berkeley=keep_length)
+        if part == "body" and mail is not None:
+            data = mbox_body_bytes(message, mail, raw=raw, berkeley=berkeley)
+        else:
+            data = mbox_bytes(message, raw=raw, berkeley=keep_length)
         try:
             size = append_mbox(path, data, policy=policy, umask=umask, lock=lock_mbox,
                                spool_checks=spool_checks, group=group)

@@ -126,6 +126,35 @@ def mbox_bytes(message: bytes, *, raw: bool, berkeley: bool = False) -> bytes:
     return b"".join(parts)
 
 
+def mbox_body_bytes(body: bytes, mail: bytes, *, raw: bool, berkeley: bool = False) -> bytes:
+    """What procmail appends to an mbox for the body alone (a ``b`` recipe): its one
+    scan for "From " lines runs over the body from its first byte, past the part the
+    mail's Content-Length covers, up to a NUL (getchunk(): the body's own first line
+    has no newline before it in that scan); the final-newline rule as for a whole mail."""
+    if raw:
+        return body
+    start = 0
+    if not berkeley:
+        covered = _content_length(mail, header_end(mail))[1]
+        if covered is not None:
+            start = covered
+    points = _escape_points(body, start, len(body))
+    newline = not body.endswith(b"\n\n")
+    if not points and not newline:
+        return body
+    view = memoryview(body)
+    parts: list[bytes | memoryview] = []
+    prev = 0
+    for p in points:
+        parts.append(view[prev : p + 1])
+        parts.append(b">")
+        prev = p + 1
+    parts.append(view[prev:])
+    if newline:
+        parts.append(b"\n")
+    return b"".join(parts)
+
+
 def program_bytes(message: bytes, *, berkeley: bool = False) -> bytes:
     """What a pipe, forward, MH or directory folder receives: rule 29, no escaping."""
     return with_final_newline(rewrite_content_length(message, berkeley=berkeley))

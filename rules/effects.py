@@ -108,13 +108,14 @@ class Effects(Protocol):
 
     # -- actions ------------------------------------------------------------
     def save(self, folders: Sequence[str], data: bytes, *, raw: bool,
-             part: Part = None) -> SaveResult:
+             part: Part = None, mail: bytes | None = None) -> SaveResult:
         """Write to one or more folders; ``data`` is what the recipe feeds (h/b).
         ``part``: "header" or "body" when the recipe feeds one part alone, which
         procmail writes as that part of its buffer stands (its Content-Length was set
         when the mail was read; a body keeps a first line starting with "From " even in
-        a Maildir).  Recipe locks are taken by the evaluator through ``lock`` around
-        this call."""
+        a Maildir).  ``mail``: the whole mail when ``part`` is "body" (its
+        Content-Length decides which of the body's "From " lines an mbox escapes).
+        Recipe locks are taken by the evaluator through ``lock`` around this call."""
 
     def pipe(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
              ignore_write_error: bool, capture: bool, raw: bool,

@@ -812,8 +812,9 @@ class Evaluator:
             with self._locked(lockname):
                 before = self.vars.get("LASTFOLDER")
                 self.vars["LASTFOLDER"] = " ".join(names)
-                result = self.effects.save(names, data, raw=raw,
-                                           part=_part(flags, folder=True))
+                part = _part(flags, folder=True)
+                result = self.effects.save(names, data, raw=raw, part=part,
+                                           mail=self.message.data if part == "body" else None)
             if result.ok or result.lastfolder:
                 self.vars["LASTFOLDER"] = result.lastfolder
             elif result.keeps_lastfolder:

@@ -176,3 +176,19 @@ def test_rewrite_is_idempotent_and_keeps_length(data):
     assert rewrite_content_length(once) == once
     assert len(once) == len(data) + 19
     assert header_end(once) == header_end(b"Content-Length: 12\n" + data)
+
+
+def test_body_alone_is_escaped_as_procmails_one_scan_over_the_body() -> None:
+    from deliver.mboxformat import mbox_body_bytes
+    mail = b"From: a\n\n"
+    # the body's first line has no newline before it in procmail's scan
+    assert mbox_body_bytes(b"From x\n", mail + b"From x\n", raw=False) == b"From x\n\n"
+    # a blank line and then From: escaped (not taken for a header of its own)
+    assert mbox_body_bytes(b"\nFrom x\n", mail + b"\nFrom x\n", raw=False) == b"\n>From x\n\n"
+    # a NUL ends the scan
+    assert mbox_body_bytes(b"\0\nFrom x\n", mail + b"\0\nFrom x\n", raw=False) == b"\0\nFrom x\n\n"
+    # what the mail's Content-Length covers is not escaped; -Y ignores it
+    covered = b"From: a\nContent-Length: 8\n\nx\nFrom y\n"
+    assert mbox_body_bytes(b"x\nFrom y\n", covered, raw=False) == b"x\nFrom y\n\n"
+    assert mbox_body_bytes(b"x\nFrom y\n", covered, raw=False, berkeley=True) == b"x\n>From y\n\n"
+    assert mbox_body_bytes(b"x\nFrom y\n", covered, raw=True) == b"x\nFrom y\n"
