@@ -281,8 +281,11 @@ class Agent:
         eff = self.effects
         if inv.berkeley and isinstance(eff, RealEffects):
             eff.berkeley = True
+        # -d by a user procmail does not trust marks the From_ line; -f naming that
+        # user themself makes them trusted (procmail: "if -f user is the same as the
+        # invoker, allow it")
         untrusted = inv.invoker if inv.delivery_mode and inv.invoker is not None \
-            and inv.invoker not in TRUSTED_IDS else None
+            and inv.invoker not in TRUSTED_IDS and inv.sender != inv.invoker else None
         data = prepare_message(raw, sender=inv.sender, delivery_mode=inv.delivery_mode,
                                invoker=inv.invoker or self.user.name, berkeley=inv.berkeley,
                                untrusted=untrusted, override=inv.override_from)
