@@ -42,6 +42,7 @@ from .exitcodes import ExitCode
 from .fromline import TRUSTED_IDS, prepare_message
 from .groupcommit import GroupCommit
 from .mbox import tighten_spool_mailbox
+from .osnames import for_os, internal
 
 _log = logging.getLogger(__name__)
 
@@ -115,16 +116,18 @@ def initial_environment(user: User, inv: Invocation, site: Site,
         env["TZ"] = caller_env["TZ"]
     for name in ("IFS", "ENV"):
         env.pop(name, None)
-    orgmail = os.path.join(site.spool_dir, user.name)
+    # the user's names as the rc sees them: latin-1 text of their bytes (deliver.osnames)
+    home, name = internal(user.home), internal(user.name)
+    orgmail = internal(os.path.join(site.spool_dir, user.name))
     env.update({
-        "HOME": user.home,
-        "LOGNAME": user.name,
-        "SHELL": user.shell or "/bin/sh",
-        "PATH": f"{user.home}/bin:/usr/local/bin:/usr/bin:/bin",
+        "HOME": home,
+        "LOGNAME": name,
+        "SHELL": internal(user.shell) or "/bin/sh",
+        "PATH": f"{home}/bin:/usr/local/bin:/usr/bin:/bin",
         "SHELLMETAS": SHELLMETAS,
         "SHELLFLAGS": "-c",
         "ORGMAIL": orgmail,
-        "MAILDIR": user.home,
+        "MAILDIR": home,
         "DEFAULT": orgmail,
         "MSGPREFIX": "msg.",
         "SENDMAIL": site.sendmail,
@@ -210,12 +213,12 @@ class Agent:
                 elif inv.mailfilter or rc.startswith("./"):
                     out.append((rc, "cwd"))
                 else:
-                    out.append((os.path.join(self.user.home, rc), "given"))
+                    out.append((os.path.join(internal(self.user.home), rc), "given"))
             return out
         out = []
         if inv.delivery_mode and self.site.system_rc:
             out.append((self.site.system_rc, "system"))
-        out.append((os.path.join(self.user.home, self.site.user_rc), "default"))
+        out.append((internal(os.path.join(self.user.home, self.site.user_rc)), "default"))
         return out
 
     def _open_rc(self, path: str, kind: str) -> RcFile | None:
@@ -224,13 +227,14 @@ class Agent:
         clears its suppmunreadable after one."""
         cmdline = kind in ("given", "cwd")
         say = not cmdline or not self._rc_failed
-        if kind in ("given", "default") and not rcfile_is_safe(path, self.user, default_rc=kind == "default"):
+        if kind in ("given", "default") and \
+                not rcfile_is_safe(for_os(path), self.user, default_rc=kind == "default"):
             self.effects.log(f'procmail: Suspicious rcfile "{path}"\n'
                              + (f'procmail: Couldn\'t read "{path}"\n' if say else ""))
             self._rc_failed = self._rc_failed or cmdline
             return None
         try:
-            return self.load_rc(path)
+            return self.load_rc(for_os(path))
         except OSError:
             if cmdline and say:
                 self.effects.log(f'procmail: Couldn\'t read "{path}"\n')
@@ -299,14 +303,14 @@ class Agent:
                        on_clone_end=self._finish_clone, tracing=self.tracing)
         eff.set_umask(0o077)
         orgmail = variables.get("ORGMAIL")
-        if orgmail and not inv.mailfilter and tighten_spool_mailbox(orgmail, self.user.uid):
+        if orgmail and not inv.mailfilter and tighten_spool_mailbox(for_os(orgmail), self.user.uid):
             eff.log(f'procmail: Enforcing stricter permissions on "{orgmail}"\n')
         candidates = self._rc_candidates(inv)
         first_cwd = bool(candidates) and candidates[0][1] == "cwd"
         if inv.mailfilter or first_cwd:
             variables["MAILDIR"] = "."
         else:
-            if not eff.chdir(self.user.home):
+            if not eff.chdir(internal(self.user.home)):
                 variables["MAILDIR"] = "."
         host_matches = True
         for name, value in inv.assignments:

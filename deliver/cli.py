@@ -28,6 +28,7 @@ if TYPE_CHECKING:              # typing costs milliseconds a process; annotation
 from .agent import Invocation
 from .exitcodes import ExitCode
 from .fromline import invoker_name
+from .osnames import internal
 
 USAGE = """\
 Usage: postroom deliver [-vptoYm] [-f fromwhom] [-a argument] [parameter=value | rcfile] ...
@@ -201,7 +202,8 @@ def _site():
 def run(argv: Sequence[str]) -> int:
     from .identity import IdentityError, current_user, lookup_user
     try:
-        inv, explain = parse_args(argv)
+        # procmail's arguments are bytes: as latin-1 text here (deliver.osnames)
+        inv, explain = parse_args([internal(a) for a in argv])
         if inv.delivery_mode:
             inv.invoker = invoker_name()     # before -d drops privileges
     except _Version:
@@ -223,7 +225,7 @@ def run(argv: Sequence[str]) -> int:
         sys.stderr.write(f'procmail: Unrecognised options: "{cluster}"\n'
                          + PROCMAIL_USAGE + "Processing continued\n")
     site = _site()
-    caller_env = dict(os.environ)
+    caller_env = {internal(k): internal(v) for k, v in os.environ.items()}
     # The mail travels in a one-element list that its last user pops, so no caller's frame
     # keeps a 50 MB mail alive while the agent works on its own prepared copy.
     try:

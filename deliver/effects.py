@@ -31,6 +31,7 @@ from .groupcommit import GroupCommit
 from .locking import DotLock, LockPolicy
 from .mbox import UPDATE_MASK
 from .mboxformat import header_end, program_bytes, rewrite_content_length, with_final_newline
+from .osnames import for_os, internal
 
 MAX_SUBJECT_SHOW = 78
 MAX_FOLDER_SHOW = 60
@@ -42,6 +43,10 @@ _DELIVER_LOG = logging.getLogger("deliver")    # the bridge's logger, looked up 
 # Linux's pipe capacity: a write of at most this much into a fresh pipe completes
 # without waiting for the reader
 _PIPE_CAPACITY = 65536
+
+
+def _argv_for_os(argv: Sequence[str]) -> list[str]:
+    return [for_os(a) for a in argv]
 
 
 class _LogBridge(logging.Handler):
@@ -111,14 +116,15 @@ class RealEffects:
     def chdir(self, path: str) -> bool:
         self._cwd = None
         try:
-            os.chdir(path)
+            os.chdir(for_os(path))
         except OSError:
             self.log(f'procmail: Couldn\'t chdir to "{path}"\n')
             return False
         return True
 
     def _abspath(self, path: str) -> str:
-        """os.path.abspath without a getcwd(2) per call (see ``_cwd``)."""
+        """os.path.abspath without a getcwd(2) per call (see ``_cwd``).  Of a name
+        as the os functions take it (deliver.osnames.for_os), as is the answer."""
         if path.startswith("/"):
             return os.path.normpath(path)
         if self._cwd is None:
@@ -145,7 +151,7 @@ class RealEffects:
             # elsewhere): the delivery runs as the user by now, never as root
             # as procmail's NORMperm: a new log gets the "new mail" bit of its mailboxes
             # when the umask lets it through (UMASK=022: 0645)
-            fd = os.open(path or os.devnull, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+            fd = os.open(for_os(path) or os.devnull, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
                          0o666 | UPDATE_MASK)
         except OSError:
             self.log(f'procmail: Error while writing to "{path}"\n')
@@ -199,16 +205,17 @@ class RealEffects:
     def load_rcfile(self, path: str) -> RcFile | None:
         """INCLUDERC/SWITCHRC: opened without following a final symlink; refused when
         owned by someone other than the user or root, or writable by others."""
+        shown, path = path, for_os(path)
         try:
             st = os.lstat(path)
         except OSError:
-            self.log(f'procmail: Couldn\'t read "{path}"\n')
+            self.log(f'procmail: Couldn\'t read "{shown}"\n')
             return None
         if stat.S_ISLNK(st.st_mode) or not (stat.S_ISREG(st.st_mode) or path == os.devnull):
-            self.log(f'procmail: Couldn\'t read "{path}"\n')
+            self.log(f'procmail: Couldn\'t read "{shown}"\n')
             return None
         if st.st_uid not in (self._uid, 0) or (st.st_mode & stat.S_IWOTH and path != os.devnull):
-            self.log(f'procmail: Suspicious rcfile "{path}"\n')
+            self.log(f'procmail: Suspicious rcfile "{shown}"\n')
             return None
         try:
             if self._rc_loader is not None:
@@ -216,7 +223,7 @@ class RealEffects:
             from rules.cache import load_rc
             return load_rc(path)
         except OSError:
-            self.log(f'procmail: Couldn\'t read "{path}"\n')
+            self.log(f'procmail: Couldn\'t read "{shown}"\n')
             return None
 
     # ------------------------------------------------------------------ locks
@@ -236,8 +243,9 @@ class RealEffects:
     def _acquire(self, path: str) -> DotLock | None:
         """Take a procmail-compatible lock; None (after procmail's log line) on failure,
         and the delivery goes on unlocked as procmail's does."""
-        key = self._abspath(path)              # also learns the cwd a relative name needs
-        lock = DotLock(path, self._policy(), claims=self._claims, key=key, cwd=self._cwd)
+        name = for_os(path)
+        key = self._abspath(name)              # also learns the cwd a relative name needs
+        lock = DotLock(name, self._policy(), claims=self._claims, key=key, cwd=self._cwd)
         try:
             lock.acquire()
         except LockError:
@@ -247,7 +255,7 @@ class RealEffects:
 
     @contextlib.contextmanager
     def lock(self, path: str) -> Iterator[bool]:
-        key = self._abspath(path)
+        key = self._abspath(for_os(path))
         if key in self._held:
             yield True
             return
@@ -277,10 +285,10 @@ class RealEffects:
     def _is_locked(self, path: str) -> bool:
         if not self._held and self._global is None:
             return False                   # the usual case: no abspath (getcwd) needed
-        key = self._abspath(path)
+        key = self._abspath(for_os(path))
         if key in self._held:
             return True
-        return self._global is not None and self._abspath(self._global[0]) == key
+        return self._global is not None and self._abspath(for_os(self._global[0])) == key
 
     # ------------------------------------------------------------------ actions
 
@@ -291,15 +299,17 @@ class RealEffects:
         already = bool(folders) and self._is_locked(folders[0] + lockext)
         try:
             result = deliver_to_folders(
-                list(folders), data, raw=raw, umask=self._umask, policy=self._policy(),
-                msgprefix=self.vars.get("MSGPREFIX", ""), lock_mbox=not already,
+                [for_os(f) for f in folders], data, raw=raw, umask=self._umask, policy=self._policy(),
+                msgprefix=for_os(self.vars.get("MSGPREFIX", "")), lock_mbox=not already,
                 berkeley=self.berkeley, group=self.group, abspath=self._abspath,
                 part=part, mail=mail)
         except DeliveryError as err:
-            self.log(f'procmail: {err.log_head} "{err.path or folders[0]}"\n')
-            return SaveResult(False, err.lastfolder, keeps_lastfolder=err.keeps_lastfolder)
+            shown = internal(err.path) if err.path else folders[0]
+            self.log(f'procmail: {err.log_head} "{shown}"\n')
+            return SaveResult(False, internal(err.lastfolder),
+                              keeps_lastfolder=err.keeps_lastfolder)
         self.last_size = result.size
-        return SaveResult(True, " ".join(result.names), result.size)
+        return SaveResult(True, " ".join(internal(n) for n in result.names), result.size)
 
     def _timeout(self) -> float | None:
         t = self.numbers["TIMEOUT"]
@@ -319,7 +329,7 @@ class RealEffects:
     def _run(self, command: Command, data: bytes, *, wait: bool, quiet: bool,
              ignore_write_error: bool, capture: bool, unpadded: int | None = None) -> ProgramResult:
         name = self._program_name(command.argv, command.text)
-        res = programs.run(command.argv, data, env=self._env(), stderr_fd=self._log_fd,
+        res = programs.run(_argv_for_os(command.argv), data, env=self._env(), stderr_fd=self._log_fd,
                            capture=capture, timeout=self._timeout())
         if wait and res.status is not None:
             self.last_status = res.status
@@ -405,7 +415,7 @@ class RealEffects:
     def test_program(self, command: Command, data: bytes) -> int:
         # written as procmail's dump() writes any text to a program: ending in an empty
         # line (an area that does not gets a newline; an empty body is one newline)
-        res = programs.run(command.argv, with_final_newline(data), env=self._env(),
+        res = programs.run(_argv_for_os(command.argv), with_final_newline(data), env=self._env(),
                            stderr_fd=self._log_fd, capture=False, timeout=self._timeout())
         if res.timed_out:
             self._log_timeout(command)
@@ -415,7 +425,7 @@ class RealEffects:
     def run_trap(self, command: Command, data: bytes) -> int:
         """TRAP: the mail on stdin, its stdout and stderr appended to the log.  Killed at
         TIMEOUT like any program (procmail logs the same line but lets it run on)."""
-        res = programs.run(command.argv, program_bytes(data, berkeley=self.berkeley),
+        res = programs.run(_argv_for_os(command.argv), program_bytes(data, berkeley=self.berkeley),
                            env=self._env(), stderr_fd=self._log_fd, capture=False,
                            timeout=self._timeout(), stdout_fd=self._log_fd)
         if res.timed_out:
@@ -423,7 +433,7 @@ class RealEffects:
         return 1 if res.status is None else res.status
 
     def backquote(self, command: Command, data: bytes) -> str:
-        res = programs.run(command.argv, program_bytes(data, berkeley=self.berkeley),
+        res = programs.run(_argv_for_os(command.argv), program_bytes(data, berkeley=self.berkeley),
                            env=self._env(), stderr_fd=self._log_fd, capture=True,
                            timeout=self._timeout())
         if res.timed_out:

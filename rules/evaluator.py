@@ -472,7 +472,8 @@ class Evaluator:
         clone._areas = dict(self._areas)
         clone._set_hits = dict(self._set_hits)
         clone.numbers = dict(self.numbers)
-        saved_cwd = os.getcwd()
+        # the cwd as latin-1 text of its bytes, as every name here (deliver.osnames)
+        saved_cwd = os.fsencode(os.getcwd()).decode("latin-1")
         self.effects.environment(clone.vars, clone.numbers)
         saved_umask = self.effects.umask
         saved_log = self.effects.fork_log()
