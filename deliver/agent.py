@@ -127,7 +127,6 @@ def initial_environment(user: User, inv: Invocation, site: Site,
         "SHELLMETAS": SHELLMETAS,
         "SHELLFLAGS": "-c",
         "ORGMAIL": orgmail,
-        "MAILDIR": home,
         "DEFAULT": orgmail,
         "MSGPREFIX": "msg.",
         "SENDMAIL": site.sendmail,
@@ -306,12 +305,10 @@ class Agent:
         if orgmail and not inv.mailfilter and tighten_spool_mailbox(for_os(orgmail), self.user.uid):
             eff.log(f'procmail: Enforcing stricter permissions on "{orgmail}"\n')
         candidates = self._rc_candidates(inv)
-        first_cwd = bool(candidates) and candidates[0][1] == "cwd"
-        if inv.mailfilter or first_cwd:
-            variables["MAILDIR"] = "."
-        else:
-            if not eff.chdir(internal(self.user.home)):
-                variables["MAILDIR"] = "."
+        # MAILDIR is set when procmail opens its first rc file (_enter_maildir), after
+        # the command line's assignments; a delivery agent starts in the user's home
+        if inv.delivery_mode:
+            eff.chdir(internal(self.user.home))
         host_matches = True
         for name, value in inv.assignments:
             if name == "INCLUDERC":
@@ -335,6 +332,8 @@ class Agent:
             if rc is None:
                 continue
             self._rcs_after = candidates[index + 1:]
+            if kind != "system":
+                self._enter_maildir(ev, kind)
             result = ev.run_rcfile(rc)
             end = result.end
             if end is End.DELIVERED:
@@ -353,6 +352,19 @@ class Agent:
         if not delivered:
             delivered = self._fallback(ev)
         return delivered
+
+    def _enter_maildir(self, ev: Evaluator, kind: str) -> None:
+        """procmail's first rc file opened (not /etc/procmailrc) sets MAILDIR, unless a
+        MAILDIR assignment did already: "." for one named relative to the cwd (./rc,
+        -m), else the home directory it changes to ($HOME, then "." if it cannot)."""
+        if ev.maildir_set:
+            return
+        ev.maildir_set = True
+        if kind == "cwd":
+            ev.vars["MAILDIR"] = "."
+            return
+        home = ev.vars.get("HOME", "")
+        ev.vars["MAILDIR"] = home if home and self.effects.chdir(home) else "."
 
     def _terminated(self, ev: Evaluator, sig: Terminated) -> Outcome:
         """A signal ended the delivery (deliver.cli): procmail's terminate().  A copy

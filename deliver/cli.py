@@ -123,9 +123,10 @@ def parse_args(argv: Sequence[str]) -> tuple[Invocation, bool]:
                 if not rest:
                     raise UsageError("option -d needs a recipient")
                 inv.recipients = rest
-                if inv.mailfilter:        # procmail: "Conflicting options", -d wins
+                if inv.mailfilter or inv.preserve_env:
+                    # procmail: "Conflicting options"; -d wins over -m and -p both
                     inv.conflicting = True
-                    inv.mailfilter = False
+                    inv.mailfilter = inv.preserve_env = False
                 return inv, explain
             elif ch == "v":
                 raise _Version()
@@ -234,20 +235,26 @@ def run(argv: Sequence[str]) -> int:
         sys.stderr.write(f"postroom deliver: {err}\n")
         return ExitCode.DATAERR
     if inv.delivery_mode:
-        status = ExitCode.OK
+        # procmail forks a child for each recipient but the last, which it delivers
+        # itself: its exit status is the last one's, unless a child failed, and then
+        # its own default failure (73, or 75 under -t) whatever the child's status
+        child_failed = False
+        code: int = ExitCode.OK
         last = len(inv.recipients) - 1
         for index, name in enumerate(inv.recipients):
             try:
                 user = lookup_user(name)
             except IdentityError as err:
                 sys.stderr.write(f"procmail: {err}\n")
-                status = max(status, err.code)
-                continue
-            code = _deliver_forked(inv, mail if index == last else [mail[0]], user, site,
-                                   caller_env, explain)
-            if code != ExitCode.OK:
-                status = code if status == ExitCode.OK else status
-        return status
+                code = err.code
+            else:
+                code = _deliver_forked(inv, mail if index == last else [mail[0]], user, site,
+                                       caller_env, explain)
+            if index < last and code != ExitCode.OK:
+                child_failed = True
+        if child_failed:
+            return ExitCode.TEMPFAIL if inv.tempfail else ExitCode.CANTCREAT
+        return code
     if os.geteuid() == 0 and not explain:
         sys.stderr.write("postroom deliver: refusing to run recipes as root; use -d USER\n")
         return ExitCode.NOPERM

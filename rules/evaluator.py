@@ -162,6 +162,9 @@ class Evaluator:
         # DEFAULT assigned by the rc or the command line: procmail -m delivers to
         # $DEFAULT at the end only then (its fdefault starts empty)
         self.default_assigned = False
+        # MAILDIR set: by an assignment, or as procmail's first rc file was opened
+        # (deliver.agent); after that, opening an rc file leaves it alone
+        self.maildir_set = False
         # procmail's setxit: the rc file (or the command line) assigned EXITCODE; an
         # EXITCODE in the caller's environment (-p -m) never sets the exit status
         self.exitcode_assigned = False
@@ -462,6 +465,7 @@ class Evaluator:
         clone.copied = self.copied
         clone.pipw = self.pipw
         clone.default_assigned = self.default_assigned
+        clone.maildir_set = self.maildir_set
         clone.exitcode_assigned = self.exitcode_assigned
         clone.trap = self.trap
         clone.frames = [_Frame(f.items, f.kind, f.path, f.index, f.saved, list(f.diags))
@@ -1187,6 +1191,7 @@ def _maildir(ev: Evaluator, value: str | None, old: str | None) -> None:
     # Unset, procmail still changes directory, to "": that fails and is logged.  After
     # any failed chdir procmail's asenv() sets MAILDIR to "." (its curdir): the
     # directory it stays in, whatever MAILDIR said before.
+    ev.maildir_set = True
     if not ev.effects.chdir(value or ""):
         ev.vars["MAILDIR"] = "."
 
