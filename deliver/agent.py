@@ -320,6 +320,8 @@ class Agent:
             delivered = self._run_rcfiles(ev, candidates) if host_matches else self._fallback(ev)
         except Terminated as sig:
             return self._terminated(ev, sig)
+        except _HostExit:
+            return self._host_exit(ev)
         outcome = self._finish(ev, inv, delivered)
         outcome.trace = ev.trace
         return outcome
@@ -349,6 +351,10 @@ class Agent:
             # $DEFAULT (README) is for a mail that would be lost, and a c copy of this
             # one is already delivered
             delivered = True
+        if end is End.HOST and not delivered and self._exitcode(ev) > 0:
+            # nor is it lost when an EXITCODE makes procmail's exit a failure (the
+            # "EXITCODE=67, HOST" bounce): procmail ends there, delivering nothing
+            raise _HostExit()
         if not delivered:
             delivered = self._fallback(ev)
         return delivered
@@ -365,6 +371,23 @@ class Agent:
             return
         home = ev.vars.get("HOME", "")
         ev.vars["MAILDIR"] = home if home and self.effects.chdir(home) else "."
+
+    @staticmethod
+    def _exitcode(ev: Evaluator) -> int:
+        """The exit status an EXITCODE the rc (or the command line) assigned forces,
+        as procmail's exectrap() reads it; -1 or -2 when it forces none."""
+        value = ev.vars.get("EXITCODE") if ev.exitcode_assigned else None
+        return -1 if value is None else renvint(-2, value)
+
+    def _host_exit(self, ev: Evaluator) -> Outcome:
+        """procmail's exit at a HOST mismatch with no rc file left: nothing delivered,
+        the abstract of what it had, the status EXITCODE (and TRAP) make of 0."""
+        eff = self.effects
+        if eff.abstract_enabled(final=True):
+            eff.log(format_abstract(ev.message.data, ev.vars.get("LASTFOLDER", ""), eff.last_size))
+        status = self._trap_and_exitcode(ev, ExitCode.OK)
+        eff.close()
+        return Outcome(status, False, ev.vars.get("LASTFOLDER", ""))
 
     def _terminated(self, ev: Evaluator, sig: Terminated) -> Outcome:
         """A signal ended the delivery (deliver.cli): procmail's terminate().  A copy
@@ -473,6 +496,10 @@ class Agent:
             if trap_status != 0 and forced == -2:
                 status = trap_status
         return status
+
+
+class _HostExit(Exception):
+    """A HOST mismatch with no rc file left ends the delivery (Agent._host_exit)."""
 
 
 class _null:
