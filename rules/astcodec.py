@@ -21,10 +21,11 @@ from .errors import RulesError
 __all__ = ["encode_rc", "decode_rc", "AstCodecError", "FORMAT", "VERSION"]
 
 FORMAT = "postroom-rc-ast"
-VERSION = 9          # 2: SizeTest.text; 3: Block.end; 4: a bare "|" refused (the parse changed:
+VERSION = 10         # 2: SizeTest.text; 3: Block.end; 4: a bare "|" refused (the parse changed:
                      # a cached AST of an older parser must not be used); 5: Condition.width;
                      # 6: f on a VAR=| capture warned; 7: E and a dropped beside e;
-                     # 8: a c block's lock kept, not warned; 9: Pipe.width
+                     # 8: a c block's lock kept, not warned; 9: Pipe.width;
+                     # 10: "NAME = |" captures into NAME without its last letter
 
 
 class AstCodecError(RulesError):

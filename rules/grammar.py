@@ -454,6 +454,8 @@ def _on_pipe(s: str, loc: int, toks: pp.ParseResults) -> list:
     stdout there, which for a delivery agent is the MTA's pipe, so the mail would be
     lost with exit 0; refused, the recipe is skipped and the mail goes on."""
     capture = toks[0] if len(toks) == 2 else None
+    if capture is not None and capture != capture.rstrip(" \t"):
+        capture = capture.rstrip(" \t")[:-1]      # see _capture_name
     ctx = _CONTEXT.get()
     if not toks[-1].strip(" \t"):
         return [ctx.error(loc, "a bare '|' (procmail writes the mail to stdout, where a "
@@ -477,12 +479,16 @@ def _on_capture(s: str, loc: int, toks: pp.ParseResults) -> list:
             _Marker("refused", loc)]
 
 
-_capture_eq = _layout(r"[ \t]*=[ \t]*", "'='")
+# the name and the blanks after it: procmail's buffer holds "NAME\0=" after a blank
+# before "=", and pipthrough() drops the last character of what it takes for "NAME=",
+# so the output goes to the name without its last letter (``SUBJECT = |``: SUBJEC)
+_capture_name = _regex(r"[A-Za-z_][A-Za-z0-9_]*[ \t]*", "NAME")
+_capture_eq = _layout(r"=[ \t]*", "'='")
 incomplete = _regex(r"\Z", "end of file").add_parse_action(   # zero-width, unlike StringEnd
     _marker("incomplete"))
 forward = (_layout("!", "'!'") + line_words).set_name("forward")
 pipe = (_layout(r"\|", "'|'") + logical_line).set_name("pipe")
-capture = (NAME + _capture_eq + (_layout(r"\|", "'|'") + logical_line
+capture = (_capture_name + _capture_eq + (_layout(r"\|", "'|'") + logical_line
                                   | _layout("!", "'!'") + line_words)
            ).set_name("capture")
 block_open = _regex(r"\{[ \t\n]", "block_open").add_parse_action(_marker("block"))

@@ -128,7 +128,8 @@ def _item_lines(item: Item, depth: int, out: list[str], nxt: Item | None,
                 case Forward(text=t):
                     out.append(f"{ind}! {t}\n" if t else f"{ind}!\n")
                 case Pipe(command=c, capture=cap):
-                    pre = f"{cap}=|" if cap else "|"
+                    # the empty name (procmail's reading of "X =|") has one spelling
+                    pre = "|" if cap is None else f"{cap}=|" if cap else "_ =|"
                     out.append(f"{ind}{pre}{_multiline(c)}\n")
                 case Block(items=its):
                     out.append(f"{ind}{{\n")
@@ -204,7 +205,7 @@ def _dump_items(items: tuple[Item, ...], depth: int, out: list[str]) -> None:
                     case Forward(text=t):
                         out.append(f"{ind}{_INDENT}{_sp(a.span)} Forward {t!r}")
                     case Pipe(command=c, capture=cap):
-                        extra = f" capture={cap}" if cap else ""
+                        extra = "" if cap is None else f" capture={cap}" if cap else " capture=''"
                         out.append(f"{ind}{_INDENT}{_sp(a.span)} Pipe {c!r}{extra}")
                     case Block(items=its):
                         out.append(f"{ind}{_INDENT}{_sp(a.span)} Block")
