@@ -296,6 +296,9 @@ class Evaluator:
         self.effects.log("procmail: Unexpected EOL\n")
 
     def _expand_value(self, raw: str) -> str | None:
+        """The value ``raw`` expands to; None after an error, and after an overflow of
+        LINEBUF (logged): procmail's readparse() fails then and the assignment is not
+        made, so the variable keeps its old value."""
         try:
             value = expand.expand_value(raw, self.lookup, self.backquote, on_eol=self._unexpected_eol)
         except ExpansionError as err:
@@ -303,7 +306,7 @@ class Evaluator:
             return None
         if "\0" in raw and "\0" in value:   # a NUL in the rc text (no value holds one):
             value = value[: value.index("\0")]   # procmail's C string ends there
-        return "" if self._overflow(value) else value
+        return None if self._overflow(value) else value
 
     def _expand_words(self, raw: str, *, folder: bool = False,
                       overflow: list[str] | None = None, arguments: bool = True,
