@@ -107,7 +107,13 @@ def mbox_bytes(message: bytes, *, raw: bool, berkeley: bool = False) -> bytes:
         return data
     restbody = body + covered if covered is not None else max(body - 1, 0)
     points = _escape_points(data, _realstart(data), body) + _escape_points(data, restbody, len(data))
-    # procmail looks at the *unescaped* last two bytes; escaping never changes them.
+    return _escaped(data, points)
+
+
+def _escaped(data: bytes, points: list[int]) -> bytes:
+    """``data`` with ">" after each newline in ``points`` and procmail's final newline
+    when it does not end with an empty line (it looks at the *unescaped* last two
+    bytes; escaping never changes them)."""
     newline = not data.endswith(b"\n\n")
     if not points and not newline:
         return data
@@ -138,21 +144,7 @@ def mbox_body_bytes(body: bytes, mail: bytes, *, raw: bool, berkeley: bool = Fal
         covered = _content_length(mail, header_end(mail))[1]
         if covered is not None:
             start = covered
-    points = _escape_points(body, start, len(body))
-    newline = not body.endswith(b"\n\n")
-    if not points and not newline:
-        return body
-    view = memoryview(body)
-    parts: list[bytes | memoryview] = []
-    prev = 0
-    for p in points:
-        parts.append(view[prev : p + 1])
-        parts.append(b">")
-        prev = p + 1
-    parts.append(view[prev:])
-    if newline:
-        parts.append(b"\n")
-    return b"".join(parts)
+    return _escaped(body, _escape_points(body, start, len(body)))
 
 
 def program_bytes(message: bytes, *, berkeley: bool = False) -> bytes:
