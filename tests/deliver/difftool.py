@@ -192,8 +192,8 @@ def load_case(path: Path) -> Case:
     )
 
 
-# procmail's options that take a value (procmail(1)): -f from, -a arg; -d ends the options.
-_VALUE_OPTIONS = frozenset("fa")
+# procmail's options that take a value (procmail(1)): -f and -r from, -a arg; -d ends the options.
+_VALUE_OPTIONS = frozenset("fra")
 
 
 def insert_sendmail(args: Sequence[str], sendmail: str) -> list[str]:

@@ -245,13 +245,14 @@ def test_insert_sendmail() -> None:
     assert ins(["-tf", "a@b", "-m", "./rc", "1"], "S") == ["-tf", "a@b", "-m", "SENDMAIL=S",
                                                            "./rc", "1"]
     assert ins(["-a", "x", "-p"], "S") == ["-a", "x", "-p", "SENDMAIL=S"]
+    assert ins(["-r", "a@b", "./rc"], "S") == ["-r", "a@b", "SENDMAIL=S", "./rc"]
     assert ins(["-d", "u"], "S") == ["-d", "u"]
     assert ins(["SENDMAIL=/x", "./rc"], "S") == ["SENDMAIL=/x", "./rc"]
 
 
 @settings(max_examples=60, deadline=None)
 @given(opts=st.lists(st.sampled_from(["-t", "-p", "-o", "-Y", "-m", "-ft", ["-f", "x"],
-                                      ["-a", "-y"], "-fx", "-ax"]), max_size=5),
+                                      ["-a", "-y"], ["-r", "x"], "-fx", "-ax"]), max_size=5),
        rest=st.lists(st.sampled_from(["./rc", "A=1", "-", "arg"]), max_size=3))
 def test_insert_sendmail_lands_after_the_options(opts: list, rest: list[str]) -> None:
     flat = [w for o in opts for w in (o if isinstance(o, list) else [o])]
