@@ -21,11 +21,12 @@ from .errors import RulesError
 __all__ = ["encode_rc", "decode_rc", "AstCodecError", "FORMAT", "VERSION"]
 
 FORMAT = "postroom-rc-ast"
-VERSION = 10         # 2: SizeTest.text; 3: Block.end; 4: a bare "|" refused (the parse changed:
+VERSION = 11         # 2: SizeTest.text; 3: Block.end; 4: a bare "|" refused (the parse changed:
                      # a cached AST of an older parser must not be used); 5: Condition.width;
                      # 6: f on a VAR=| capture warned; 7: E and a dropped beside e;
                      # 8: a c block's lock kept, not warned; 9: Pipe.width;
-                     # 10: "NAME = |" captures into NAME without its last letter
+                     # 10: "NAME = |" captures into NAME without its last letter;
+                     # 11: every word after a lock name is Skipped
 
 
 class AstCodecError(RulesError):

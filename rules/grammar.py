@@ -339,7 +339,9 @@ skipped_line.add_parse_action(lambda s, loc, toks: _skipped(loc, toks[0].rstrip(
 header_fields = pp.Regex(
     r"(?P<count>[+-]?[0-9]+)?"                       # strtol: the legacy count
     rf"(?P<flags>[{re.escape(_ALL_FLAGS)} ]*)"       # flag letters (and blanks)
-    r"(?:(?P<colon>:)(?P<lockword>[^ ]*)(?: (?P<nextword>[^ ]+))?)?"   # :lock
+    # ":lock", or ":" ending its word and the lock the next word (procmail's flag
+    # loop); any word after the lock is left over (Skipped)
+    r"(?:(?P<colon>:)(?:(?P<lockword>[^ ]+)|(?: (?P<nextword>[^ ]+))?))?"
     r"(?P<rest>.*)",                                 # what is left is Skipped
     flags=re.S, as_match=True).set_name("header_fields")
 header_fields.leave_whitespace().parse_with_tabs()
