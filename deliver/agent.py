@@ -379,14 +379,17 @@ class Agent:
         value = ev.vars.get("EXITCODE") if ev.exitcode_assigned else None
         return -1 if value is None else renvint(-2, value)
 
-    def _host_exit(self, ev: Evaluator) -> Outcome:
+    def _end_at_host(self, ev: Evaluator) -> int:
         """procmail's exit at a HOST mismatch with no rc file left: nothing delivered,
-        the abstract of what it had, the status EXITCODE (and TRAP) make of 0."""
+        the abstract of what it had; the status EXITCODE (and TRAP) make of 0."""
         eff = self.effects
         if eff.abstract_enabled(final=True):
             eff.log(format_abstract(ev.message.data, ev.vars.get("LASTFOLDER", ""), eff.last_size))
-        status = self._trap_and_exitcode(ev, ExitCode.OK)
-        eff.close()
+        return self._trap_and_exitcode(ev, ExitCode.OK)
+
+    def _host_exit(self, ev: Evaluator) -> Outcome:
+        status = self._end_at_host(ev)
+        self.effects.close()
         return Outcome(status, False, ev.vars.get("LASTFOLDER", ""))
 
     def _terminated(self, ev: Evaluator, sig: Terminated) -> Outcome:
@@ -440,17 +443,14 @@ class Agent:
         has the mail: postroom's $DEFAULT for a mail HOST would lose is not needed)."""
         if end is End.HOST:
             rest, parent_rest = self._rcs_after, self._rcs_after
-            if rest:
-                try:
-                    delivered = self._run_rcfiles(clone, rest)
-                finally:
-                    self._rcs_after = parent_rest
-            else:
-                if self.effects.abstract_enabled(final=True):
-                    self.effects.log(format_abstract(clone.message.data,
-                                                     clone.vars.get("LASTFOLDER", ""),
-                                                     self.effects.last_size))
-                return self._trap_and_exitcode(clone, ExitCode.OK)
+            if not rest:
+                return self._end_at_host(clone)
+            try:
+                delivered = self._run_rcfiles(clone, rest)
+            except _HostExit:          # the clone's own end: the parent goes on
+                return self._end_at_host(clone)
+            finally:
+                self._rcs_after = parent_rest
         else:
             delivered = end is End.DELIVERED or (end is End.FELL_OFF and self._fallback(clone))
         if delivered and self.effects.abstract_enabled(final=True):
