@@ -351,7 +351,7 @@ class Agent:
             # $DEFAULT (README) is for a mail that would be lost, and a c copy of this
             # one is already delivered
             delivered = True
-        if end is End.HOST and not delivered and self._exitcode(ev) > 0:
+        if end is End.HOST and not delivered and (self._exitcode(ev) or 0) > 0:
             # nor is it lost when an EXITCODE makes procmail's exit a failure (the
             # "EXITCODE=67, HOST" bounce): procmail ends there, delivering nothing
             raise _HostExit()
@@ -373,11 +373,11 @@ class Agent:
         ev.vars["MAILDIR"] = home if home and self.effects.chdir(home) else "."
 
     @staticmethod
-    def _exitcode(ev: Evaluator) -> int:
-        """The exit status an EXITCODE the rc (or the command line) assigned forces,
-        as procmail's exectrap() reads it; -1 or -2 when it forces none."""
+    def _exitcode(ev: Evaluator) -> int | None:
+        """An EXITCODE the rc (or the command line) assigned, read as procmail's
+        exectrap() reads it (renvint: -2 when it is no number); None when none was."""
         value = ev.vars.get("EXITCODE") if ev.exitcode_assigned else None
-        return -1 if value is None else renvint(-2, value)
+        return None if value is None else renvint(-2, value)
 
     def _end_at_host(self, ev: Evaluator) -> int:
         """procmail's exit at a HOST mismatch with no rc file left: nothing delivered,
@@ -480,14 +480,11 @@ class Agent:
         does not count) that reads as a number ("yes" is 1, "all" 2) is the exit status;
         one that does not (empty, a word) lets a TRAP's non-zero status replace it."""
         variables = ev.vars
-        exitcode = variables.get("EXITCODE") if ev.exitcode_assigned else None
         trap = ev.trap
-        forced = -1
-        if exitcode is not None:
-            forced = renvint(-2, exitcode)
-            if forced >= 0:
-                status = forced
-        elif trap:
+        forced = self._exitcode(ev)
+        if forced is not None and forced >= 0:
+            status = forced
+        elif forced is None and trap:
             variables["EXITCODE"] = str(int(status))     # what the TRAP is told
         command = ev.program_command(trap) if trap else None
         if command is not None:
