@@ -218,6 +218,24 @@ def _side(paths: dict[str, difftool.Entry], runs: list[tuple[str, ...]]) -> diff
         runs=tuple(difftool.Run(0, b"", 1, 0.0, 0.0, r) for r in runs))
 
 
+def test_lost_write_race_only_for_a_program_and_a_small_mail(tmp_path: Path) -> None:
+    (tmp_path / "msg").write_bytes(b"Subject: x\n\nbody\n")
+    (tmp_path / "rc").write_bytes(b"LOGFILE=log\n:0 w\n| exit 1\n:0\nbox\n")
+    case = difftool.load_case(tmp_path)
+    program = b'procmail: Error while writing to " exit 1"\n'
+    folder = b'procmail: Error while writing to "box"\n'
+
+    def side(logged: bytes) -> difftool.SideResult:
+        log = difftool.Entry("file", 0o600, logged, 3)
+        return _side({"home/log": log}, [("home/log",)])
+
+    assert difftool.lost_write_race(case, side(program))
+    assert not difftool.lost_write_race(case, side(folder))
+    assert not difftool.lost_write_race(case, side(b""))
+    (tmp_path / "msg").write_bytes(b"Subject: x\n\n" + b"y" * 5000 + b"\n")
+    assert not difftool.lost_write_race(difftool.load_case(tmp_path), side(program))
+
+
 def test_name_map_orders_maildir_names_by_delivery_and_run() -> None:
     f = difftool.Entry("file", 0o600, b"x", 5)
     tree = {"home/md/new/100.9_1.vm": f, "home/md/new/100.9_0.vm": f,
