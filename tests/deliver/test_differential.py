@@ -119,14 +119,6 @@ def oracle(request: pytest.FixtureRequest) -> Iterator[OracleAhead]:
         ahead.close()
 
 
-def run_both(case: difftool.Case, **kw) -> tuple[difftool.SideResult, difftool.SideResult]:
-    """procmail and the command under test, concurrently (each in its own namespace)."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        fa = pool.submit(difftool.run_case, case, difftool.procmail_command())
-        fb = pool.submit(difftool.run_case, case, difftool.postroom_command(), **kw)
-        return fa.result(), fb.result()
-
-
 @pytest.mark.parametrize("name", CASES)
 def test_case(name: str, test_user_can_run_venv: None, oracle: OracleAhead) -> None:
     case = difftool.load_case(difftool.CASES_DIR / name)
