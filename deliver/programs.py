@@ -44,7 +44,7 @@ def run(argv: Sequence[str], data: bytes, *, env: Mapping[bytes, bytes], stderr_
         capture: bool, timeout: float | None, stdout_fd: int | None = None) -> RunResult:
     """Run argv to completion; never raises OSError for exec failures (status 127-ish
     from the /bin/sh retry instead)."""
-    args = [a.encode("latin-1", "replace") for a in argv]
+    args = [os.fsencode(a) for a in argv]   # argv is for the os (deliver.osnames.for_os)
     # The mail goes into the pipe *before* the program starts, as much as the pipe
     # holds: procmail writes right after fork, so a small mail is always delivered to
     # the pipe even when the program exits without reading it.  Doing the same makes
