@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ from . import dirfolder, maildir, mh
 from .errors import MailboxError
 from .groupcommit import GroupCommit
 from .locking import LockPolicy
-from .mbox import append_mbox
+from .mbox import UPDATE_MASK, append_mbox
 from .mboxformat import (maildir_bytes, mbox_body_bytes, mbox_bytes, program_bytes, rewrite_content_length,
                          skip_from_line)
 
@@ -124,6 +125,25 @@ def _store_maildir(path: str, data: bytes, umask: int, hostname: str | None,
             raise
         return maildir.deliver_maildir(path, data, umask=umask, hostname=hostname, group=batch,
                                        abspath=abspath)
+
+
+def _mark_new_mail(folder: str, target: str, umask: int) -> None:
+    """procmail's "new mail" bit on a directory folder (writefolder(), mailfold.c).
+
+    When neither the folder directory's mode nor the umask has o+x (UPDATE_MASK),
+    procmail chmods ``target`` to that directory's mode plus o+x once the message is
+    stored: the directory itself for an MH or plain directory folder, but ``tmp/`` of a
+    Maildir written first and ``new/`` of one reached by a link (what its buffer names at
+    that point), each with the Maildir's own mode.  With the default UMASK (077) there is
+    nothing to do and no stat(2) is spent."""
+    if umask & UPDATE_MASK:
+        return
+    try:
+        mode = os.stat(folder).st_mode
+        if not mode & UPDATE_MASK:
+            os.chmod(target, stat.S_IMODE(mode) | UPDATE_MASK)
+    except OSError:
+        pass          # procmail does not look at chmod's result either
 
 
 def deliver_to_folders(
@@ -210,6 +230,7 @@ def deliver_to_folders(
                 exc.path = first if kind == MH else path + "/"
                 exc.keeps_lastfolder = True
             raise
+    _mark_new_mail(path, os.path.join(path, "tmp") if kind == MAILDIR else path, umask)
     shown = [stored]
     skipped: list[str] = []
     ino = os.stat(stored).st_ino if others else 0     # only the links below need it
@@ -232,5 +253,7 @@ def deliver_to_folders(
             # procmail: "Couldn't make link to", without the reason; not fatal
             log.warning('Couldn\'t make link to "%s"', exc.path)
             continue
+        finally:      # procmail's dirfile() says -1 whether or not the link was made
+            _mark_new_mail(opath, os.path.join(opath, "new") if okind == MAILDIR else opath, umask)
         shown.append(linked)
     return FolderResult(tuple(shown), len(data), kind, tuple(skipped))
