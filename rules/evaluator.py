@@ -130,6 +130,24 @@ class RunResult:
     trace: list[RecipeTrace] = field(default_factory=list)
 
 
+
+_SIMPLESPLIT_BLANKS = re.compile(r"[ \t\n]+")
+
+
+def split_sendmailflags(flags: str) -> list[str]:
+    """SENDMAILFLAGS as procmail's simplesplit() leaves it in the forward's argv.
+
+    Words are separated by space, tab and newline only (a CR or a 0xA0 byte stays in its
+    word).  A value that ends in a blank, or holds nothing else, leaves one empty argument
+    after its words: simplesplit() ends the last word at the blank, and the forward then
+    writes one more NUL (procmail.c, the ``!`` branch).  An empty value adds nothing."""
+    if not flags:
+        return []
+    words = [w for w in _SIMPLESPLIT_BLANKS.split(flags) if w]
+    if flags[-1] in " \t\n":
+        words.append("")
+    return words
+
 class Evaluator:
     """One mail's trip through the rc files.  ``variables`` is the live environment
     (procmail exports all of it to programs); the evaluator mutates it."""
@@ -347,11 +365,16 @@ class Evaluator:
 
     def assign_argument(self, name: str, value: str) -> bool:
         """A NAME=value from procmail's command line, its value read as asenvcpy()
-        reads it (readparse: quotes, $VAR, backquotes; words joined by one blank).
+        reads it (readparse: quotes, $VAR, backquotes; words joined by one blank, and
+        one blank kept after the last word when blanks end the text: readparse writes
+        the blank that ends a word and only skips the ones after it).
         False for a HOST that does not match: procmail ends before any rc file."""
         words = self._expand_words(value)
+        joined = " ".join(words) if words is not None else ""
+        if joined and value.endswith((" ", "\t")) and not value.endswith(("\\ ", "\\\t")):
+            joined += " "
         try:
-            self.set_variable(name, " ".join(words) if words is not None else "")
+            self.set_variable(name, joined)
         except _Stop as stop:
             if stop.end is End.HOST:
                 return False
@@ -870,7 +893,7 @@ class Evaluator:
         if words is None:
             return False
         sendmail = self.vars.get("SENDMAIL", "")   # unset: empty, as in procmail
-        sendmailflags = self.vars.get("SENDMAILFLAGS", "").split()
+        sendmailflags = split_sendmailflags(self.vars.get("SENDMAILFLAGS", ""))
         argv = (sendmail, *sendmailflags, *words)
         part = _part(recipe.flags)
         if part != "body":      # procmail leaves the From_ line off when it sends from the start
