@@ -15,6 +15,8 @@ import subprocess
 import tempfile
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from deliver.dirfolder import ultoan
 from deliver.errors import MailboxError
@@ -174,3 +176,30 @@ def test_missing_maildir_parent_is_not_created(tmp_path):
                            policy=LockPolicy(locksleep=30, retries=2))
     assert not info.value.temporary
     assert os.listdir(tmp_path) == []
+
+
+# --- MH numbers: procmail's dirfile() reads a name with strtol() ---------------------
+
+def _libc_strtol_whole(name: str) -> int | None:
+    """libc's strtol(name, &end, 10), counted only when it consumed the whole name."""
+    import ctypes
+    libc = ctypes.CDLL(None)
+    libc.strtol.restype = ctypes.c_long
+    libc.strtol.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_int]
+    raw = name.encode("latin-1")
+    buf = ctypes.create_string_buffer(raw)
+    end = ctypes.c_char_p()
+    value = libc.strtol(buf, ctypes.byref(end), 10)
+    consumed = ctypes.cast(end, ctypes.c_void_p).value - ctypes.addressof(buf)
+    return value if consumed == len(raw) and raw else None
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.text(alphabet=" \t\n\v\f\r+-0123456789x", min_size=1, max_size=24),
+    st.integers(-2**70, 2**70).map(str),
+    st.builds(lambda pad, n: pad + n, st.sampled_from(["", " ", "\t", "+", " -"]),
+              st.integers(0, 10**25).map(str))))
+def test_mh_message_number_is_libc_strtol_of_the_whole_name(name: str) -> None:
+    from deliver.mh import message_number
+    assert message_number(name) == _libc_strtol_whole(name)
