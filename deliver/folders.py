@@ -198,9 +198,10 @@ def deliver_to_folders(
             size = append_mbox(path, data, policy=policy, umask=umask, lock=lock_mbox,
                                spool_checks=spool_checks, group=group)
         except MailboxError as exc:
-            if path != first:
+            if path != first or others:
                 # a Maildir or MH name taken as an mbox: procmail's LASTFOLDER is left
-                # holding the name without its suffix, the file it tried
+                # holding the name without its suffix, the file it tried; of several
+                # names only the first, the one it tried
                 exc.lastfolder = path
             raise
         return FolderResult((path,), size, MBOX, skipped)
