@@ -305,7 +305,8 @@ class RealEffects:
                 part=part, mail=mail)
         except DeliveryError as err:
             shown = internal(err.path) if err.path else folders[0]
-            self.log(f'procmail: {err.log_head} "{shown}"\n')
+            if err.log_head:       # empty: deliver.folders logged the failure already
+                self.log(f'procmail: {err.log_head} "{shown}"\n')
             return SaveResult(False, internal(err.lastfolder),
                               keeps_lastfolder=err.keeps_lastfolder)
         self.last_size = result.size

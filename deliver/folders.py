@@ -127,6 +127,18 @@ def _store_maildir(path: str, data: bytes, umask: int, hostname: str | None,
                                        abspath=abspath)
 
 
+def _broken_maildir_part(kind: str, path: str) -> str | None:
+    """For a Maildir that _prepare could not make whole while ``path`` is a directory:
+    the first of its new/, cur/, tmp/ (procmail's mkmaildir() order) that is not one."""
+    if kind != MAILDIR or not os.path.isdir(path):
+        return None
+    for sub in maildir.SUBDIRS:
+        part = os.path.join(path, sub)
+        if not os.path.isdir(part):
+            return part
+    return None
+
+
 def _mark_new_mail(folder: str, target: str, umask: int) -> None:
     """procmail's "new mail" bit on a directory folder (writefolder(), mailfold.c).
 
@@ -179,6 +191,18 @@ def deliver_to_folders(
     if not kind:
         kind = DIR if os.path.isdir(path) else MBOX
     elif not _ready(kind, path, umask, group, abspath):
+        broken = _broken_maildir_part(kind, path)
+        if broken is not None:
+            # procmail's foldertype(): a Maildir directory whose new/, cur/ or tmp/
+            # cannot be made is given up (to_CANTCREATE), not taken for an mbox: the
+            # part is named, the folder Skipped, the other names dropped unsaid, and
+            # nothing more is logged for the failed recipe; LASTFOLDER stays
+            log.warning('Unable to treat as directory "%s"', broken)
+            log.warning('Skipped "%s"', path)
+            err = MailboxError(f'Unable to treat as directory "{broken}"', path=path)
+            err.log_head = ""
+            err.keeps_lastfolder = True
+            raise err
         log.warning('Unable to treat as directory "%s"', path)
         kind = MBOX                        # rule 32: append to that file as an mbox
 
@@ -239,7 +263,7 @@ def deliver_to_folders(
         okind, opath = _split(name)
         okind = okind or DIR
         if not _prepare(okind, opath, umask, forcedir=True):
-            log.warning('Unable to treat as directory "%s"', opath)
+            log.warning('Unable to treat as directory "%s"', _broken_maildir_part(okind, opath) or opath)
             log.warning('Skipped "%s"', opath)
             skipped.append(opath)
             continue
