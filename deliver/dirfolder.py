@@ -23,7 +23,9 @@ from . import procinfo
 from .errors import MailboxError
 
 _DIGITS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".decode()
-_serial = itertools.count()
+# procmail's unique() numbers every temp name of the process from one static serial:
+# the MH and directory temp files here and the Maildir names (deliver.maildir) alike
+TEMP_SERIAL = itertools.count()
 
 
 def message_mode(umask: int) -> int:
@@ -80,7 +82,7 @@ def write_new_file(path: str, data: bytes, mode: int, *, fsync: bool = True) -> 
 
 def temp_name(directory: str) -> str:
     """A name procmail-style (``_<pid><serial>.<host>``) that nobody else will pick."""
-    return os.path.join(directory, f"_{procinfo.pid()}{next(_serial)}.{procinfo.nodename()}")
+    return os.path.join(directory, f"_{procinfo.pid()}{next(TEMP_SERIAL)}.{procinfo.nodename()}")
 
 
 def write_temp(directory: str, data: bytes, mode: int) -> tuple[str, os.stat_result]:

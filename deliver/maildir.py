@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import os
 import time
 from collections.abc import Callable
 
 from . import procinfo
-from .dirfolder import fsync_dir, message_mode, write_new_file
+from .dirfolder import TEMP_SERIAL, fsync_dir, message_mode, write_new_file
 from .errors import MailboxError
 from .groupcommit import GroupCommit
 
 SUBDIRS = ("new", "cur", "tmp")       # procmail's order of creation
-_serial = itertools.count()
 
 
 # procmail's writefolder() log line when a temp file cannot be made or moved
@@ -42,7 +40,7 @@ def _host(hostname: str | None) -> str:
 
 def unique_name(hostname: str | None = None) -> str:
     """``<time>.<pid>_<n>.<host>`` — procmail's Maildir file name."""
-    return f"{int(time.time())}.{procinfo.pid()}_{next(_serial)}.{_host(hostname)}"
+    return f"{int(time.time())}.{procinfo.pid()}_{next(TEMP_SERIAL)}.{_host(hostname)}"
 
 
 def _mkdir(path: str, mode: int) -> bool:
