@@ -303,8 +303,10 @@ class Evaluator:
     def _linebuf(self) -> int:
         return self.numbers["LINEBUF"]
 
-    def _overflow(self, value: str) -> bool:
-        if len(value) <= self._linebuf():
+    def _overflow(self, value: str, used: int = 0) -> bool:
+        """Whether ``value`` exceeds LINEBUF (logged), ``used`` characters of procmail's
+        buffer being taken before it."""
+        if len(value) + used <= self._linebuf():
             return False
         self.effects.log("procmail: Exceeded LINEBUF\n")
         self.vars["PROCMAIL_OVERFLOW"] = "yes"
@@ -328,12 +330,13 @@ class Evaluator:
 
     def _expand_words(self, raw: str, *, folder: bool = False,
                       overflow: list[str] | None = None, arguments: bool = True,
-                      shown: list[str] | None = None) -> list[str] | None:
+                      shown: list[str] | None = None, used: int = 0) -> list[str] | None:
         """The words of ``raw``; None after an error, and ``overflow`` (None unless the
         caller must tell the two apart) when they exceed LINEBUF.  ``"$@"`` becomes the
         positional arguments only in a program's or a forward's words (``arguments``):
         procmail puts them in as it starts a program, so a folder line or a backquote
-        gets the empty word it reads there.  ``shown``: see rules.expand.expand_words."""
+        gets the empty word it reads there.  ``shown``: see rules.expand.expand_words.
+        ``used``: what procmail's buffer holds before the words (see _overflow)."""
         try:
             words = expand.expand_words(raw, self.lookup, self.backquote,
                                         self.positional if arguments and not folder else (),
@@ -342,7 +345,7 @@ class Evaluator:
         except ExpansionError as err:
             self.effects.log(f"procmail: {err}\n")
             return None
-        if self._overflow(" ".join(words)):
+        if self._overflow(" ".join(words), used):
             return overflow
         if "\0" in raw:
             # a NUL in the rc text (no variable's value holds one): procmail's parsed
@@ -889,11 +892,13 @@ class Evaluator:
 
     def _forward(self, recipe: Recipe, action: Forward, data: bytes, tr: RecipeTrace) -> bool:
         shown: list[str] = []
-        words = self._expand_words(action.text, shown=shown)
-        if words is None:
-            return False
         sendmail = self.vars.get("SENDMAIL", "")   # unset: empty, as in procmail
         sendmailflags = split_sendmailflags(self.vars.get("SENDMAILFLAGS", ""))
+        # procmail reads the addresses into its buffer after "$SENDMAIL\0flags\0"
+        used = len(sendmail) + 1 + sum(len(w) + 1 for w in sendmailflags)
+        words = self._expand_words(action.text, shown=shown, used=used)
+        if words is None:
+            return False
         argv = (sendmail, *sendmailflags, *words)
         part = _part(recipe.flags)
         if part != "body":      # procmail leaves the From_ line off when it sends from the start
