@@ -132,6 +132,7 @@ class RunResult:
 
 
 _SIMPLESPLIT_BLANKS = re.compile(r"[ \t\n]+")
+_NAME_RUN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")     # procmail's gobenv(): alphanum
 
 
 def split_sendmailflags(flags: str) -> list[str]:
@@ -308,9 +309,64 @@ class Evaluator:
         buffer being taken before it."""
         if len(value) + used <= self._linebuf():
             return False
+        self._exceeded()
+        return True
+
+    def _exceeded(self) -> None:
+        """procmail's nlog(exceededlb) and setoverflow()."""
         self.effects.log("procmail: Exceeded LINEBUF\n")
         self.vars["PROCMAIL_OVERFLOW"] = "yes"
+
+    def _forward_prefix(self) -> int:
+        """What procmail's buffer holds before a forward's addresses: "$SENDMAIL\\0",
+        then the SENDMAILFLAGS words, each ended by a NUL (see split_sendmailflags)."""
+        flags = split_sendmailflags(self.vars.get("SENDMAILFLAGS", ""))
+        return len(self.vars.get("SENDMAIL", "")) + 1 + sum(len(w) + 1 for w in flags)
+
+    def _gobenv_overflows(self, text: str) -> bool:
+        """procmail reads a folder line with gobenv() first (it may be ``VAR=| cmd``):
+        a leading run of name characters, not starting with a digit, of LINEBUF-5 or
+        more fills that buffer.  "Exceeded LINEBUF" is logged, getlline() reads the rest
+        of the line (logging it again when that is LINEBUF-1 or more) and the recipe
+        fails, matched or not (measured against procmail 3.22 with LINEBUF=128)."""
+        room = self._linebuf() - 5
+        if len(text) < room:
+            return False
+        m = _NAME_RUN.match(text)
+        if m is None or m.end() < room:
+            return False
+        self._exceeded()
+        if len(text) - room >= self._linebuf() - 1:
+            self._exceeded()
         return True
+
+    def _skipped_line_overflows(self, action: object) -> bool:
+        """procmail reads the action line of a recipe whose conditions failed too, with
+        nothing expanded or run (skiprc: variables read as unset, backquotes as empty)
+        and still fails the recipe when the line overflows LINEBUF: "Exceeded LINEBUF",
+        PROCMAIL_OVERFLOW=yes, and lastsucc cleared for a following ``a``."""
+        if not isinstance(action, (Folder, Forward)):
+            return False      # a program line's length is checked as it is read (Pipe.width)
+        text = action.text
+        used = self._forward_prefix() if isinstance(action, Forward) else 0
+        # the common case, cheaply: skipped, only $$, $=, $#, $? and the like can grow
+        # (to at most 20 characters: LONG_MIN); quotes and variables only shrink
+        if len(text) + 20 * text.count("$") + used < self._linebuf() - 5:
+            return False
+        if isinstance(action, Folder) and self._gobenv_overflows(text):
+            return True
+        specials = _SPECIAL_LOOKUPS
+
+        def skipping_lookup(name: str) -> str | None:
+            special = specials.get(name)
+            return special(self) if special is not None else None
+
+        try:
+            words = expand.expand_words(text, skipping_lookup, lambda _text: "",
+                                        folder=isinstance(action, Folder))
+        except ExpansionError:
+            return False
+        return self._overflow(" ".join(words), used)
 
     def _unexpected_eol(self) -> None:
         self.effects.log("procmail: Unexpected EOL\n")
@@ -425,6 +481,8 @@ class Evaluator:
         if not matched:
             if isinstance(recipe.action, Block):
                 self._drop_diags_inside(recipe.action)
+            elif self._skipped_line_overflows(recipe.action):
+                self.lastsucc = False
             return
         action = recipe.action
         if isinstance(action, Block):
@@ -838,6 +896,8 @@ class Evaluator:
         data = self.message.data if Flag.FILTER in flags and isinstance(action, Folder) \
             else self._feed(flags)
         if isinstance(action, Folder):
+            if self._gobenv_overflows(action.text):
+                return False, True
             names = self._expand_words(action.text, folder=True)
             if not names:
                 return False, True
@@ -894,9 +954,7 @@ class Evaluator:
         shown: list[str] = []
         sendmail = self.vars.get("SENDMAIL", "")   # unset: empty, as in procmail
         sendmailflags = split_sendmailflags(self.vars.get("SENDMAILFLAGS", ""))
-        # procmail reads the addresses into its buffer after "$SENDMAIL\0flags\0"
-        used = len(sendmail) + 1 + sum(len(w) + 1 for w in sendmailflags)
-        words = self._expand_words(action.text, shown=shown, used=used)
+        words = self._expand_words(action.text, shown=shown, used=self._forward_prefix())
         if words is None:
             return False
         argv = (sendmail, *sendmailflags, *words)
