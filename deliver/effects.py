@@ -373,7 +373,8 @@ class RealEffects:
     def _timed_out(self, name: str, res: programs.RunResult, size: int, *, wait: bool,
                    quiet: bool, ignore_write_error: bool, capture: bool) -> ProgramResult:
         """A program killed at TIMEOUT, logged as procmail logs it.  A filter's or a
-        capture's output is waited for, so its timeout is a failure and nothing more.  A
+        capture's output is waited for, so its timeout is a failure (see below for what
+        becomes of its output).  A
         pipe whose write the kill cut short says so (unless ``i`` ignores write errors).
         One not waited for (no w) whose write was not cut has delivered, as procmail,
         which never waits for it, counts it (postroom reaps it at TIMEOUT): the next
@@ -382,7 +383,14 @@ class RealEffects:
         self.log(f'procmail: Timeout, terminating "{name}"\n')
         failed = ProgramResult(False, res.status, res.output)
         if capture:
-            return failed
+            # TIMEOUT kills procmail's sending child while it still writes the mail, or
+            # waits for the program (w, W): its stermchild() kills the program and
+            # pumps the mail back (logged even under W), so the caller keeps the mail
+            # (or value) it had.  A sender that wrote everything and did not wait is
+            # gone: procmail lets the program run on and takes its whole output,
+            # postroom kills it and takes what it printed by then
+            return ProgramResult(False, res.status, res.output,
+                                 timed_out=wait or not res.fed)
         cut = not res.fed and not ignore_write_error
         if cut:
             self.log(f'procmail: Error while writing to "{name}"\n')

@@ -43,6 +43,7 @@ class ProgramResult:
     exit_status: int | None = None   # None when not waited for; negative = killed by signal
     output: bytes = b""          # captured stdout (filters, captures, backquotes)
     write_error: bool = False    # the program stopped reading (reported: not ignored by i)
+    timed_out: bool = False      # killed at TIMEOUT before its input was all in: rescue
 
 
 @dataclass(frozen=True, slots=True)

@@ -1044,7 +1044,7 @@ class Evaluator:
                 result = self.effects.pipe(cmd, data, wait=wait, quiet=quiet,
                                            ignore_write_error=ign, capture=True, raw=raw,
                                            part=_part(flags))
-            if result.ok or (not wait and not result.write_error):
+            if result.ok or (not wait and not result.write_error and not result.timed_out):
                 self._replace(flags, result.output)
             elif self._rescue_said(result, wait, quiet):
                 # the mail that was fed stays: w or not, a filter that stopped reading
@@ -1074,9 +1074,10 @@ class Evaluator:
     @staticmethod
     def _rescue_said(result: ProgramResult, wait: bool, quiet: bool) -> bool:
         """Whether procmail logs the rescue of a failed filter or capture: after a
-        write error whatever the flags, after a w program's failure, and not after a W
-        program's (its stermchild() looks away then)."""
-        return result.write_error or (wait and not quiet)
+        write error or a kill at TIMEOUT whatever the flags (stermchild() logs unless a
+        W program's sender already saw it fail), after a w program's failure, and not
+        after a W program's (its stermchild() looks away then)."""
+        return result.write_error or result.timed_out or (wait and not quiet)
 
     def _replace(self, flags: frozenset[Flag], output: bytes) -> None:
         """A filter's output replaces what it was fed (item 36)."""
