@@ -19,6 +19,7 @@ processing continues; only a bug escapes as an exception (the caller maps that t
 from __future__ import annotations
 
 import enum
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -824,6 +825,11 @@ class Evaluator:
             f = size / pivot
         else:
             state.score = MAX32
+            return True
+        if f < 0 and not float(x).is_integer():
+            # C's pow() of a negative base to a fractional power is NaN (Python's ** would
+            # give a complex number): the score becomes NaN, as procmail's tpow() leaves it
+            state.score += w * math.nan
             return True
         try:
             state.score += w * (f ** x)
