@@ -76,6 +76,12 @@ def _other_case(c: int) -> int | None:
     return None
 
 
+_LITERALS = tuple(("set", frozenset((c,))) for c in range(256))
+_FOLDED_LITERALS = tuple(
+    ("set", frozenset((c, o))) if (o := _other_case(c)) is not None else _LITERALS[c]
+    for c in range(256))
+
+
 class _Parser:
     """A recursive-descent reader mirroring regexp.c's por/pnorm/psimp."""
 
@@ -169,11 +175,8 @@ class _Parser:
         return self.literal(c)
 
     def literal(self, c: int) -> Any:
-        if self.fold:
-            o = _other_case(c)
-            if o is not None:
-                return ("set", frozenset((c, o)))
-        return ("set", frozenset((c,)))
+        # shared nodes, one per byte: a blacklist alternation is a million literals
+        return _FOLDED_LITERALS[c] if self.fold else _LITERALS[c]
 
     def klass(self) -> Any:
         p, n = self.p, self.n
@@ -247,6 +250,7 @@ def _min_length(node: Any) -> int:
 # ------------------------------------------------------------------- RE2 syntax
 
 
+@functools.lru_cache(maxsize=4096)
 def _set_re(s: frozenset[int]) -> str:
     if not s:
         return "[^\\x00-\\xff]"
@@ -721,7 +725,7 @@ def compile_regex(pattern: str, *, case_sensitive: bool = False,
     node = _resolve(node, True)
     translated = _to_re2(node)
     raw_re2 = translated.encode("latin-1")
-    obj = _re2().RE2(raw_re2, re2_options())
+    obj = _compile_re2(raw_re2)
     if not obj.ok():
         raise RegexError(pattern, f"RE2: {obj.error()}")
     split_run = None
@@ -771,6 +775,24 @@ def _has_anchor_or_split(node: Any) -> bool:
     if kind in ("star", "plus", "opt"):
         return _has_anchor_or_split(node[1])
     return False
+
+
+_RE2_MEMORY_CAP = 1 << 30
+
+
+def _compile_re2(raw: bytes) -> Any:
+    """RE2 of ``raw`` with re2_options().  A pattern too large for RE2's default memory
+    budget (8 MB: a blacklist of some 30,000 addresses read with a backquote under a
+    raised LINEBUF) is compiled again with a budget that grows with it, up to 1 GB:
+    procmail's own engine has no such limit, and a condition must not turn into an
+    "Invalid regexp" (which counts as a match) because of its size alone."""
+    mod = _re2()
+    obj = mod.RE2(raw, re2_options())
+    if not obj.ok() and b"too large" in obj.error():
+        opts = re2_options()
+        opts.max_mem = min(_RE2_MEMORY_CAP, max(64 << 20, 128 * len(raw)))
+        obj = mod.RE2(raw, opts)
+    return obj
 
 
 def re2_options() -> Any:
