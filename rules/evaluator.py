@@ -346,15 +346,20 @@ class Evaluator:
         nothing expanded or run (skiprc: variables read as unset, backquotes as empty)
         and still fails the recipe when the line overflows LINEBUF: "Exceeded LINEBUF",
         PROCMAIL_OVERFLOW=yes, and lastsucc cleared for a following ``a``."""
-        if not isinstance(action, (Folder, Forward)):
+        kind = action.__class__
+        if kind is Folder:
+            used = 0
+        elif kind is Forward:
+            used = self._forward_prefix()
+        else:
             return False      # a program line's length is checked as it is read (Pipe.width)
-        text = action.text
-        used = self._forward_prefix() if isinstance(action, Forward) else 0
-        # the common case, cheaply: skipped, only $$, $=, $#, $? and the like can grow
-        # (to at most 20 characters: LONG_MIN); quotes and variables only shrink
-        if len(text) + 20 * text.count("$") + used < self._linebuf() - 5:
+        text = action.text    # type: ignore[attr-defined]
+        # the common case, cheaply (it runs for every recipe that does not match): when
+        # skipped, only $$, $=, $#, $? and the like grow (to at most 20 characters,
+        # LONG_MIN); quotes and variables only shrink
+        if len(text) + 20 * text.count("$") + used < self.numbers["LINEBUF"] - 5:
             return False
-        if isinstance(action, Folder) and self._gobenv_overflows(text):
+        if kind is Folder and self._gobenv_overflows(text):
             return True
         specials = _SPECIAL_LOOKUPS
 
