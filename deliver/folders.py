@@ -10,10 +10,13 @@ are several names (31), hard-links that one file into the others, so a Maildir r
 link may hold a From_ line.  With several names every one must be (or be made into) a
 directory: a later name that is a regular file is reported ``Unable to treat as directory``
 and skipped; when the *first* is an mbox the others are all ``Skipped``.  A Maildir or MH
-name that exists as a regular file is appended to as an mbox (32).  Every mbox append is
+name that exists as a regular file is appended to as an mbox (32); a Maildir directory
+whose new/, cur/ or tmp/ cannot be made is given up instead (the part named, the folder
+Skipped, no fallback to an mbox).  Every mbox append is
 locked (dot-lock + fcntl: deliver.mbox); ``lock_mbox=False`` (the caller holds the
 dot-lock) leaves out the dot-lock, never the fcntl lock.  When the umask leaves
-o+x allowed, every message file and mbox written gets o+x (20).
+o+x allowed, every message file and mbox written gets o+x (20), and so does a directory
+folder whose own mode lacks it (see _mark_new_mail for which directory).
 
 Formats: mbox = mboxformat.mbox_bytes (escaping, final newline, unless ``raw``); MH and
 directory = program_bytes (``raw``: nothing added); Maildir = maildir_bytes (no From_ line).
