@@ -131,7 +131,6 @@ class RunResult:
     trace: list[RecipeTrace] = field(default_factory=list)
 
 
-
 _SIMPLESPLIT_BLANKS = re.compile(r"[ \t\n]+")
 _NAME_RUN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")     # procmail's gobenv(): alphanum
 
@@ -149,6 +148,7 @@ def split_sendmailflags(flags: str) -> list[str]:
     if flags[-1] in " \t\n":
         words.append("")
     return words
+
 
 class Evaluator:
     """One mail's trip through the rc files.  ``variables`` is the live environment
@@ -369,7 +369,7 @@ class Evaluator:
 
         try:
             words = expand.expand_words(text, skipping_lookup, lambda _text: "",
-                                        folder=isinstance(action, Folder))
+                                        folder=kind is Folder)
         except ExpansionError:
             return False
         return self._overflow(" ".join(words), used)
