@@ -485,9 +485,18 @@ class Evaluator:
         if not self.prevcond or not fl.else_:
             self.prevcond = matched
         if not matched:
-            if isinstance(recipe.action, Block):
-                self._drop_diags_inside(recipe.action)
-            elif self._skipped_line_overflows(recipe.action):
+            action = recipe.action
+            kind = action.__class__
+            if kind is Block:
+                self._drop_diags_inside(action)       # type: ignore[arg-type]
+            elif kind is Folder:
+                # a bound of _skipped_line_overflows's cheap one (each character can
+                # grow to at most 21: a "$$" to LONG_MIN's 20), here: no call for the
+                # usual short folder line of a recipe that did not match
+                if (21 * len(action.text) >= self.numbers["LINEBUF"] - 5   # type: ignore[union-attr]
+                        and self._skipped_line_overflows(action)):
+                    self.lastsucc = False
+            elif kind is Forward and self._skipped_line_overflows(action):
                 self.lastsucc = False
             return
         action = recipe.action
