@@ -237,7 +237,9 @@ def run(argv: Sequence[str]) -> int:
     if inv.delivery_mode:
         # procmail forks a child for each recipient but the last, which it delivers
         # itself: its exit status is the last one's, unless a child failed, and then
-        # its own default failure (73, or 75 under -t) whatever the child's status
+        # its own default failure (73, or 75 under -t) whatever the child's status.
+        # An unknown last recipient returns EX_NOUSER from main() at once, past the
+        # Terminate() that would report a failed child
         child_failed = False
         code: int = ExitCode.OK
         last = len(inv.recipients) - 1
@@ -246,6 +248,8 @@ def run(argv: Sequence[str]) -> int:
                 user = lookup_user(name)
             except IdentityError as err:
                 sys.stderr.write(f"procmail: {err}\n")
+                if index == last:
+                    return err.code
                 code = err.code
             else:
                 code = _deliver_forked(inv, mail if index == last else [mail[0]], user, site,
