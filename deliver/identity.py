@@ -54,7 +54,8 @@ def current_user() -> User:
 
 def prepare_spool_mailbox(user: User, spool_dir: str) -> None:
     """As root: make sure /var/mail/USER exists as a regular file owned by the user.
-    A symlink or a file owned by another user is the classic LDA attack: refuse."""
+    A symlink or a file owned by another user is the classic LDA attack: refuse.  A
+    setuid (or setgid) mailbox is SysV's forwarding mailbox, which procmail bounces."""
     path = os.path.join(spool_dir, user.name)
     try:
         st = os.lstat(path)
@@ -70,6 +71,10 @@ def prepare_spool_mailbox(user: User, spool_dir: str) -> None:
         finally:
             os.close(fd)
         return
+    if st.st_mode & stat.S_ISUID or (st.st_mode & stat.S_ISGID and not stat.S_ISDIR(st.st_mode)):
+        # the SysV convention of a mailbox that forwards: procmail bounces before any
+        # rc file runs (screenmailbox()), and so do we
+        raise IdentityError("Autoforwarding mailbox found", ExitCode.NOUSER)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
         # Temporary, not a bounce: the mail stays queued while an admin looks at what
         # is probably an attack, and nothing is written through the link.
