@@ -1331,6 +1331,16 @@ def _umask(ev: Evaluator, value: str | None, old: str | None) -> None:
     ev.effects.set_umask(sign * int(digits, 8) & 0o777 if digits else 0)
 
 
+def _rc_name(ev: Evaluator, value: str) -> str:
+    """The name procmail's bopen() records for an rc file it opens (``$_``): a relative
+    name under an absolute MAILDIR is recorded as MAILDIR/name, when that fits LINEBUF."""
+    maildir = ev.vars.get("MAILDIR", "")
+    if value.startswith("/") or not maildir.startswith("/"):
+        return value
+    full = maildir + "/" + value
+    return full if len(full) < ev.numbers["LINEBUF"] else value
+
+
 def _includerc(ev: Evaluator, value: str | None, old: str | None) -> None:
     if not value:
         return
@@ -1342,7 +1352,7 @@ def _includerc(ev: Evaluator, value: str | None, old: str | None) -> None:
     if rc is None:
         return
     prefilter.seen(rc)
-    ev.frames.append(_Frame(rc.items, "include", rc.path, diags=_file_diags(rc)))
+    ev.frames.append(_Frame(rc.items, "include", _rc_name(ev, value), diags=_file_diags(rc)))
 
 
 def _switchrc(ev: Evaluator, value: str | None, old: str | None) -> None:
@@ -1362,7 +1372,7 @@ def _switchrc(ev: Evaluator, value: str | None, old: str | None) -> None:
     # the chaining state carries over: procmail's changerc() only opens the new file
     # (lastcond/prevcond/lastsucc start afresh for an rc file of the command line)
     prefilter.seen(rc)
-    ev.frames[-1] = _Frame(rc.items, top.kind, rc.path, diags=_file_diags(rc))
+    ev.frames[-1] = _Frame(rc.items, top.kind, _rc_name(ev, value), diags=_file_diags(rc))
 
 
 def _host(ev: Evaluator, value: str | None, old: str | None) -> None:
