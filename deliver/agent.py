@@ -108,6 +108,9 @@ class Outcome:
     trace: list = field(default_factory=list)
 
 
+_BASE_PATH = "/usr/local/bin:/usr/bin:/bin"     # procmail's DEFpath, after $HOME/bin
+
+
 def initial_environment(user: User, inv: Invocation, site: Site,
                         caller_env: dict[str, str]) -> dict[str, str]:
     """The variables procmail presets (procmailrc(5) "Environment variable defaults")."""
@@ -123,7 +126,7 @@ def initial_environment(user: User, inv: Invocation, site: Site,
         "HOME": home,
         "LOGNAME": name,
         "SHELL": internal(user.shell) or "/bin/sh",
-        "PATH": f"{home}/bin:/usr/local/bin:/usr/bin:/bin",
+        "PATH": f"{home}/bin:{_BASE_PATH}",
         "SHELLMETAS": SHELLMETAS,
         "SHELLFLAGS": "-c",
         "ORGMAIL": orgmail,
@@ -199,6 +202,8 @@ class Agent:
         self._rcs_after: list[tuple[str, str]] = []
         self._mailfilter = False           # this run is procmail -m's
         self._rc_failed = False
+        self._system_rc_opened = False
+        self._preserve_env = False
 
     # ------------------------------------------------------------------ rc files
 
@@ -295,6 +300,8 @@ class Agent:
         del raw     # a 50 MB mail must not be held twice longer than needed
         self._mailfilter = inv.mailfilter
         self._rc_failed = False            # a command-line rc file failed to open
+        self._system_rc_opened = False     # see _system_rc_path
+        self._preserve_env = inv.preserve_env
         variables = initial_environment(self.user, inv, self.site, caller_env)
         message = Message(data)
         ev = Evaluator(eff, variables, message, positional=inv.positional, argv0=self.site.program,
@@ -334,7 +341,10 @@ class Agent:
             if rc is None:
                 continue
             self._rcs_after = candidates[index + 1:]
-            if kind != "system":
+            if kind == "system":
+                self._system_rc_path(ev, home_bin=False)
+            else:
+                self._system_rc_path(ev, home_bin=True)
                 self._enter_maildir(ev, kind)
             result = ev.run_rcfile(rc)
             end = result.end
@@ -358,6 +368,19 @@ class Agent:
         if not delivered:
             delivered = self._fallback(ev)
         return delivered
+
+    def _system_rc_path(self, ev: Evaluator, *, home_bin: bool) -> None:
+        """procmail (Debian's 3.22/3.23pre, observed) runs /etc/procmailrc with PATH
+        without $HOME/bin, and gives the user's rc file the preset PATH again, whatever
+        the system rc set it to.  Only when a system rc file was opened: without one the
+        preset PATH stands from the start (and under -p the caller's)."""
+        if self._preserve_env:
+            return
+        if not home_bin:                   # the system rc file is about to run
+            self._system_rc_opened = True
+            ev.set_variable("PATH", _BASE_PATH)
+        elif self._system_rc_opened:       # the user's rc file, after it
+            ev.set_variable("PATH", f"{ev.vars.get('HOME', '')}/bin:{_BASE_PATH}")
 
     def _enter_maildir(self, ev: Evaluator, kind: str) -> None:
         """procmail's first rc file opened (not /etc/procmailrc) sets MAILDIR, unless a
