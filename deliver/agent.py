@@ -79,6 +79,8 @@ class Invocation:
     # the rest of each option cluster from a letter procmail does not know: it
     # complains about that much and carries on with the next argument
     unknown_options: list[str] = field(default_factory=list)
+    # "-f" or "-a" as the last argument: procmail's complaint, and it goes on without it
+    missing_values: list[str] = field(default_factory=list)
     conflicting: bool = False          # -m with -d or -a: procmail says so and goes on
     # who ran us (the real uid's login name, taken before -d drops privileges): the
     # From_ line procmail makes up names it, and -d by a user it does not trust marks

@@ -96,7 +96,10 @@ def parse_args(argv: Sequence[str]) -> tuple[Invocation, bool]:
                 if not value:
                     i += 1
                     if i >= len(args):
-                        raise UsageError(f"option -{ch} needs an argument")
+                        # procmail says so and goes on without the option (a mailer
+                        # line "procmail -f $sender" with an empty sender still delivers)
+                        inv.missing_values.append("Missing argument" if ch == "a" else "Missing name")
+                        break
                     value = args[i]
                 if ch == "a":
                     inv.positional.append(value)
@@ -219,6 +222,8 @@ def run(argv: Sequence[str]) -> int:
     except _Refused as err:
         sys.stderr.write(f"procmail: {err}\n")
         return err.status
+    for complaint in inv.missing_values:
+        sys.stderr.write(f"procmail: {complaint}\n")
     if inv.conflicting:
         sys.stderr.write("procmail: Conflicting options\n" + PROCMAIL_USAGE)
     for cluster in inv.unknown_options:

@@ -201,8 +201,8 @@ def insert_sendmail(args: Sequence[str], sendmail: str) -> list[str]:
 
     procmail(1): options come first, then `parameter=value` and rcfile arguments (with -m,
     assignments may precede the rcfile), so the boundary is the first argument that is not
-    an option or an option's value.  Unchanged when args already assign SENDMAIL or use
-    -d (after -d only recipients may follow).
+    an option or an option's value.  Unchanged when args already assign SENDMAIL, use
+    -d (after -d only recipients may follow) or end in a -f or -a without its value.
     """
     if any(a.startswith("SENDMAIL=") for a in args):
         return list(args)
@@ -223,6 +223,11 @@ def insert_sendmail(args: Sequence[str], sendmail: str) -> list[str]:
                 if j == len(letters) - 1:
                     i += 1  # the value is the next argument
                 break
+    if i > len(args):
+        # a -f or -a with no value left: procmail says "Missing name" and goes on,
+        # and anything put after it would become its value (such a case's rc files
+        # must not forward)
+        return list(args)
     return [*args[:i], f"SENDMAIL={sendmail}", *args[i:]]
 
 

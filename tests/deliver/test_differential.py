@@ -319,6 +319,8 @@ def test_insert_sendmail() -> None:
     assert ins(["-a", "x", "-p"], "S") == ["-a", "x", "-p", "SENDMAIL=S"]
     assert ins(["-r", "a@b", "./rc"], "S") == ["-r", "a@b", "SENDMAIL=S", "./rc"]
     assert ins(["-d", "u"], "S") == ["-d", "u"]
+    assert ins(["-f"], "S") == ["-f"]
+    assert ins(["-t", "-a"], "S") == ["-t", "-a"]
     assert ins(["SENDMAIL=/x", "./rc"], "S") == ["SENDMAIL=/x", "./rc"]
 
 
