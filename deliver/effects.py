@@ -45,6 +45,12 @@ _DELIVER_LOG = logging.getLogger("deliver")    # the bridge's logger, looked up 
 _PIPE_CAPACITY = 65536
 
 
+def _unsigned_seconds(value: int) -> int:
+    """A count of seconds as procmail hands it to alarm() or sleep(): cast to an unsigned
+    int, so 2**32 + 1 is one second and 2**32 none (TIMEOUT, LOCKSLEEP, SUSPEND)."""
+    return value % 2**32 if value >= 2**32 else value
+
+
 def _argv_for_os(argv: Sequence[str]) -> list[str]:
     return [for_os(a) for a in argv]
 
@@ -236,7 +242,8 @@ class RealEffects:
         cached = self._policy_memo
         if cached is not None and cached[0] == raw:
             return cached[1]
-        policy = LockPolicy(lockext=raw[0], locktimeout=raw[1], locksleep=raw[2], suspend=raw[3])
+        policy = LockPolicy(lockext=raw[0], locktimeout=raw[1], locksleep=_unsigned_seconds(raw[2]),
+                            suspend=_unsigned_seconds(raw[3]))
         self._policy_memo = (raw, policy)
         return policy
 
@@ -313,7 +320,7 @@ class RealEffects:
         return SaveResult(True, " ".join(internal(n) for n in result.names), result.size)
 
     def _timeout(self) -> float | None:
-        t = self.numbers["TIMEOUT"]
+        t = _unsigned_seconds(self.numbers["TIMEOUT"])
         return float(t) if t > 0 else None
 
     def _program_name(self, argv: Sequence[str], text: str) -> str:

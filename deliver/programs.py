@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 CAPTURE_LIMIT = 64 * 1024 * 1024   # a runaway filter must not exhaust memory
+_MAX_WAIT = 86400.0                # the longest single wait in the select loop, seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +102,8 @@ def _communicate(proc: subprocess.Popen[bytes], write_fd: int, view: memoryview,
     timed_out = False
     try:
         while sel.get_map():
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            # in slices: poll() takes at most ~24.8 days, and a TIMEOUT may be longer
+            wait = None if deadline is None else min(_MAX_WAIT, max(0.0, deadline - time.monotonic()))
             ready = sel.select(wait)
             if not ready and deadline is not None and time.monotonic() >= deadline:
                 timed_out = True

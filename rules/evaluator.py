@@ -299,6 +299,7 @@ class Evaluator:
             # the program alone when it ran it without the shell
             name = text if via_shell else cmd.argv[0]
             self.effects.log(f'procmail: Excessive output quenched from "{name}"\n')
+            self.vars["PROCMAIL_OVERFLOW"] = "yes"          # fromprog()'s setoverflow()
             out = out[: limit - 1]
         return out
 
