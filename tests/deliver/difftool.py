@@ -677,9 +677,12 @@ def lost_write_race(case: Case, side: SideResult) -> bool:
     logged = [r.stderr for r in side.runs]
     logged += [e.data for e in side.tree.values() if e.kind == "file"]
     names = {m for text in logged for m in re.findall(rb'Error while writing to "([^"\n]*)"', text)}
-    # Only a program's write error races; a folder's ("Error while writing to "box"") does not.
+    # Only a program's write error races; a folder's ("Error while writing to "box"") does
+    # not.  procmail names a program by its line after the "|" when the shell runs it
+    # (" env | grep x"), else by its first word ("/bin/true"): either follows a "|".
     rc_text = b"".join(p.read_bytes() for p in case.path.rglob("*") if p.is_file())
-    return any(b"|" + name in rc_text for name in names)
+    return any(re.search(rb"\|[ \t]*" + re.escape(name.strip()), rc_text)
+               for name in names if name.strip())
 
 
 def _run_case_once(

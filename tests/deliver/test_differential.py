@@ -284,6 +284,10 @@ def test_lost_write_race_only_for_a_program_and_a_small_mail(tmp_path: Path) -> 
         return _side({"home/log": log}, [("home/log",)])
 
     assert difftool.lost_write_race(case, side(program))
+    # a program run without the shell is named by its first word
+    (tmp_path / "rc").write_bytes(b"LOGFILE=log\n:0\n| /bin/true $@ x\n")
+    named = b'procmail: Error while writing to "/bin/true"\n'
+    assert difftool.lost_write_race(difftool.load_case(tmp_path), side(named))
     assert not difftool.lost_write_race(case, side(folder))
     assert not difftool.lost_write_race(case, side(b""))
     (tmp_path / "msg").write_bytes(b"Subject: x\n\n" + b"y" * 5000 + b"\n")
