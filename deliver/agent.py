@@ -343,10 +343,8 @@ class Agent:
             if rc is None:
                 continue
             self._rcs_after = candidates[index + 1:]
-            if kind == "system":
-                self._system_rc_path(ev, home_bin=False)
-            else:
-                self._system_rc_path(ev, home_bin=True)
+            self._system_rc_path(ev, system=kind == "system")
+            if kind != "system":
                 self._enter_maildir(ev, kind)
             result = ev.run_rcfile(rc)
             end = result.end
@@ -371,14 +369,14 @@ class Agent:
             delivered = self._fallback(ev)
         return delivered
 
-    def _system_rc_path(self, ev: Evaluator, *, home_bin: bool) -> None:
+    def _system_rc_path(self, ev: Evaluator, *, system: bool) -> None:
         """procmail (Debian's 3.22/3.23pre, observed) runs /etc/procmailrc with PATH
         without $HOME/bin, and gives the user's rc file the preset PATH again, whatever
         the system rc set it to.  Only when a system rc file was opened: without one the
         preset PATH stands from the start (and under -p the caller's)."""
         if self._preserve_env:
             return
-        if not home_bin:                   # the system rc file is about to run
+        if system:                         # the system rc file is about to run
             self._system_rc_opened = True
             ev.set_variable("PATH", _BASE_PATH)
         elif self._system_rc_opened:       # the user's rc file, after it

@@ -319,10 +319,12 @@ class Evaluator:
         self.effects.log("procmail: Exceeded LINEBUF\n")
         self.vars["PROCMAIL_OVERFLOW"] = "yes"
 
-    def _forward_prefix(self) -> int:
+    def _forward_prefix(self, flags: list[str] | None = None) -> int:
         """What procmail's buffer holds before a forward's addresses: "$SENDMAIL\\0",
-        then the SENDMAILFLAGS words, each ended by a NUL (see split_sendmailflags)."""
-        flags = split_sendmailflags(self.vars.get("SENDMAILFLAGS", ""))
+        then the SENDMAILFLAGS words (``flags``, split here when not given), each ended
+        by a NUL (see split_sendmailflags)."""
+        if flags is None:
+            flags = split_sendmailflags(self.vars.get("SENDMAILFLAGS", ""))
         return len(self.vars.get("SENDMAIL", "")) + 1 + sum(len(w) + 1 for w in flags)
 
     def _gobenv_overflows(self, text: str) -> bool:
@@ -975,7 +977,8 @@ class Evaluator:
         shown: list[str] = []
         sendmail = self.vars.get("SENDMAIL", "")   # unset: empty, as in procmail
         sendmailflags = split_sendmailflags(self.vars.get("SENDMAILFLAGS", ""))
-        words = self._expand_words(action.text, shown=shown, used=self._forward_prefix())
+        words = self._expand_words(action.text, shown=shown,
+                                   used=self._forward_prefix(sendmailflags))
         if words is None:
             return False
         argv = (sendmail, *sendmailflags, *words)
