@@ -9,7 +9,7 @@ the first alternative that matches, as pyparsing's MatchFirst does)::
   rc_file       := (filler item)* filler END
   item          := recipe | close_brace | statement
   statement     := assignment | unset | skipped_word | skipped_line
-  assignment    := NAME [ \t]* "=" gap (spaced_word | comment_rest)? [ \t\n]?
+  assignment    := NAME [ \t]* "=" gap (value_word | comment_rest)? [ \t\n]?
   unset         := NAME &[ \t\n] blanks              (a bare NAME unsets it)
   skipped_word  := NAME                                (Skipped, e.g. the x of x-y)
   skipped_line  := [^\n]+ "\n"?                      (Skipped: the rest of the line)
@@ -35,6 +35,8 @@ the first alternative that matches, as pyparsing's MatchFirst does)::
   close_brace   := "}"
   line_words    := spaced_word* line_end                 (readparse, sarg=0)
   spaced_word   := gap sh_word
+  value_word    := gap (alt_opener+ sh_word? | sh_word)
+  alt_opener    := "${" [A-Za-z0-9_]* ":"? [-+] gap   (blanks after it are skipped)
   line_end      := gap ("#" [^\n]*)? "\n"?
   logical_line  := ([^\n]* "\\\n")* [^\n]* "\n"?       (getlline: continuations)
   sh_word       := (?!#) (sq_string | dq_string | backquote | escape | plain)+
@@ -257,6 +259,16 @@ filler = _layout(rf"(?:{_BLANK_LINE}|{_COMMENT})*+[ \t]*", "filler")   # commint
 comment_rest = _layout(r"#[^\n]*\n?", "comment_rest")
 line_end = _layout(rf"{_GAP}(?:#[^\n]*)?\n?", "line_end")
 spaced_word = _regex(rf"{_GAP}(?P<word>{_SH_WORD})", "spaced_word", as_match=True)
+# An assignment's value (readparse, sarg=1) ends at the first blank read once it holds
+# something; blanks before that are skipped.  Statically that is the blanks right after
+# ``${NAME:-`` ``${NAME-`` ``${NAME:+`` ``${NAME+`` openers at the start of the value
+# (an opener changes nothing): ``X=${U:- word}`` is ``word`` when U is empty.  Whether a
+# word that produced nothing leaves the value open (``X=${U:-} word``) depends on U at
+# run time; that reading is not followed here (README, Differences).
+_ALT_OPENERS = r"(?:\$\{[A-Za-z0-9_]*:?[-+](?:[ \t]|\\\n)*+)++"
+_SH_WORD_AFTER_OPENERS = _SH_WORD.replace("(?P<usq>)", "(?P<usq2>)").replace("(?P<udq>)", "(?P<udq2>)")
+value_word = _regex(rf"{_GAP}(?P<word>{_ALT_OPENERS}(?:{_SH_WORD_AFTER_OPENERS})?+|{_SH_WORD})",
+                    "value_word", as_match=True)
 logical_line = _regex(r"(?:[^\n]*\\\n)*[^\n]*\n?", "logical_line")
 
 
@@ -264,6 +276,12 @@ def _on_spaced_word(s: str, loc: int, toks: pp.ParseResults) -> _Word:
     m = toks[0]
     return _Word(m.start("word"), m.end("word"),
                  m.group("usq") is not None or m.group("udq") is not None)
+
+
+def _on_value_word(s: str, loc: int, toks: pp.ParseResults) -> _Word:
+    m = toks[0]
+    return _Word(m.start("word"), m.end("word"),
+                 any(m.group(g) is not None for g in ("usq", "udq", "usq2", "udq2")))
 
 
 def _on_logical_line(s: str, loc: int, toks: pp.ParseResults) -> str:
@@ -278,6 +296,7 @@ def _on_logical_line(s: str, loc: int, toks: pp.ParseResults) -> str:
 
 
 spaced_word.add_parse_action(_on_spaced_word)
+value_word.add_parse_action(_on_value_word)
 logical_line.add_parse_action(_on_logical_line)
 
 line_words = (pp.ZeroOrMore(spaced_word) + line_end).set_name("line_words")
@@ -297,7 +316,7 @@ line_words.add_parse_action(_on_line_words)
 
 # ------------------------------------------------------------------ statements
 assignment = (NAME + _layout(rf"[ \t]*={_GAP}", "'='")
-              + pp.Opt(spaced_word | comment_rest)
+              + pp.Opt(value_word | comment_rest)
               + _layout(r"[ \t\n]?", "separator")).set_name("assignment")
 unset = (NAME + _layout(r"(?=[ \t\n])[ \t]*", "blank")).set_name("unset")
 skipped_word = NAME.copy().set_name("skipped_word")
