@@ -434,15 +434,12 @@ class Agent:
         if self._mailfilter and not ev.default_assigned:
             default = ""        # procmail -m: no destination unless the rc names one
         if default:
-            lockext = variables.get("LOCKEXT", "")
-            # procmail locks $DEFAULT$LOCKEXT; a Maildir/MH default needs no lock (its
-            # lock file could not exist before the folder does), /dev/null gets none
-            # (procmail tries none; one in /dev would fail at every delivery).  A plain
-            # directory gets one, procmail's not: invisible, and it saves a stat(2) of
-            # every mail's DEFAULT.
-            locking = lockext and default != os.devnull and not default.endswith(("/", "/."))
-            with self.effects.lock(default + lockext) if locking else _null():
-                res = self.effects.save([default], ev.message.data, raw=False)
+            # procmail locks $DEFAULT$LOCKEXT when it writes it as an mbox (the save
+            # takes that lock once it knows): not a Maildir, MH or plain directory, not
+            # /dev/null (one in /dev would fail at every delivery)
+            res = self.effects.save([default], ev.message.data, raw=False, box="DEFAULT")
+            if res.overflow:
+                variables["PROCMAIL_OVERFLOW"] = "yes"
             # set even when the save failed: procmail names the file as it opens it
             # (a Maildir, MH or directory temp file that could not be made names none)
             if not res.keeps_lastfolder:
@@ -451,7 +448,7 @@ class Agent:
                 return True
         orgmail = variables.get("ORGMAIL", "")
         if orgmail and orgmail != default:
-            res = self.effects.save([orgmail], ev.message.data, raw=False)
+            res = self.effects.save([orgmail], ev.message.data, raw=False, box="ORGMAIL")
             if not res.keeps_lastfolder:
                 variables["LASTFOLDER"] = res.lastfolder or orgmail
             if res.ok:
@@ -521,12 +518,3 @@ class Agent:
 class _HostExit(Exception):
     """A HOST mismatch with no rc file left ends the delivery (Agent._host_exit)."""
 
-
-class _null:
-    """A lock that is not taken (LOCKEXT empty)."""
-
-    def __enter__(self) -> bool:
-        return True
-
-    def __exit__(self, *exc: object) -> None:
-        return None

@@ -300,22 +300,27 @@ class RealEffects:
     # ------------------------------------------------------------------ actions
 
     def save(self, folders: Sequence[str], data: bytes, *, raw: bool,
-             part: Part = None, mail: bytes | None = None) -> SaveResult:
+             part: Part = None, mail: bytes | None = None, box: str | None = None) -> SaveResult:
         # /dev/null, however named, is deliver.folders' business: nothing is written
         lockext = self.vars.get("LOCKEXT", ".lock")
         already = bool(folders) and self._is_locked(folders[0] + lockext)
+        box_lock = None
+        if box == "DEFAULT" and self.vars.get("LOCKEXT", ""):
+            def box_lock(name: str) -> contextlib.AbstractContextManager[bool]:
+                return self.lock(internal(name) + lockext)
         try:
             result = deliver_to_folders(
                 [for_os(f) for f in folders], data, raw=raw, umask=self._umask, policy=self._policy(),
                 msgprefix=for_os(self.vars.get("MSGPREFIX", "")), lock_mbox=not already,
                 berkeley=self.berkeley, group=self.group, abspath=self._abspath,
-                part=part, mail=mail)
+                part=part, mail=mail, box=box is not None, box_lock=box_lock,
+                linebuf=self.numbers["LINEBUF"])
         except DeliveryError as err:
             shown = internal(err.path) if err.path else folders[0]
             if err.log_head:       # empty: deliver.folders logged the failure already
                 self.log(f'procmail: {err.log_head} "{shown}"\n')
             return SaveResult(False, internal(err.lastfolder),
-                              keeps_lastfolder=err.keeps_lastfolder)
+                              keeps_lastfolder=err.keeps_lastfolder, overflow=err.overflow)
         self.last_size = result.size
         return SaveResult(True, " ".join(internal(n) for n in result.names), result.size)
 

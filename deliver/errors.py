@@ -45,6 +45,8 @@ class DeliveryError(Exception):
         self.temp_file = False
         # an MH or directory folder's new file could not be linked to its final name
         self.link_failure = False
+        # the folder's name did not fit procmail's LINEBUF (PROCMAIL_OVERFLOW=yes)
+        self.overflow = False
 
 
 class MailboxError(DeliveryError):

@@ -87,7 +87,11 @@ class RecordingEffects:
         return True
 
     def save(self, folders: Sequence[str], data: bytes, *, raw: bool,
-             part: Part = None, mail: bytes | None = None) -> SaveResult:
+             part: Part = None, mail: bytes | None = None, box: str | None = None) -> SaveResult:
+        lockext = self.vars.get("LOCKEXT", "")
+        if box == "DEFAULT" and lockext and folders[0] != os.devnull and not folders[0].endswith("/") \
+                and not os.path.isdir(folders[0]):
+            self.events.append(f'would lock "{folders[0]}{lockext}"')
         self.events.append("would save to " + " ".join(folders) + f" ({len(data)} bytes)")
         self.last_size = len(data)
         return SaveResult(True, " ".join(folders), len(data))

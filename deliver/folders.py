@@ -32,6 +32,7 @@ for ENOSPC, EDQUOT, EFBIG, EIO and lock timeouts; nothing partial is left behind
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -177,6 +178,9 @@ def deliver_to_folders(
     abspath: Callable[[str], str] = os.path.abspath,
     part: Part = None,
     mail: bytes | None = None,
+    box: bool = False,
+    box_lock: Callable[[str], contextlib.AbstractContextManager[object]] | None = None,
+    linebuf: int | None = None,
 ) -> FolderResult:
     """Deliver ``message`` to ``names`` (one action line); see the module docstring.
     ``abspath``: the caller's os.path.abspath (RealEffects knows its cwd: no getcwd).
@@ -184,16 +188,37 @@ def deliver_to_folders(
     recipe), written as that part of procmail's buffer stands: its Content-Length was
     set when the mail was read (a header alone has no body to count, a body's lines
     are no header fields), and a body keeps a first line starting with "From " even in
-    a Maildir."""
+    a Maildir.
+
+    ``box``: the one name is $DEFAULT or $ORGMAIL at the end of the rc files, which
+    procmail's writefolder() opens by the name as given (its ``boxname``) where a
+    recipe's folder is opened by the name without its Maildir/MH suffix: a ``f/``,
+    ``f/.`` or ``f//`` that cannot be used as a directory fails ("f/" cannot be opened
+    as a file) instead of being appended to as the mbox ``f``.  ``box_lock``: for
+    $DEFAULT, the lock procmail takes on it when, and only when, it is written as an
+    mbox (given the name without its suffix; the caller adds LOCKEXT).
+
+    ``linebuf``: procmail's LINEBUF.  A Maildir, MH or directory folder whose name
+    leaves no room in procmail's buffer for a unique file name (foldertype()'s
+    ft_TOOLONG) is not written: "Exceeded LINEBUF", and the caller sets
+    PROCMAIL_OVERFLOW (the error's ``overflow``)."""
     if not names:
         raise MailboxError("no folder given")
     # Content-Length is left as it stands under -Y, and in a part alone (set at reading)
     keep_length = berkeley or part is not None
     first, others = names[0], list(names[1:])
     kind, path = _split(first)
+    suffixed = bool(kind)
     if not kind:
         kind = DIR if os.path.isdir(path) else MBOX
-    elif not _ready(kind, path, umask, group, abspath):
+    if kind != MBOX and linebuf is not None and _too_long(kind, path, linebuf):
+        log.warning("Exceeded LINEBUF")
+        err = MailboxError(f'Exceeded LINEBUF with "{path}"', path=path)
+        err.log_head = ""
+        err.overflow = True
+        err.keeps_lastfolder = True
+        raise err
+    if suffixed and not _ready(kind, path, umask, group, abspath):
         broken = _broken_maildir_part(kind, path)
         if broken is not None:
             # procmail's foldertype(): a Maildir directory whose new/, cur/ or tmp/
@@ -208,31 +233,18 @@ def deliver_to_folders(
             raise err
         log.warning('Unable to treat as directory "%s"', path)
         kind = MBOX                        # rule 32: append to that file as an mbox
+        if box:
+            with box_lock(path) if box_lock is not None else contextlib.nullcontext():
+                err = MailboxError(f'Error while writing to "{path}"', path=path)
+            err.lastfolder = first         # procmail's LASTFOLDER keeps the suffix
+            raise err
 
     if kind == MBOX:
-        skipped = tuple(others)
-        if " ".join(skipped):   # one line for the rest, its words joined (procmail's
-            log.warning('Skipped "%s"', " ".join(skipped))    # concatenate); "" says nothing
-        if path == os.devnull:
-            # reached through "/dev/null//" or as the first of several names: procmail
-            # writes nothing there and counts the mail as it stands (its rawnonl)
-            return FolderResult((path,), len(message), MBOX, skipped)
-        if part == "body" and mail is not None:
-            data = mbox_body_bytes(message, mail, raw=raw, berkeley=berkeley)
-        else:
-            data = mbox_bytes(message, raw=raw, berkeley=keep_length)
-        try:
-            size = append_mbox(path, data, policy=policy, umask=umask, lock=lock_mbox,
-                               spool_checks=spool_checks, group=group)
-        except MailboxError as exc:
-            if path != first or others:
-                # a Maildir or MH name taken as an mbox: procmail's LASTFOLDER is left
-                # holding the name without its suffix, the file it tried; of several
-                # names only the first, the one it tried
-                exc.lastfolder = path
-            raise
-        return FolderResult((path,), size, MBOX, skipped)
-
+        locked = box_lock is not None and path != os.devnull
+        with box_lock(path) if locked else contextlib.nullcontext():
+            return _to_mbox(first, path, others, message, raw=raw, umask=umask, policy=policy,
+                            lock_mbox=lock_mbox, spool_checks=spool_checks, berkeley=berkeley,
+                            keep_length=keep_length, group=group, part=part, mail=mail)
     if kind == MAILDIR:
         data = (message if part == "body" else skip_from_line(message) if part
                 else maildir_bytes(message, berkeley=berkeley))
@@ -265,6 +277,15 @@ def deliver_to_folders(
     for name in others:
         okind, opath = _split(name)
         okind = okind or DIR
+        if linebuf is not None and _too_long(okind, opath, linebuf):
+            # procmail's writefolder() gives up there (its exlb): the folders stored so
+            # far keep the mail, the recipe fails, LASTFOLDER names what was stored
+            log.warning("Exceeded LINEBUF")
+            err = MailboxError(f'Exceeded LINEBUF with "{opath}"', path=opath)
+            err.log_head = ""
+            err.overflow = True
+            err.lastfolder = " ".join(shown)
+            raise err
         if not _prepare(okind, opath, umask, forcedir=True):
             log.warning('Unable to treat as directory "%s"', _broken_maildir_part(okind, opath) or opath)
             log.warning('Skipped "%s"', opath)
@@ -285,3 +306,42 @@ def deliver_to_folders(
             _mark_new_mail(opath, os.path.join(opath, "new") if okind == MAILDIR else opath, umask)
         shown.append(linked)
     return FolderResult(tuple(shown), len(data), kind, tuple(skipped))
+
+
+_UNIQ_NAME_LEN = 30       # procmail's UNIQnamelen: room for a Maildir/MH/msg.XXXX name
+_MAILDIR_PART_LEN = 4     # MAILDIRLEN: "/new", "/tmp"
+
+
+def _too_long(kind: str, path: str, linebuf: int) -> bool:
+    """procmail's foldertype() length check (ft_TOOLONG) for a directory folder."""
+    extra = _MAILDIR_PART_LEN if kind == MAILDIR else 0
+    return len(os.fsencode(path)) + _UNIQ_NAME_LEN + 1 + extra > linebuf
+
+
+def _to_mbox(first: str, path: str, others: list[str], message: bytes, *, raw: bool, umask: int,
+             policy: LockPolicy, lock_mbox: bool, spool_checks: bool, berkeley: bool,
+             keep_length: bool, group: GroupCommit | None, part: Part,
+             mail: bytes | None) -> FolderResult:
+    """The first name as an mbox (``path``, ``first`` as written); the others skipped."""
+    skipped = tuple(others)
+    if " ".join(skipped):   # one line for the rest, its words joined (procmail's
+        log.warning('Skipped "%s"', " ".join(skipped))    # concatenate); "" says nothing
+    if path == os.devnull:
+        # reached through "/dev/null//" or as the first of several names: procmail
+        # writes nothing there and counts the mail as it stands (its rawnonl)
+        return FolderResult((path,), len(message), MBOX, skipped)
+    if part == "body" and mail is not None:
+        data = mbox_body_bytes(message, mail, raw=raw, berkeley=berkeley)
+    else:
+        data = mbox_bytes(message, raw=raw, berkeley=keep_length)
+    try:
+        size = append_mbox(path, data, policy=policy, umask=umask, lock=lock_mbox,
+                           spool_checks=spool_checks, group=group)
+    except MailboxError as exc:
+        if path != first or others:
+            # a Maildir or MH name taken as an mbox: procmail's LASTFOLDER is left
+            # holding the name without its suffix, the file it tried; of several
+            # names only the first, the one it tried
+            exc.lastfolder = path
+        raise
+    return FolderResult((path,), size, MBOX, skipped)

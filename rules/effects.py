@@ -35,6 +35,9 @@ class SaveResult:
     # after a failure: procmail named no file yet (a Maildir, MH or directory temp
     # file), so LASTFOLDER keeps the value it had before the action
     keeps_lastfolder: bool = False
+    # after a failure: the folder's name did not fit LINEBUF ("Exceeded LINEBUF" was
+    # logged); the caller sets PROCMAIL_OVERFLOW
+    overflow: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +112,13 @@ class Effects(Protocol):
 
     # -- actions ------------------------------------------------------------
     def save(self, folders: Sequence[str], data: bytes, *, raw: bool,
-             part: Part = None, mail: bytes | None = None) -> SaveResult:
+             part: Part = None, mail: bytes | None = None, box: str | None = None) -> SaveResult:
         """Write to one or more folders; ``data`` is what the recipe feeds (h/b).
+        ``box``: "DEFAULT" or "ORGMAIL" when the mail falls off the end of the rc files
+        into that variable's folder, which procmail writes by the name as given: a
+        Maildir/MH/directory name there that cannot be used as one is not appended to as
+        an mbox, and $DEFAULT is locked ($DEFAULT$LOCKEXT, suffix dropped) only when it
+        is an mbox.
         ``part``: "header" or "body" when the recipe feeds one part alone, which
         procmail writes as that part of its buffer stands (its Content-Length was set
         when the mail was read; a body keeps a first line starting with "From " even in

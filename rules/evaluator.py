@@ -932,6 +932,8 @@ class Evaluator:
                 part = _part(flags, folder=True)
                 result = self.effects.save(names, data, raw=raw, part=part,
                                            mail=self.message.data if part == "body" else None)
+            if result.overflow:
+                self.vars["PROCMAIL_OVERFLOW"] = "yes"
             if result.ok or result.lastfolder:
                 self.vars["LASTFOLDER"] = result.lastfolder
             elif result.keeps_lastfolder:

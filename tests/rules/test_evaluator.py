@@ -75,7 +75,7 @@ class Recorder:
         return True
 
     def save(self, folders: Sequence[str], data: bytes, *, raw: bool,
-             part: Part = None, mail: bytes | None = None) -> SaveResult:
+             part: Part = None, mail: bytes | None = None, box: str | None = None) -> SaveResult:
         if folders[0] in self.fail:
             return SaveResult(False)
         self.saved.append(tuple(folders))
