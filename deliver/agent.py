@@ -119,7 +119,7 @@ def initial_environment(user: User, inv: Invocation, site: Site,
     env: dict[str, str] = dict(caller_env) if inv.preserve_env else {}
     if not inv.preserve_env and "TZ" in caller_env:
         env["TZ"] = caller_env["TZ"]
-    for name in ("IFS", "ENV"):
+    for name in ("IFS", "ENV", "PWD"):      # procmail's PRESTENV
         env.pop(name, None)
     # the user's names as the rc sees them: latin-1 text of their bytes (deliver.osnames)
     home, name = internal(user.home), internal(user.name)
@@ -214,7 +214,7 @@ class Agent:
         if inv.rcfiles:
             out = []
             for rc in inv.rcfiles:
-                if rc.startswith("/"):
+                if rc.startswith("/") or not rc:     # procmail opens "" as it is
                     out.append((rc, "given"))
                 elif inv.mailfilter or rc.startswith("./"):
                     out.append((rc, "cwd"))
@@ -241,6 +241,10 @@ class Agent:
             return None
         try:
             return self.load_rc(for_os(path))
+        except IsADirectoryError:
+            # procmail opens a directory without complaint and reads its end at once:
+            # an rc file with nothing in it (and the later rc files are not tried)
+            return RcFile(path, ())
         except OSError:
             if cmdline and say:
                 self.effects.log(f'procmail: Couldn\'t read "{path}"\n')
@@ -321,7 +325,9 @@ class Agent:
         host_matches = True
         for name, value in inv.assignments:
             if name == "INCLUDERC":
-                continue                  # procmail: command-line INCLUDERC has no effect
+                # procmail sets it (asenvcpy) but includes nothing: no rc file is open
+                ev.assign_argument(name, value, special=False)
+                continue
             if not ev.assign_argument(name, value):
                 host_matches = False      # procmail exits 0 here, delivering nothing; a
                 break                     # HOST mismatch goes to $DEFAULT (README)
@@ -490,7 +496,8 @@ class Agent:
             status = ExitCode.TEMPFAIL if inv.tempfail else ExitCode.CANTCREAT
             if eff.abstract_enabled(final=True):
                 where = "**Requeued**" if inv.tempfail else "**Bounced**"
-                eff.log(format_abstract(ev.message.data, where, 0))
+                # procmail's lastdump: what its last successful write wrote (a copy's)
+                eff.log(format_abstract(ev.message.data, where, eff.last_size))
         status = self._trap_and_exitcode(ev, status)
         eff.close()
         return Outcome(status, delivered, variables.get("LASTFOLDER", ""))

@@ -431,16 +431,20 @@ class Evaluator:
                 return
         self.set_variable(name, value)
 
-    def assign_argument(self, name: str, value: str) -> bool:
+    def assign_argument(self, name: str, value: str, *, special: bool = True) -> bool:
         """A NAME=value from procmail's command line, its value read as asenvcpy()
         reads it (readparse: quotes, $VAR, backquotes; words joined by one blank, and
         one blank kept after the last word when blanks end the text: readparse writes
         the blank that ends a word and only skips the ones after it).
-        False for a HOST that does not match: procmail ends before any rc file."""
+        False for a HOST that does not match: procmail ends before any rc file.
+        ``special=False``: only the variable is set, its handler (INCLUDERC's) not run."""
         words = self._expand_words(value)
         joined = " ".join(words) if words is not None else ""
         if joined and value.endswith((" ", "\t")) and not value.endswith(("\\ ", "\\\t")):
             joined += " "
+        if not special:
+            self.vars[name] = joined.partition("\0")[0]
+            return True
         try:
             self.set_variable(name, joined)
         except _Stop as stop:
