@@ -32,6 +32,10 @@ DESCRIPTION
          is not tried and stays pending (``waiting``; the runner retries the message a
          moment later; past queue_lifetime it fails as a deferral would).  Remote
          addresses are deferred: outbound SMTP is not part of this release.
+         Two recipients of one message that reach the same destination (the same
+         user's mailbox however the address was spelt, the same program or file, the
+         same alias target) get one delivery, as sendmail suppresses duplicates: the
+         second is recorded as sent ("duplicate suppressed").
       3. record: delivered; deferred with exponential back-off ([queue] initial doubling
          up to max_backoff); failed for a permanent error, or when the message is older
          than queue_lifetime (Status 4.4.7).  The envelope is saved after every step.
@@ -100,6 +104,8 @@ class Attempt:
 # Not tried: every delivery slot of the user is taken (mta.userslots).  The recipient
 # stays pending, no attempt is counted, nothing is logged as a deferral.
 WAITING = Attempt("waiting", "4.3.2", "x-unix; delivery slots of the user busy", "Waiting for a delivery slot")
+# Another recipient of the message reached the same destination in this pass.
+DUPLICATE = Attempt("sent", "2.0.0", "x-unix; duplicate suppressed", "Sent (duplicate suppressed)")
 
 
 def backoff(attempts: int, initial: float, maximum: float) -> float:
@@ -123,6 +129,19 @@ def encode_destination(d: Destination) -> str:
         case ErrorDest(reply):
             return f"error:{reply.code} {reply.enhanced or ''} {reply.text}"
     raise ValueError(f"not storable: {d!r}")
+
+
+def _duplicate_key(d: Destination) -> Destination | None:
+    """What makes two deliveries the same one: the destination itself (a local mailbox
+    with its detail, a program with the user it runs as, a file), a remote address with
+    its domain in lower case.  None for what is not a delivery (errors, discards)."""
+    match d:
+        case LocalMailbox() | ProgramDest() | FileDest():
+            return d
+        case RemoteDest(address):
+            local, at, domain = address.rpartition("@")
+            return RemoteDest(f"{local}{at}{domain.lower()}") if at else d
+    return None
 
 
 def decode_destination(address: str) -> Destination | None:
@@ -360,17 +379,19 @@ class Runner:
         force = claimed.qid in self._forced
         self._forced.discard(claimed.qid)
         i = 0
+        sent: set[Destination] = set()     # destinations delivered in this pass
         while i < len(env.recipients):
             rcpt = env.recipients[i]
             if rcpt.due(now) or (force and rcpt.state == "deferred"):
-                replaced = await self._try(claimed, i)
+                replaced = await self._try(claimed, i, sent)
                 i += replaced
             else:
                 i += 1
         await self._send_bounces(claimed)
 
-    async def _try(self, claimed: ClaimedMessage, index: int) -> int:
-        """Try recipient ``index``; returns how many recipients now stand in its place."""
+    async def _try(self, claimed: ClaimedMessage, index: int, sent: set[Destination]) -> int:
+        """Try recipient ``index``; returns how many recipients now stand in its place.
+        ``sent``: the destinations delivered so far in this pass (duplicates)."""
         env = claimed.envelope
         rcpt = env.recipients[index]
         started = self.clock()
@@ -392,7 +413,12 @@ class Runner:
             if not simple:
                 return await self._expand(claimed, index, dests, owners, started)
             dest = dests[0]
+        key = _duplicate_key(dest)
+        if key is not None and key in sent:
+            return await self._record(claimed, rcpt, DUPLICATE, started)
         attempt = await self._deliver(claimed, rcpt, dest)
+        if key is not None and attempt.outcome == "sent":
+            sent.add(key)
         return await self._record(claimed, rcpt, attempt, started)
 
     async def _expand(self, claimed: ClaimedMessage, index: int, dests: tuple[Destination, ...],

@@ -176,6 +176,22 @@ def test_alias_include_program_file_and_virtusertable(make_site, tmp_path: Path)
     assert site.all_queued() == []
 
 
+def test_recipients_reaching_one_destination_get_one_delivery(make_site, tmp_path: Path) -> None:
+    # sendmail's duplicate suppression: a user spelt twice (domain case), listed in an
+    # alias and named directly, or a program reached through two aliases is delivered to
+    # once; the other recipients are recorded as sent, and a user+detail stays distinct
+    out = tmp_path / "prog.out"
+    site = make_site(aliases=(f"team: alice, bob\nall: team, alice\n"
+                              f'p1: "|cat >> {out}"\np2: "|cat >> {out}"\n'))
+    qid = site.queue(["alice@example.com", "alice@EXAMPLE.COM", "all@example.com",
+                      "alice+x@example.com", "p1@example.com", "p2@example.com"], subject="once")
+    site.drain()
+    assert [m["Subject"] for m in site.messages(site.inbox("alice"))] == ["once", "once"]   # alice, alice+x
+    assert [m["Subject"] for m in site.messages(site.inbox("bob"))] == ["once"]
+    assert out.read_bytes().count(b"Subject: once") == 1
+    assert site.spool.locate(qid) is None
+
+
 def test_expansion_is_recorded_so_a_retry_never_repeats_a_delivery(make_site) -> None:
     # bob's rc defers; alice must get exactly one copy however often bob is retried.
     site = make_site(users={"alice": "", "bob": "EXITCODE=75\n:0\n/dev/null\n"},
