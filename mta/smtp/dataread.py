@@ -192,8 +192,11 @@ class DataReceiver:
         self._prev_crlf = line.endswith(b"\r\n")
         if len(line) > self._max_line:
             self._fail(R.TEXT_LINE_TOO_LONG)
-        if line[:1] == b".":
-            line = line[1:]              # RFC 5321 4.5.2 transparency
+        if line[:1] == b"." and line != b".\n" and line != b".\r\n":
+            # RFC 5321 4.5.2 transparency: "a period and other characters" loses the
+            # period; a lone period that does not end the data (after a bare LF, or
+            # ended by one: no smuggling) is kept as it came
+            line = line[1:]
         self._account(len(line))
         if self._prev_crlf:
             line = line[:-2] + b"\n"

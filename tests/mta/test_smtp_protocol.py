@@ -206,6 +206,10 @@ def test_bare_cr_or_lf_around_dot_never_ends_data(smtp_server, raw, fake_end):
     assert len(rs.queued) == 1
     body = (qdir(rs, rs.queued[0]) / "message").read_bytes()
     assert b"MAIL FROM:<admin@victim.example>" in body and b"Subject: smuggled" in body
+    if fake_end in (b"\n.\n", b"\n.\r\n", b"\r\n.\n"):
+        # the lone period that did not end the data stays (RFC 5321 4.5.2 deletes a
+        # leading period only when other characters follow it on the line)
+        assert b"first\n.\nMAIL FROM" in body
     assert [r["address"] for r in envelope(rs, rs.queued[0])["recipients"]] == ["x@y.example"]
 
 
@@ -543,7 +547,7 @@ def reference_data(stream: bytes, max_line: int) -> tuple[int, bytes, int, bool]
             return pos, b"".join(out), size, too_long
         prev_crlf = line.endswith(b"\r\n")
         too_long |= len(line) > max_line
-        if line.startswith(b"."):
+        if line.startswith(b".") and line not in (b".\n", b".\r\n"):   # "and other characters"
             line = line[1:]
         size += len(line)
         out.append(line[:-2] + b"\n" if prev_crlf else line)
