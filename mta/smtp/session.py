@@ -309,7 +309,11 @@ class Session(asyncio.Protocol):
         try:
             text = raw.rstrip(b"\n").rstrip(b"\r").decode("utf-8")
         except UnicodeDecodeError:
-            self._bad(R.SYNTAX.with_text("Invalid UTF-8 in command"))
+            # a known command with bytes that are not UTF-8 in its argument (a Latin-1
+            # address) is a bad argument (501), not an unrecognised command (500)
+            verb, _ = split_command(raw.rstrip(b"\r\n").decode("latin-1"))
+            bad = R.SYNTAX_ARGS if verb in _HANDLERS else R.SYNTAX
+            self._bad(bad.with_text("Invalid UTF-8 in command"))
             return
         verb, arg = split_command(text)
         if verb in _FORBIDDEN:

@@ -213,6 +213,15 @@ def test_bare_cr_or_lf_around_dot_never_ends_data(smtp_server, raw, fake_end):
     assert [r["address"] for r in envelope(rs, rs.queued[0])["recipients"]] == ["x@y.example"]
 
 
+def test_bytes_that_are_not_utf8_are_a_bad_argument_of_a_known_command(smtp_server, raw):
+    rs = smtp_server()
+    c = raw(rs)
+    assert c.cmd("EHLO client.example")[0] == 250
+    assert c.cmd(b"MAIL FROM:<j\xf6rg@example.org>") == (501, "5.5.4 Invalid UTF-8 in command")
+    assert c.cmd(b"XYZZY \xf6") == (500, "5.5.2 Invalid UTF-8 in command")
+    assert c.cmd("MAIL FROM:<jorg@example.org>")[0] == 250
+
+
 def test_nul_in_command_refused(smtp_server, raw):
     rs = smtp_server()
     c = raw(rs)
