@@ -110,6 +110,9 @@ NESTED_MAIL = Reply(503, "5.5.1", "Sender already specified")
 NEED_MAIL = Reply(503, "5.5.1", "Need MAIL command")
 NEED_RCPT = Reply(503, "5.5.1", "Need RCPT command")
 NO_VALID_RCPTS = Reply(554, "5.5.1", "No valid recipients")
+# RFC 2920 3.1: DATA ends a command group; what a client sent after a DATA that was
+# refused is message text it did not wait to send, never commands to run
+DATA_PIPELINED = Reply(421, "4.5.0", "Improper pipelining after DATA, closing connection")
 PARAM_NOT_RECOGNIZED = Reply(555, "5.5.4", "MAIL FROM/RCPT TO parameter not recognized or not implemented")
 USER_UNKNOWN = Reply(550, "5.1.1", "User unknown")
 SENDER_REJECTED = Reply(550, "5.7.1", "Sender rejected")

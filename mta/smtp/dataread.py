@@ -81,6 +81,10 @@ class LineBuffer:
             return LINE_TOO_LONG
         return line
 
+    def pending(self) -> bool:
+        """Whether anything arrived beyond the lines handed out."""
+        return bool(self._buf) or self._skipping
+
     def take(self) -> bytes:
         """Everything buffered (the start of DATA's content)."""
         data = bytes(self._buf)

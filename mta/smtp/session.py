@@ -439,11 +439,14 @@ class Session(asyncio.Protocol):
         if arg:
             self._bad(R.SYNTAX_ARGS)
             return
-        if self.sender is None:
-            self._bad(R.NEED_MAIL)
-            return
-        if not self.recipients:
-            self._bad(R.NO_VALID_RCPTS)
+        if self.sender is None or not self.recipients:
+            self._bad(R.NEED_MAIL if self.sender is None else R.NO_VALID_RCPTS)
+            if self.lines.pending():
+                # the message text came with DATA (RFC 2920 3.1 forbids it): run as
+                # commands it could queue a message of its own (the smuggling shape)
+                log.warning("improper pipelining after DATA from %s: closing", self.relay)
+                self.reply(R.DATA_PIPELINED)
+                raise _Close()
             return
         try:
             # deferred: tmp/<qid>/ is made at commit, not for every DATA that fails

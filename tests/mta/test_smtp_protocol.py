@@ -170,6 +170,26 @@ def test_pipelining_batch_and_pipelined_quit(smtp_server, raw):
     assert [r["address"] for r in envelope(rs, rs.queued[0])["recipients"]] == ["x@y.example", "z@y.example"]
 
 
+def test_text_pipelined_after_a_refused_data_is_never_run_as_commands(smtp_server, raw):
+    """RFC 2920 3.1: a client must wait for 354.  One that sent the message text with
+    DATA, all of whose recipients were refused, would otherwise have that text read as
+    commands (a message of its own hidden in it, the smuggling shape): the server says
+    421 and closes; a DATA refused with nothing behind it keeps the session."""
+    rs = smtp_server(policy=SimplePolicy(users=["real@y.example"]))
+    c = raw(rs)
+    c.send(b"EHLO client.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<nobody@y.example>\r\nDATA\r\n"
+           b"MAIL FROM:<admin@victim.example>\r\nRCPT TO:<real@y.example>\r\nDATA\r\n"
+           b"Subject: smuggled\r\n\r\nevil\r\n.\r\n")
+    assert [c.reply()[0] for _ in range(4)] == [250, 250, 550, 554]
+    assert c.reply() == (421, "4.5.0 Improper pipelining after DATA, closing connection")
+    assert c.closed()
+    assert rs.queued == []
+    c = raw(rs)
+    c.send(b"EHLO client.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<nobody@y.example>\r\nDATA\r\n")
+    assert [c.reply()[0] for _ in range(4)] == [250, 250, 550, 554]
+    assert c.cmd("RCPT TO:<real@y.example>")[0] == 250
+
+
 def test_client_that_reads_no_replies_is_not_read_until_it_does(smtp_server, raw):
     """Flow control: a pipelining client that never reads its replies makes the server
     stop reading it (the replies would otherwise pile up in the server's memory); once
