@@ -199,11 +199,12 @@ class RealEffects:
         return socket.gethostname()
 
     def close(self) -> None:
-        _DELIVER_LOG.removeHandler(self._bridge)
+        # the locks first, while their log lines ("Couldn't unlock") still reach LOGFILE
         self.global_lock(None)
         for lock in list(self._held.values()):
             lock.release()
         self._held.clear()
+        _DELIVER_LOG.removeHandler(self._bridge)
         self._close_log()
 
     # ------------------------------------------------------------------ rc files
@@ -263,7 +264,9 @@ class RealEffects:
     @contextlib.contextmanager
     def lock(self, path: str) -> Iterator[bool]:
         key = self._abspath(for_os(path))
-        if key in self._held:
+        if key in self._held or (self._global is not None and self._global[0] == path):
+            # held already: as a recipe's, or as LOCKFILE by that very name (procmail's
+            # strcmp(buf, globlock): "./x.lock" is not "x.lock" and waits for it)
             yield True
             return
         lock = self._acquire(path)
@@ -468,15 +471,16 @@ class RealEffects:
 
     def abstract_enabled(self, final: bool) -> bool:
         """LOGABSTRACT, read as a number (rules.envint: `all` is 2, `yes` 1, `no` 0):
-        above 1 every delivering recipe is logged, 1 the final delivery, 0 nothing;
-        unset (or negative) the final delivery when a LOGFILE is open (procmail's
-        lgabstract)."""
+        exactly 2 every delivering recipe is logged (a `c` copy too), above 0 the final
+        delivery, 0 nothing; unset (or negative) the final delivery when a LOGFILE is
+        open or VERBOSE is on (procmail's lgabstract)."""
         level = self.numbers["LOGABSTRACT"]
-        if level > 1:
+        if not final:
+            return level == 2          # procmail.c: a c copy's abstract only at exactly 2
+        if level > 0:
             return True
-        if level == 0 or not final:
-            return False
-        return level > 0 or self._log_opened
+        # mailfold.c: (logopened || verbose) && lgabstract
+        return level != 0 and (self._log_opened or self.numbers["VERBOSE"] != 0)
 
     def abstract(self, message: bytes, folder: str) -> None:
         if self.abstract_enabled(final=False):

@@ -383,9 +383,9 @@ class DotLock:
             with spool_group():
                 lock.unlock()
         except flufl.lock.NotLockedError:
-            # Someone judged our lock stale and broke it: the fcntl lock still covered the
-            # write, but say so (procmail is silent here).
-            log.warning('Lock "%s" was removed by someone else while held', self.path)
+            # Someone judged our lock stale and broke it (or removed it): the fcntl lock
+            # still covered the write; procmail's unlock() says so in these words
+            log.warning('Couldn\'t unlock "%s"', self.path)
             with contextlib.suppress(OSError):
                 os.unlink(lock.claimfile)
 

@@ -556,6 +556,12 @@ class Evaluator:
                 self.lastsucc = False
             self._drop_diags_inside(block)     # the clone has logged them; we skip it
             return
+        if recipe.lock is not None:
+            # "Extraneous locallockfile ignored" (logged when read), yet procmail still
+            # takes the lock (":0:" is LOCKEXT alone) as it enters the block and lets it
+            # go: a stale ".lock" is forced, an unwritable directory says Lock failure
+            with self._locked(self._lockname(recipe, "")):
+                pass
         self.frames.append(frame)
 
     def _clone_into(self, frame: _Frame) -> int:
@@ -903,13 +909,30 @@ class Evaluator:
         metas = self.vars.get("SHELLMETAS", "")   # preset by deliver/; unset means none
         return expand.has_shell_metas(text, metas)
 
+    _IMPLICIT = object()     # _lock_word: the name expanded to no word at all
+
+    def _lock_word(self, raw: str) -> "str | None | object":
+        """A ``:0: name`` as procmail reads it (readparse, words split): its first
+        word, the others logged as Skipped; ``_IMPLICIT`` when it expands to no word
+        (``:0: $EMPTY``: the recipe's implicit lock, as if no name were given); None
+        (no lock) for a quoted empty word (``:0: "$EMPTY"``) or an error."""
+        words = self._expand_words(raw, arguments=False)
+        if words is None:
+            return None
+        if not words or (not words[0] and "'" not in raw and '"' not in raw):
+            return self._IMPLICIT     # nothing at all; a quoted "" is a name, empty
+        if len(words) > 1:
+            self.effects.log(f'procmail: Skipped "{" ".join(words[1:])}"\n')
+        return words[0] or None
+
     def _lockname(self, recipe: Recipe, target: str) -> str | None:
         if recipe.lock is None:
             return None
         lockext = self.vars.get("LOCKEXT", "")
         if recipe.lock.name is not None:
-            value = self._expand_value(recipe.lock.name)
-            return value or None
+            word = self._lock_word(recipe.lock.name)
+            if word is not self._IMPLICIT:
+                return word  # type: ignore[return-value]
         if target == "/dev/null":
             return None    # procmail tries no /dev/null.lock (it could never be made)
         return target + lockext
@@ -1009,7 +1032,9 @@ class Evaluator:
         if recipe.lock is None:
             return None
         if recipe.lock.name is not None:
-            return self._expand_value(recipe.lock.name) or None
+            word = self._lock_word(recipe.lock.name)
+            if word is not self._IMPLICIT:
+                return word  # type: ignore[return-value]
         pos = text.find(">>")
         lockext = self.vars.get("LOCKEXT", "")
         target = ""
@@ -1022,10 +1047,9 @@ class Evaluator:
                 end += 1
             target = rest[:end]
             if target:
-                try:
-                    target = expand.expand_value(target, self.lookup, self.backquote)
-                except ExpansionError:
-                    target = ""
+                # read as procmail reads it (readparse, words split): the first word
+                words = self._expand_words(target, arguments=False)
+                target = words[0] if words else ""
         if not target:
             self.effects.log(f'procmail: Couldn\'t determine implicit lockfile from "{text}"\n')
             return lockext or None

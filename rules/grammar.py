@@ -535,7 +535,7 @@ recipe = (colon + header + pp.ZeroOrMore(forced_condition)
 # so when it reads the recipe, whether or not the conditions match.
 _BLOCK_EXTRANEOUS = (
     (Flag.FILTER, "filter-flag", "a block is not a filter"),
-    (None, "locallockfile", "a block without c takes no lock (give the recipes inside it ':0:')"),
+    (None, "locallockfile", "a block without c holds no lock (give the recipes inside it ':0:')"),
     (Flag.FEED_BODY, "deliver-body flag", "a block is not fed anything"),
     (Flag.FEED_HEADER, "deliver-head flag", "a block is not fed anything"),
     (Flag.IGNORE_WRITE, "ignore-write-error flag", "nothing is written to a block"),
