@@ -26,8 +26,11 @@ SEMANTICS
     * Domains are case-insensitive; alias names and user names are looked up
       case-insensitively (sendmail folds both); remote local parts keep their case.
     * An alias naming itself (``bob: bob, bob@elsewhere``) delivers to the mailbox,
-      as sendmail does; any other cycle, and nesting deeper than MAX_DEPTH (10, sendmail's
-      MaxAliasRecursion), is a loop: Reject 554 5.4.6 (RFC 3463 "routing loop detected").
+      as sendmail does.  Any other cycle ends where it comes back (an alias or an
+      :include: reached again is a duplicate, as in sendmail and Postfix): the other
+      members are delivered; when the cycle leaves nothing to deliver, it is a loop:
+      Reject 554 5.4.6 (RFC 3463 "routing loop detected").  Nesting deeper than
+      MAX_DEPTH (10, sendmail's MaxAliasRecursion) is rejected the same way.
     * A name reached twice through different lists gets one delivery (duplicate
       suppression).  Destinations keep the order in which they were found.
     * ``/dev/null`` as a file target is Discard.
@@ -139,6 +142,14 @@ class RemoteDest:
 @dataclass(frozen=True, slots=True)
 class ErrorDest:
     reply: Reply
+    # the list member that failed (an unknown user reached through an alias): named in
+    # the bounce, never in the SMTP reply (the client must not learn a list's members)
+    member: str | None = None
+
+    @property
+    def report(self) -> Reply:
+        """The reply as a bounce shows it."""
+        return self.reply.with_text(f"<{self.member}>: {self.reply.text}") if self.member else self.reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +233,13 @@ class _Item:
         return f"{a.local.lower()}@{a.domain}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Cycle:
+    """An :include: met again inside itself: nothing more to route there."""
+
+    chain: str
+
+
 @dataclass(slots=True)
 class _Run:
     """The state of one resolve() call."""
@@ -232,6 +250,7 @@ class _Run:
     done: set[str] = field(default_factory=set)
     top_owner: str | None = None
     kind: DomainClass | None = None  # of the address resolve() was given
+    loop: str | None = None          # the first cycle met ("a -> b -> a")
 
     def add(self, dest: Destination, owner: str | None) -> None:
         if dest not in self.destinations:
@@ -251,7 +270,7 @@ class Expanded:
     """The item was replaced, in target order: new items go through every stage,
     destinations are final."""
 
-    entries: tuple[_Item | Destination, ...]
+    entries: tuple["_Item | Destination | _Cycle", ...]
     owner: str | None = None  # the owner-LIST the destinations belong to
 
 
@@ -362,12 +381,12 @@ class AliasesStage:
             owner = f"owner-{alias.name}@{self.hostname}"
             if item.depth == 0:
                 run.top_owner = owner
-        entries: list[_Item | Destination] = []
+        entries: list[_Item | Destination | _Cycle] = []
         self._expand(alias.targets, alias.name, item, owner, entries, includes=())
         return Expanded(tuple(entries), owner)
 
     def _expand(self, targets: tuple[Target, ...], name: str, item: _Item, owner: str | None,
-                out: list[_Item | Destination], includes: tuple[str, ...]) -> None:
+                out: list[_Item | Destination | _Cycle], includes: tuple[str, ...]) -> None:
         ancestors = item.ancestors + (item.key,) + includes
         depth = item.depth + 1 + len(includes)
         for t in targets:
@@ -391,7 +410,8 @@ class AliasesStage:
                 case IncludeTarget(path):
                     key = f":include:{path}"
                     if key in ancestors:
-                        raise Reject(LOOP.with_text(f"{LOOP.text}: {key} includes itself"))
+                        out.append(_Cycle(f"{key} includes itself"))
+                        continue
                     if depth + 1 > MAX_DEPTH:
                         raise Reject(TOO_DEEP)
                     try:
@@ -427,7 +447,9 @@ class UsersStage:
             if root is not None:
                 return Done((LocalMailbox(root.name),))
             raise Defer(NO_POSTMASTER)
-        return Done((ErrorDest(R.USER_UNKNOWN),))
+        # a list's member: its bounce (to the list's owner, or the sender) must name the
+        # member, not the list (Postfix: "<member@host>: unknown user")
+        return Done((ErrorDest(R.USER_UNKNOWN, str(item.address) if item.depth else None),))
 
 
 class LocalOrRemoteStage:
@@ -484,6 +506,8 @@ class Router:
         except MapUnavailable as exc:
             log.warning("%s", exc)
             raise Defer(MAP_UNAVAILABLE) from exc
+        if not run.destinations and run.loop is not None:
+            raise Reject(LOOP.with_text(f"{LOOP.text}: {run.loop}"))
         if run.destinations and all(isinstance(d, ErrorDest) for d in run.destinations):
             reply = run.destinations[0].reply  # type: ignore[union-attr]
             raise (Defer if reply.is_temporary else Reject)(reply)
@@ -499,7 +523,8 @@ class Router:
         key = item.key
         if key in item.ancestors and not item.no_alias:  # a mailbox cannot expand again
             chain = " -> ".join(item.ancestors[item.ancestors.index(key):] + (key,))
-            raise Reject(LOOP.with_text(f"{LOOP.text}: {chain}"))
+            run.loop = run.loop or chain
+            return
         if item.depth > MAX_DEPTH:
             raise Reject(TOO_DEEP)
         done_key = f"{key}\0{item.no_alias}"
@@ -518,6 +543,8 @@ class Router:
                     for entry in entries:
                         if isinstance(entry, _Item):
                             self._route(entry, run)
+                        elif isinstance(entry, _Cycle):
+                            run.loop = run.loop or entry.chain
                         else:
                             run.add(entry, owner)
                     return

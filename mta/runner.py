@@ -126,7 +126,8 @@ def encode_destination(d: Destination) -> str:
             return path
         case RemoteDest(address):
             return address
-        case ErrorDest(reply):
+        case ErrorDest():
+            reply = d.report
             return f"error:{reply.code} {reply.enhanced or ''} {reply.text}"
     raise ValueError(f"not storable: {d!r}")
 
@@ -434,13 +435,15 @@ class Runner:
             if isinstance(d, Discard):
                 log.info("%s: to=<%s>, stat=Sent (discarded)", claimed.qid, orcpt)
                 continue
+            if owner is not None and owner != env.sender:
+                # a list with an owner: its members, failing ones included, go out in a
+                # message from the owner, so that their errors go to the owner
+                by_owner.setdefault(owner, []).append(encode_destination(d))
+                continue
             if isinstance(d, ErrorDest) and d.reply.is_permanent:
                 child = RecipientState(orcpt, orcpt=orcpt)
-                self._fail(env, child, _reply_attempt(d.reply), claimed.qid, started)
+                self._fail(env, child, _reply_attempt(d.report), claimed.qid, started)
                 children.append(child)
-                continue
-            if owner is not None and owner != env.sender:
-                by_owner.setdefault(owner, []).append(encode_destination(d))
                 continue
             children.append(RecipientState(encode_destination(d), orcpt=orcpt))
         for owner, addresses in by_owner.items():

@@ -101,6 +101,21 @@ def test_loops_are_rejected(tmp_path: Path) -> None:
     assert dests(r, "ok") == (LocalMailbox("alice"),)  # the rest of the map still works
 
 
+def test_a_cycle_with_other_members_delivers_them(tmp_path: Path) -> None:
+    # sendmail and Postfix: the cycle ends where it comes back (a duplicate); the other
+    # members of the lists are delivered, once; a cycle with nothing else is a loop
+    inc = tmp_path / "self.list"
+    inc.write_text(f"alice\n:include:{inc}\n")
+    r = make_router(tmp_path, aliases=(f"loopc: loopd, alice\nloopd: loopc, bob\n"
+                                       f"selfinc: :include:{inc}\nonly: :include:{tmp_path / 'only.list'}\n"))
+    (tmp_path / "only.list").write_text(f":include:{tmp_path / 'only.list'}\n")
+    assert dests(r, "loopc") == (LocalMailbox("bob"), LocalMailbox("alice"))
+    assert dests(r, "selfinc") == (LocalMailbox("alice"),)
+    with pytest.raises(Reject, match="includes itself") as exc:
+        r.resolve("only")
+    assert exc.value.reply.code == 554 and exc.value.reply.enhanced == "5.4.6"
+
+
 def test_depth_limit(tmp_path: Path) -> None:
     chain = "".join(f"l{i}: l{i + 1}\n" for i in range(MAX_DEPTH + 2)) + f"l{MAX_DEPTH + 2}: alice\n"
     r = make_router(tmp_path, aliases=chain + "short: l5\n")
@@ -169,7 +184,7 @@ def test_alias_to_virtual_address(tmp_path: Path) -> None:
 
 def test_mixed_list_keeps_good_members(tmp_path: Path) -> None:
     r = make_router(tmp_path, aliases="mixed: alice, ghost\n")
-    assert dests(r, "mixed") == (LocalMailbox("alice"), ErrorDest(R.USER_UNKNOWN))
+    assert dests(r, "mixed") == (LocalMailbox("alice"), ErrorDest(R.USER_UNKNOWN, "ghost"))  # the member, for its bounce
 
 
 def test_postmaster_fallback(tmp_path: Path) -> None:

@@ -394,6 +394,21 @@ def test_owner_list_becomes_the_envelope_sender(make_site) -> None:
         e.recipients[0].address == "outsider@example.com" for e in site.spool.list())
 
 
+def test_an_unknown_member_of_a_list_with_an_owner_bounces_to_the_owner(make_site) -> None:
+    # aliases(5): owner-LIST exists so that delivery errors go to the owner instead of
+    # the originator; the bounce names the member, not the list
+    site = make_site(users={"alice": "", "carol": ""},
+                     aliases="mlist: alice, nosuchuser\nowner-mlist: carol\n")
+    site.queue(["mlist@example.com"], sender="outsider@example.com", subject="to the list")
+    site.drain()
+    assert [m["Subject"] for m in site.messages(site.inbox("alice"))] == ["to the list"]
+    bounce = bounce_of(site, "carol")
+    report = bounce.as_string()
+    assert "nosuchuser" in report and "User unknown" in report
+    assert all(e.sender != "" or e.recipients[0].address != "outsider@example.com"
+               for e in site.spool.list())     # nothing goes back to the outside sender
+
+
 def test_remote_destinations_are_kept_in_the_queue(make_site) -> None:
     site = make_site(aliases="fwd: friend@elsewhere.example\n")
     qid = site.queue(["fwd@example.com"])
