@@ -22,6 +22,7 @@ EXIT STATUS (sysexits)
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -79,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             print("postroom newaliases: no aliases file configured ([maps] aliases)", file=sys.stderr)
             return EX_USAGE
         path = config.maps.aliases
+    # the map logs each problem as it loads (the daemon's maillog); here they are the
+    # report itself, printed once below
+    logging.getLogger("mta.maps").addHandler(logging.NullHandler())
     try:
         aliases, problems = check_aliases(path)
     except MapUnavailable as exc:

@@ -99,14 +99,16 @@ class Line:
 def read_lines(path: str, data: bytes) -> Iterator[Line]:
     """Physical lines with comments and blank lines removed, numbered from 1.
 
-    Only a ``#`` in the first column starts a comment (sendmail aliases(5)); ``#``
-    elsewhere may belong to a quoted program.  Lines that are blank after stripping are
-    dropped.  Trailing CR (a file edited on Windows) is dropped too.
+    A line whose first character other than a blank is ``#`` is a comment (Postfix
+    aliases(5); an indented one inside a continued list drops out, not joins it); a
+    ``#`` further on may belong to a quoted program.  Lines that are blank after
+    stripping are dropped.  Trailing CR (a file edited on Windows) is dropped too.
     """
     text = data.decode("utf-8", "surrogateescape")
     for number, raw in enumerate(text.split("\n"), start=1):
         raw = raw.rstrip("\r")
-        if not raw.strip() or raw.startswith("#"):
+        stripped = raw.lstrip(" \t")
+        if not stripped or stripped.startswith("#"):
             continue
         yield Line(path, number, raw)
 

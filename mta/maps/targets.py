@@ -12,6 +12,8 @@ SYNTAX (sendmail aliases(5), virtusertable of cf/README)
                              5.1.1       enhanced code; the reply code follows its class
                              550         reply code; the enhanced code is X.0.0
                              nouser      a sysexits name (Postfix src/global/sys_exits.c)
+                         a reply code and an enhanced code at the start of the text are
+                         taken as such (cf/README's "error:nouser 550 No such user here")
 
     A whole target may be written in double quotes; the quotes are removed before it is
     interpreted (so "|prog, arg" and "/path with spaces" work).
@@ -112,6 +114,10 @@ _ERROR_SPEC = re.compile(
 )
 
 
+_TEXT_CODE = re.compile(r"([245]\d\d)(?:\s+|$)")
+_TEXT_ENHANCED = re.compile(r"([245]\.\d{1,3}\.\d{1,3})(?:\s+|$)")
+
+
 def parse_error_spec(spec: str) -> Reply | str:
     """The Reply of an ``error:`` target (the part after ``error:``), or a reason."""
     m = _ERROR_SPEC.fullmatch(spec)
@@ -131,6 +137,14 @@ def parse_error_spec(spec: str) -> Reply | str:
         code = int(m.group("code2"))
         enhanced = f"{str(code)[0]}.0.0"
         default = "Rejected"
+    # cf/README writes the reply code again in the text ("error:nouser 550 No such user
+    # here"), and an enhanced code may follow a bare reply code ("error:550 5.1.1 ...")
+    m_code = _TEXT_CODE.match(text)
+    if m_code and m_code.group(1)[0] == str(code)[0]:
+        code, text = int(m_code.group(1)), text[m_code.end():]
+    m_enh = _TEXT_ENHANCED.match(text)
+    if m_enh and not m.group("enh") and m_enh.group(1)[0] == str(code)[0]:
+        enhanced, text = m_enh.group(1), text[m_enh.end():]
     if code < 400:
         return f"error:{spec} does not refuse (reply code {code})"
     if str(code)[0] != enhanced[0]:

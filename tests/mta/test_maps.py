@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,11 +40,13 @@ LINE_TEXT = st.lists(st.sampled_from(list(':,@"|/\\#% \t+*.-_0123456789abcXYZ') 
 
 
 def test_read_lines_numbers_and_skips_comments() -> None:
-    data = b"# c\n\nalpha: x\r\n  # not a comment: continuation\n#x\nbeta: y\n"
+    # an indented "#" line is a comment too (Postfix aliases(5)): inside a continued
+    # list it drops out and the list goes on after it
+    data = b"# c\n\nalpha: x,\r\n  # bob has left\n  z\n#x\nbeta: y\n"
     lines = list(read_lines("f", data))
-    assert [(l.number, l.text) for l in lines] == [(3, "alpha: x"), (4, "  # not a comment: continuation"), (6, "beta: y")]
+    assert [(l.number, l.text) for l in lines] == [(3, "alpha: x,"), (5, "  z"), (7, "beta: y")]
     joined = list(logical_lines(lines))
-    assert [(l.number, l.text) for l in joined] == [(3, "alpha: x # not a comment: continuation"), (6, "beta: y")]
+    assert [(l.number, l.text) for l in joined] == [(3, "alpha: x, z"), (7, "beta: y")]
 
 
 def test_diagnostic_format() -> None:
@@ -145,6 +149,10 @@ def test_passwd_round_trip(name: str, uid: int, gid: int, gecos: str, home: str)
         ("nouser", 550, "5.1.1", "User unknown"),
         ("NOHOST no such host", 550, "5.1.2", "no such host"),
         ("tempfail", 451, "4.3.0", "Temporary failure"),
+        # the codes written again at the start of the text (cf/README's own example)
+        ("nouser 550 No such user here", 550, "5.1.1", "No such user here"),
+        ("550 5.1.1 text", 550, "5.1.1", "text"),
+        ("nouser 450 not the class", 550, "5.1.1", "450 not the class"),
     ],
 )
 def test_error_specs(spec: str, code: int, enhanced: str, text: str) -> None:
@@ -348,3 +356,14 @@ def test_newaliases(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     toml.write_text("[maps]\nalias = 'aliases'\n")
     assert newaliases(["-c", str(toml)]) == 78
     assert newaliases(["--bogus"]) == 64
+
+
+def test_newaliases_command_says_each_problem_once(tmp_path: Path) -> None:
+    # the map's own log lines (for the daemon's log) must not repeat the report
+    bad = tmp_path / "aliases"
+    bad.write_text("oops\nx: y\nx: z\n")
+    res = subprocess.run([sys.executable, "-m", "mta.cli", "newaliases", str(bad)],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    assert res.returncode == 65
+    assert res.stderr.splitlines() == [f"{bad}:1: error: missing \":\" after alias name 'oops'",
+                                       f"{bad}:3: warning: duplicate alias name x (first at line 2); this one wins"]
