@@ -2,8 +2,8 @@
 
 What it does: ``load_rc(path)`` reads the rc file and returns its ``RcFile``.  The AST
 is cached as JSON (rules.astcodec) under a key made of the file's realpath, size,
-mtime_ns, inode and the codec version, so an edit, a replacement or a new postroom
-format is a miss.  On a hit neither rules.parser nor pyparsing is imported: delivery
+mtime_ns, inode, the SHA-256 of its text and the codec version, so an edit (even one
+that puts the mtime back), a replacement or a new postroom format is a miss.  On a hit neither rules.parser nor pyparsing is imported: delivery
 pays for the grammar only when an rc changed.
 
 What it guarantees (a cache must never make a delivery run something the rc does not
@@ -47,9 +47,12 @@ def default_cache_dir() -> str:
     return os.path.join(base, "postroom", "rc")
 
 
-def _key(real: str, st: os.stat_result) -> dict:
+def _key(real: str, st: os.stat_result, data: bytes) -> dict:
+    # the text's own digest: a file rewritten in place with its size and mtime put back
+    # (cp -p, touch -r) must not run the rules it had before
     return {"realpath": real, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "inode": st.st_ino, "dev": st.st_dev, "version": VERSION}
+            "inode": st.st_ino, "dev": st.st_dev, "sha256": sha256(data).hexdigest(),
+            "version": VERSION}
 
 
 def cache_path(cache_dir: str, key: dict) -> str:
@@ -159,8 +162,8 @@ def load_rc(path: str, *, cache_dir: str | None = None) -> RcFile:
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
         memo_key = _memo_key(path, st)
-        key = _key(os.path.realpath(path), st)
         data = f.read()
+        key = _key(os.path.realpath(path), st, data)
     rc = _load(path, data, key, cache_dir)
     if cache_dir is not None:
         return rc

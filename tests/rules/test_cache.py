@@ -35,7 +35,7 @@ def setup(tmp_path: Path):
 
 def _entry(rc: Path, cdir: Path) -> Path:
     st = os.stat(rc)
-    return Path(cache_path(str(cdir), _key(os.path.realpath(rc), st)))
+    return Path(cache_path(str(cdir), _key(os.path.realpath(rc), st, rc.read_bytes())))
 
 
 def test_miss_writes_private_json_then_hit(setup) -> None:
@@ -65,12 +65,23 @@ def test_miss_after_size_or_mtime_change(setup) -> None:
     assert load_rc(str(rc), cache_dir=str(cdir)).items[-2] == Assignment("B", "9")
 
 
+def test_miss_after_an_edit_that_puts_size_and_mtime_back(setup) -> None:
+    # cp -p / touch -r: same size, same mtime, same inode, new text
+    rc, cdir = setup
+    load_rc(str(rc), cache_dir=str(cdir))
+    st = os.stat(rc)
+    rc.write_text(RC.replace("B=2", "B=7"))
+    os.utime(rc, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(rc).st_size == st.st_size and os.stat(rc).st_ino == st.st_ino
+    assert load_rc(str(rc), cache_dir=str(cdir)).items[-1] == Assignment("B", "7")
+
+
 def _poisoned(rc: Path, cdir: Path) -> None:
     """Plant a valid cache entry whose AST differs from the rc."""
     entry = _entry(rc, cdir)
     from rules.astcodec import encode_rc
     fake = parse_rc(RC.replace("B=2", "B=evil"), str(rc))
-    entry.write_text(json.dumps({"key": _key(os.path.realpath(rc), os.stat(rc)),
+    entry.write_text(json.dumps({"key": _key(os.path.realpath(rc), os.stat(rc), rc.read_bytes()),
                                  "ast": encode_rc(fake)}))
     os.chmod(entry, 0o600)
 
