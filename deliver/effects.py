@@ -37,6 +37,7 @@ MAX_SUBJECT_SHOW = 78
 MAX_FOLDER_SHOW = 60
 TAB = 8
 ABSTRACT_COLUMN = 72
+_EX_IOERR, _EX_UNAVAILABLE = 74, 69    # sysexits.h, as procmail's children exit
 _DELIVER_LOG = logging.getLogger("deliver")    # the bridge's logger, looked up once
 
 
@@ -224,6 +225,10 @@ class RealEffects:
         if st.st_uid not in (self._uid, 0) or (st.st_mode & stat.S_IWOTH and path != os.devnull):
             self.log(f'procmail: Suspicious rcfile "{shown}"\n')
             return None
+        if st.st_size == 0:
+            # procmail looks at the size before it opens: an empty file is an empty rc
+            # file whether or not it could be read
+            return RcFile(shown, ())
         try:
             if self._rc_loader is not None:
                 return self._rc_loader(path)
@@ -349,9 +354,15 @@ class RealEffects:
                            capture=capture, timeout=self._timeout())
         if wait and res.status is not None:
             self.last_status = res.status
+            if capture and res.status < 0:
+                # a filter's (or capture's) $? is its sending child's exit status
+                # (pipes.c pipthrough): that child exit()s with the -signal it saw
+                self.last_status = res.status & 0xFF
         if res.status is None:
             self.log(f'procmail: Failed forking "{name}"\n')
             return ProgramResult(False)
+        if capture and res.timed_out and wait:
+            self.last_status = _EX_UNAVAILABLE   # the child's stermchild() after TIMEOUT
         if res.timed_out:
             # procmail's abstract then counts the mail as it stands, without the padding
             size = len(data) if res.fed or unpadded is None else unpadded
@@ -375,7 +386,9 @@ class RealEffects:
             self.log(f'procmail: Error while writing to "{name}"\n')
             if capture:
                 # a filter's sending child gives up at the write error (stermchild):
-                # nobody waits for the program's status
+                # nobody waits for the program's status; $? is the child's EX_IOERR,
+                # with w or without (the rescue makes procmail reap that child)
+                self.last_status = _EX_IOERR
                 return ProgramResult(False, res.status, res.output, write_error=True)
         if failed_exit:
             if not quiet:

@@ -1372,7 +1372,8 @@ def _rc_name(ev: Evaluator, value: str) -> str:
     if value.startswith("/") or not maildir.startswith("/"):
         return value
     full = maildir + "/" + value
-    return full if len(full) < ev.numbers["LINEBUF"] else value
+    # bopen(): strlen(MAILDIR) + strlen(name) + 2 < linebuf (the slash and the NUL)
+    return full if len(full) + 1 < ev.numbers["LINEBUF"] else value
 
 
 def _includerc(ev: Evaluator, value: str | None, old: str | None) -> None:
@@ -1399,10 +1400,12 @@ def _switchrc(ev: Evaluator, value: str | None, old: str | None) -> None:
     if not ev.frames:
         return
     top = ev.frames[-1]
+    # procmail's changerc() never reads the rest of the old file: its syntax problems
+    # (a stray '}', an unclosed block, Extraneous flags...) are never logged
+    top.diags.clear()
     if rc is None:
         top.index = len(top.items)
         return
-    ev._flush_diags(top, None)
     # the chaining state carries over: procmail's changerc() only opens the new file
     # (lastcond/prevcond/lastsucc start afresh for an rc file of the command line)
     prefilter.seen(rc)
