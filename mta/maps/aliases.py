@@ -2,8 +2,9 @@
 
 FORMAT
     name: target, target, ...
-    Lines starting with white space continue the previous line; ``#`` in the first column
-    starts a comment line.  Names are case-insensitive (sendmail folds alias keys to lower
+    Lines starting with white space continue the previous line; a line whose first
+    character other than a blank is ``#`` is a comment, and so is the rest of a line
+    after a ``#`` that begins a word outside quotes (mta.maps.targets.strip_comment).  Names are case-insensitive (sendmail folds alias keys to lower
     case).  Targets are described in mta.maps.targets: local names, addresses, \\user,
     /file, "|program", :include:/path and error:CODE text.
 
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .mapfile import Diagnostic, Line, MapFile, MapUnavailable, logical_lines, read_lines
-from .targets import Target, format_target, parse_target, split_targets
+from .targets import Target, format_target, parse_target, split_targets, strip_comment
 
 __all__ = ["Alias", "Aliases", "parse_alias_line", "format_alias", "read_include"]
 
@@ -95,7 +96,7 @@ def read_include(path: Path) -> tuple[tuple[Target, ...], list[Diagnostic]]:
     targets: list[Target] = []
     diagnostics: list[Diagnostic] = []
     for line in read_lines(str(path), raw):
-        for item in split_targets(line.text):
+        for item in split_targets(strip_comment(line.text)):
             if not item:
                 continue
             parsed = parse_target(item, path.parent)
@@ -116,7 +117,7 @@ class Aliases(MapFile[dict[str, Alias]]):
         aliases: dict[str, Alias] = {}
         diagnostics: list[Diagnostic] = []
         base_dir = Path(os.path.dirname(os.path.abspath(self.path)))
-        for line in logical_lines(lines):
+        for line in logical_lines(Line(ln.path, ln.number, strip_comment(ln.text)) for ln in lines):
             alias, diags = parse_alias_line(line, base_dir)
             diagnostics.extend(diags)
             if alias is None:

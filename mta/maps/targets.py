@@ -194,6 +194,30 @@ def parse_target(text: str, base_dir: Path | None = None) -> Target | str:
     return AddressTarget(local, domain)
 
 
+def strip_comment(line: str) -> str:
+    """``line`` without a comment that starts after its targets: a ``#`` that begins a
+    word outside double quotes (``bob  # the boss``), except in an unquoted ``|program``
+    item, whose words are its own.  Per physical line, before continuations are joined,
+    so a comment never swallows the next line's targets.  Without this one bad target
+    would cost the line (or the list) every member."""
+    quoted, escaped, item_start = False, False, 0
+    for i, c in enumerate(line):
+        if escaped:
+            escaped = False
+        elif c == "\\" and quoted:
+            escaped = True
+        elif c == '"':
+            quoted = not quoted
+        elif quoted:
+            continue
+        elif c in ",:":
+            item_start = i + 1
+        elif c == "#" and (i == 0 or line[i - 1] in " \t") \
+                and not line[item_start:i].lstrip().startswith("|"):
+            return line[:i].rstrip()
+    return line
+
+
 def split_targets(rhs: str) -> list[str]:
     """Comma-separated items of a right-hand side; commas inside double quotes stay."""
     items, current, quoted, escaped = [], [], False, False

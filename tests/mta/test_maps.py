@@ -39,6 +39,23 @@ LINE_TEXT = st.lists(st.sampled_from(list(':,@"|/\\#% \t+*.-_0123456789abcXYZ') 
 # --------------------------------------------------------------------------- mapfile
 
 
+def test_a_comment_after_the_targets_costs_no_member(tmp_path: Path) -> None:
+    # "bob # the boss" was one bad target that lost the whole alias; a comment at the
+    # end of a continued line must not swallow the next line's members
+    inc = tmp_path / "team.list"
+    inc.write_text("judy # trailing\nkim\n")
+    f = tmp_path / "aliases"
+    f.write_text(f'inl: bob # the boss\nlst: alice, # comment\n  carol\nteam: :include:{inc}\n'
+                 f'prog: "|/bin/cat #x", dave # c\n')
+    a = Aliases(f)
+    assert list(a.problems) == []
+    assert [str(t) for t in a.lookup("inl").targets] == ["bob"]
+    assert [str(t) for t in a.lookup("lst").targets] == ["alice", "carol"]
+    assert len(a.lookup("prog").targets) == 2
+    targets, diags = read_include(inc)
+    assert [str(t) for t in targets] == ["judy", "kim"] and list(diags) == []
+
+
 def test_read_lines_numbers_and_skips_comments() -> None:
     # an indented "#" line is a comment too (Postfix aliases(5)): inside a continued
     # list it drops out and the list goes on after it
