@@ -11,8 +11,11 @@ FORMAT (sendmail cf/README, FEATURE(virtusertable))
     case-insensitive.  In a value, %1 is the original user part (without +detail), %2 the
     detail and %3 "+detail" (empty when there is none) — sendmail's substitutions.
 
-LOOKUP ORDER (sendmail)
-    user+detail@domain, user+*@domain, user@domain, @domain.
+LOOKUP ORDER (sendmail cf/README)
+    user+detail@domain, user++@domain, user+*@domain, user@domain, ++@domain,
+    +*@domain, @domain: "+" after the "+" matches a non-empty detail only, "*" an
+    empty one too (user+@domain matches +*@domain, not ++@domain).  An address without
+    "+" is looked up as user@domain, then @domain.
 
 GUARANTEES
     A bad key or value is reported as ``file:line: error: ...`` and skipped; values are
@@ -42,7 +45,7 @@ _SUBST = re.compile(r"%([123])")
 
 @dataclass(frozen=True, slots=True)
 class VirtEntry:
-    local: str | None  # None: the @domain catch-all; may end in "+*"
+    local: str | None  # None: the @domain catch-all; may end in "+*" or "++", or be either
     domain: str
     value: str  # as written, with %n still in it
     line: int = 0
@@ -69,8 +72,9 @@ def parse_virtuser_line(line: Line) -> VirtEntry | Diagnostic:
         return line.error(f"key {key!r} must be user@domain or @domain")
     try:
         domain = normalize_domain(domain)
-        if local:
-            check_local_part(local[:-2] if local.endswith("+*") else local)
+        base = local[:-2] if local.endswith(("+*", "++")) else local
+        if base:
+            check_local_part(base)
     except NameSyntaxError as exc:
         return line.error(f"key {key!r}: {exc}")
     probe = _SUBST.sub("x", value)
@@ -117,7 +121,8 @@ class Virtusertable(MapFile[dict[str, VirtEntry]]):
         user, plus, detail = low.partition("+")
         keys = [f"{low}@{d}"]
         if plus:
-            keys += [f"{user}+*@{d}", f"{user}@{d}"]
+            keys += ([f"{user}++@{d}"] if detail else []) + [f"{user}+*@{d}", f"{user}@{d}"]
+            keys += ([f"++@{d}"] if detail else []) + [f"+*@{d}"]
         keys.append(f"@{d}")
         orig_user = local.partition("+")[0]
         orig_detail = local.partition("+")[2] if plus else ""

@@ -236,6 +236,20 @@ def test_include_file(tmp_path: Path) -> None:
         read_include(tmp_path / "missing")
 
 
+def test_virtusertable_plus_wildcards_as_cf_readme(tmp_path: Path) -> None:
+    # cf/README: "+" after the "+" matches a non-empty detail only, "*" an empty one too
+    p = tmp_path / "virtusertable"
+    p.write_text("X++@vd.test  dave%3@pr.test\n+*@vd.test  %1%3@pr.test\n"
+                 "++@vd.test  plus%3@pr.test\n@vd.test  carol@pr.test\n")
+    vt = Virtusertable(p)
+    assert vt.diagnostics == []
+    assert vt.lookup("x+tag", "vd.test").target == AddressTarget("dave+tag", "pr.test")
+    assert vt.lookup("x+", "vd.test").target == AddressTarget("x+", "pr.test")         # +*, not X++
+    assert vt.lookup("kim+tag", "vd.test").target == AddressTarget("plus+tag", "pr.test")  # ++ first
+    assert vt.lookup("kim+", "vd.test").target == AddressTarget("kim+", "pr.test")
+    assert vt.lookup("kim", "vd.test").target == AddressTarget("carol", "pr.test")
+
+
 def test_virtusertable_lookup_order_and_substitution(tmp_path: Path) -> None:
     p = tmp_path / "virtusertable"
     p.write_text(
