@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..quoting import unquoted
 from ..reply import Reply
 from .names import NameSyntaxError, check_local_part, split_address
 
@@ -200,17 +201,9 @@ def strip_comment(line: str) -> str:
     item, whose words are its own.  Per physical line, before continuations are joined,
     so a comment never swallows the next line's targets.  Without this one bad target
     would cost the line (or the list) every member."""
-    quoted, escaped, item_start = False, False, 0
-    for i, c in enumerate(line):
-        if escaped:
-            escaped = False
-        elif c == "\\" and quoted:
-            escaped = True
-        elif c == '"':
-            quoted = not quoted
-        elif quoted:
-            continue
-        elif c in ",:":
+    item_start = 0
+    for i, c in unquoted(line):
+        if c in ",:":
             item_start = i + 1
         elif c == "#" and (i == 0 or line[i - 1] in " \t") \
                 and not line[item_start:i].lstrip().startswith("|"):

@@ -15,6 +15,7 @@ import ipaddress
 import re
 
 from .. import reply as R
+from ..quoting import unquoted
 from ..reply import Reply
 
 
@@ -92,15 +93,8 @@ def _split_path(arg: str) -> tuple[str, str]:
     if not arg.startswith("<"):
         path, _, rest = arg.partition(" ")   # sendmail/Postfix accept a bare address
         return path, rest
-    in_quote = escaped = False
-    for i, ch in enumerate(arg):
-        if escaped:
-            escaped = False
-        elif ch == "\\" and in_quote:
-            escaped = True
-        elif ch == '"':
-            in_quote = not in_quote
-        elif ch == ">" and not in_quote:
+    for i, ch in unquoted(arg):
+        if ch == ">":
             return arg[1:i], arg[i + 1:]
     raise CommandSyntaxError(R.SYNTAX_ARGS.with_text("Missing closing '>' in address"))
 
