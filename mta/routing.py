@@ -111,6 +111,21 @@ class Address:
         return self.local if self.domain is None else f"{self.local}@{self.domain}"
 
 
+def _unquote_local(local: str) -> str:
+    """A quoted local part as the name it quotes ("bob" is bob, RFC 5321 4.1.2):
+    quotes dropped, backslash escapes resolved; any other local part as it is."""
+    if len(local) < 2 or not (local.startswith('"') and local.endswith('"')):
+        return local
+    out, escaped = [], False
+    for c in local[1:-1]:
+        if escaped or c != "\\":
+            out.append(c)
+            escaped = False
+        else:
+            escaped = True
+    return "".join(out)
+
+
 def parse_address(text: str) -> Address:
     """An Address from ``local``, ``local@domain`` or ``<...>``; NameSyntaxError if bad."""
     local, domain = split_address(text)
@@ -369,7 +384,7 @@ class AliasesStage:
         aliases = self.maps.aliases
         if aliases is None or item.kind != DomainClass.LOCAL or item.no_alias:
             return Continue(item, "skipped")
-        local = item.address.local
+        local = _unquote_local(item.address.local)
         user, plus, _detail = local.partition("+")
         # sendmail: user+detail, then user+*, then user
         candidates = [local] + ([f"{user}+*", user] if plus else [])

@@ -51,14 +51,22 @@ def parse_alias_line(line: Line, base_dir: Path | None = None) -> tuple[Alias | 
     text = line.text
     if text[:1] in (" ", "\t"):
         return None, [line.error("continuation line without an alias before it")]
-    name, colon, rhs = text.partition(":")
-    name = name.strip()
-    if not colon:
-        return None, [line.error(f'missing ":" after alias name {name[:40]!r}')]
-    if name.startswith('"') and name.endswith('"') and len(name) >= 2:
-        name = name[1:-1]
-    if not name or any(c.isspace() or c in '@,:"\\' for c in name):
-        return None, [line.error(f"bad alias name {name!r}")]
+    quoted_name = _quoted_name(text)
+    if quoted_name is not None:
+        # Postfix aliases(5): a name with blanks, "#", ":" or "@" is written in quotes
+        name, rest = quoted_name
+        colon, rhs = (":", rest.lstrip(" \t")[1:]) if rest.lstrip(" \t").startswith(":") else ("", "")
+        if not colon:
+            return None, [line.error(f'missing ":" after alias name {name[:40]!r}')]
+        if not name or any(ord(c) < 32 for c in name):
+            return None, [line.error(f"bad alias name {name!r}")]
+    else:
+        name, colon, rhs = text.partition(":")
+        name = name.strip()
+        if not colon:
+            return None, [line.error(f'missing ":" after alias name {name[:40]!r}')]
+        if not name or any(c.isspace() or c in '@,:"\\' for c in name):
+            return None, [line.error(f"bad alias name {name!r}")]
     diagnostics: list[Diagnostic] = []
     targets: list[Target] = []
     for item in split_targets(rhs):
@@ -78,9 +86,33 @@ def parse_alias_line(line: Line, base_dir: Path | None = None) -> tuple[Alias | 
     return Alias(name.lower(), tuple(targets), line.number), diagnostics
 
 
+def _quoted_name(text: str) -> tuple[str, str] | None:
+    """(name, rest after its closing quote) for a line that starts with a quoted name,
+    backslash escapes removed; None when it does not start with a quote or the quote is
+    never closed."""
+    if not text.startswith('"'):
+        return None
+    out: list[str] = []
+    escaped = False
+    for i, c in enumerate(text[1:], start=1):
+        if escaped:
+            out.append(c)
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        elif c == '"':
+            return "".join(out), text[i + 1:]
+        else:
+            out.append(c)
+    return None
+
+
 def format_alias(alias: Alias) -> str:
     """The aliases(5) line for ``alias`` (parse_alias_line reads it back)."""
-    return f"{alias.name}: " + ", ".join(format_target(t) for t in alias.targets)
+    name = alias.name
+    if any(c.isspace() or c in '@,:"\\#' for c in name):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name}: " + ", ".join(format_target(t) for t in alias.targets)
 
 
 def read_include(path: Path) -> tuple[tuple[Target, ...], list[Diagnostic]]:

@@ -116,6 +116,15 @@ def test_a_cycle_with_other_members_delivers_them(tmp_path: Path) -> None:
     assert exc.value.reply.code == 554 and exc.value.reply.enhanced == "5.4.6"
 
 
+def test_quoted_alias_names_and_quoted_local_parts(tmp_path: Path) -> None:
+    # Postfix aliases(5): quote a name with blanks, "#", ":" or "@"; a quoted local part
+    # names what it quotes ("alice" is alice, RFC 5321 4.1.2)
+    r = make_router(tmp_path, aliases='"quoted name": alice\n"a:b": bob\n')
+    assert dests(r, '"quoted name"@example.com') == (LocalMailbox("alice"),)
+    assert dests(r, '"a:b"') == (LocalMailbox("bob"),)
+    assert dests(r, '"alice"@example.com') == (LocalMailbox("alice"),)
+
+
 def test_depth_limit(tmp_path: Path) -> None:
     chain = "".join(f"l{i}: l{i + 1}\n" for i in range(MAX_DEPTH + 2)) + f"l{MAX_DEPTH + 2}: alice\n"
     r = make_router(tmp_path, aliases=chain + "short: l5\n")
