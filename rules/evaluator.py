@@ -64,6 +64,10 @@ class _Frame:
     # File frames: procmail's own log lines for this file's syntax problems, in source
     # order, logged as execution passes them (procmail reads and runs in one pass).
     diags: list[tuple[int, int, str, int]] = field(default_factory=list)
+    # File frames: a block of this file without its "}" was entered.  procmail's poprc()
+    # says "Missing closing brace" once at the file's end then, whatever the nesting,
+    # and nothing for an unclosed block it only skipped.
+    unclosed: bool = False
 
 
 # The diagnostics procmail itself logs, as the start of the parser's message.
@@ -99,6 +103,8 @@ def _compute_diags(rc: RcFile) -> list[tuple[int, int, str, int]]:
     out = []
     for d in rc.diagnostics:
         m = _PROCMAIL_DIAG.match(d.message)
+        if m and m.group(1) == "Missing closing brace":
+            continue          # logged at run time, once, when an open block was entered
         if m and (d.span.line, d.span.col) not in skipped_at:
             out.append((d.span.line, d.span.col, m.group(1), 0))
         elif m := _PROCMAIL_DIAG_ALWAYS.match(d.message):
@@ -219,6 +225,8 @@ class Evaluator:
                 if frame.index >= len(frame.items):
                     if frame.kind != "block":
                         self._flush_diags(frame, None)
+                        if frame.unclosed:
+                            self.effects.log("procmail: Missing closing brace\n")
                     self.frames.pop()
                     if frame.kind == "block" and frame.saved is not None:
                         self.prevcond, self.lastcond = frame.saved
@@ -556,6 +564,10 @@ class Evaluator:
                 self.lastsucc = False
             self._drop_diags_inside(block)     # the clone has logged them; we skip it
             return
+        if block.end is None:
+            file_frame = self._file_frame()
+            if file_frame is not None:
+                file_frame.unclosed = True
         if recipe.lock is not None:
             # "Extraneous locallockfile ignored" (logged when read), yet procmail still
             # takes the lock (":0:" is LOCKEXT alone) as it enters the block and lets it
@@ -583,7 +595,7 @@ class Evaluator:
         clone.maildir_set = self.maildir_set
         clone.exitcode_assigned = self.exitcode_assigned
         clone.trap = self.trap
-        clone.frames = [_Frame(f.items, f.kind, f.path, f.index, f.saved, list(f.diags))
+        clone.frames = [_Frame(f.items, f.kind, f.path, f.index, f.saved, list(f.diags), f.unclosed)
                         for f in self.frames]
         clone.frames.append(frame)
         clone.trace = self.trace
@@ -1403,6 +1415,7 @@ def _switchrc(ev: Evaluator, value: str | None, old: str | None) -> None:
     # procmail's changerc() never reads the rest of the old file: its syntax problems
     # (a stray '}', an unclosed block, Extraneous flags...) are never logged
     top.diags.clear()
+    top.unclosed = False
     if rc is None:
         top.index = len(top.items)
         return
