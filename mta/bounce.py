@@ -127,7 +127,10 @@ def build_bounce(env: Envelope, headers: bytes, failures: list[Failure], *,
         groups.append(group)
     status.set_payload(groups)
     outer.attach(status)
-    outer.attach(_Raw("text", "rfc822-headers", headers.decode("utf-8", "surrogateescape")))
+    # every byte above ASCII as a surrogate escape, which the generator writes back as
+    # that byte: a UTF-8 header decoded to real characters cannot be written as 8bit
+    # (the bounce of an SMTPUTF8 or 8-bit-header message failed, and was lost)
+    outer.attach(_Raw("text", "rfc822-headers", headers.decode("ascii", "surrogateescape")))
     data = outer.as_bytes(policy=_POLICY)
     return data if data.endswith(b"\n") else data + b"\n"
 

@@ -592,6 +592,9 @@ class Runner:
         except (OSError, QueueError) as exc:
             log.error("%s: cannot queue the bounce, will retry: %s", claimed.qid, exc)
             return
+        except Exception:  # noqa: BLE001 - a bug building it: the entry keeps the bounce
+            log.exception("%s: cannot build the bounce; the message stays queued", claimed.qid)
+            return
         del env.extra["unbounced"]
         await asyncio.to_thread(claimed.save)
         log.info("%s: %s: sender notify: Delivery Status Notification to <%s>", claimed.qid, bqid, env.sender)

@@ -390,7 +390,7 @@ class ClaimedMessage:
     def finish(self) -> str:
         """Save and leave active/: returns ``"done"``, ``"incoming"`` or ``"deferred"``."""
         self._check_owned()
-        if self.envelope.is_done:
+        if self.envelope.is_done and "unbounced" not in self.envelope.extra:
             # Atomic disappearance; the removal below may be cut short.  Not fsync'd, as
             # Postfix does not sync its queue-file unlink: a crash that forgets the rename
             # brings the entry back into active/, and ``recover`` makes that a duplicate
@@ -402,7 +402,10 @@ class ClaimedMessage:
             log.debug("%s: removed", self.qid)
             return "done"
         self.save()
-        state = "incoming" if any(r.state == "pending" for r in self.envelope.recipients) else "deferred"
+        # a bounce still to be queued (envelope.extra["unbounced"]) keeps a finished
+        # message in incoming/, tried again at the next pass: never dropped unsent
+        state = "incoming" if any(r.state == "pending" for r in self.envelope.recipients) \
+            or self.envelope.is_done else "deferred"
         self._move_out(state)
         self._unlock()
         return state

@@ -98,3 +98,15 @@ def test_non_ascii_recipient_uses_utf8_address_type() -> None:
                        reporting_mta="mx", qid="Q")
     _, status, _ = parse(raw).iter_parts()
     assert dict(status.get_payload()[1].items())["Final-Recipient"] == "utf-8;jösé@exämple.com"
+
+
+def test_utf8_and_latin1_headers_are_returned_as_they_came() -> None:
+    # 8-bit headers (an SMTPUTF8 or BODY=8BITMIME message): the bounce building raised
+    # UnicodeEncodeError on UTF-8 ones, and the bounce was never sent
+    for headers in ("Subject: Grüße aus Köln\nFrom: jörg@example.org\n".encode(),
+                    b"Subject: caf\xe9\n"):
+        raw = build_bounce(env(), headers, [Failure("x@y.example", "5.1.1", "x-unix; gone")],
+                           reporting_mta="mx", qid="Q")
+        *_, returned = parse(raw).iter_parts()
+        assert returned.get_content_type() == "text/rfc822-headers"
+        assert headers in raw

@@ -409,6 +409,23 @@ def test_an_unknown_member_of_a_list_with_an_owner_bounces_to_the_owner(make_sit
                for e in site.spool.list())     # nothing goes back to the outside sender
 
 
+def test_a_bounce_that_cannot_be_made_keeps_the_message_queued(make_site, monkeypatch) -> None:
+    # every recipient final but the bounce not queued: the entry stays (incoming/) and
+    # the next pass sends the bounce; it was removed with the bounce never sent
+    site = make_site(users={"alice": "", "bob": "EXITCODE=67\n:0\n/dev/null\n"})
+    qid = site.queue(["bob@example.com"], sender="alice@example.com", subject="fails")
+    def broken(*_a, **_k):
+        raise UnicodeEncodeError("ascii", "x", 0, 1, "a bug")
+    monkeypatch.setattr("mta.runner.build_bounce", broken)
+    site.drain()
+    where, env = site.state(qid)
+    assert where == "incoming" and "unbounced" in env.extra
+    monkeypatch.undo()
+    site.drain()
+    assert site.state(qid) == (None, None)
+    assert bounce_of(site, "alice").get_content_type() == "multipart/report"
+
+
 def test_remote_destinations_are_kept_in_the_queue(make_site) -> None:
     site = make_site(aliases="fwd: friend@elsewhere.example\n")
     qid = site.queue(["fwd@example.com"])
