@@ -11,13 +11,16 @@ DESCRIPTION
     daemon the message waits in the queue for the next `postroom serve`.
 
     -t          take recipients from To:, Cc: and Bcc: as well (Postfix: they are added
-                to the command-line ones); Bcc: is removed from the message.
+                to the command-line ones).  Bcc: is removed from the message, -t or not.
+                Flags may be joined (-ti).
+    -q[time]    ask the daemon to run the queue now (sendmail -q); nothing is read.
     -i, -oi     a line with a single "." does not end the message (without it, it does,
                 as in sendmail).
     -f sender   the envelope sender (default: the invoking user at the host name);
                 "<>" or "" is the null sender.
     -F name     the full name used if a From: header has to be added.
-    -oXXX, -bm, -v, -B, -N, -R, -U are accepted and ignored (sendmail compatibility).
+    -oXXX, -bm, -v, -B, -N, -R, -U, -G, -m, -x, -A, -O, -e, -p, -V are accepted and
+                ignored (sendmail and Postfix compatibility).
 
     Missing From:, Date: and Message-ID: headers are added (sendmail does), and a
     Received: header records the submission.  Line ends become LF (the queue's format).
@@ -59,6 +62,12 @@ class Options:
         self.sender: str | None = None
         self.fullname: str | None = None
         self.recipients: list[str] = []
+        self.flush = False
+
+
+# single-letter flags without an argument that may be joined (-ti); i and t act, the
+# others are accepted and ignored as Postfix's sendmail ignores them
+_FLAG_LETTERS = frozenset("tivmGxUn")
 
 
 def parse_args(argv: Sequence[str]) -> Options:
@@ -79,6 +88,12 @@ def parse_args(argv: Sequence[str]) -> Options:
             continue
         if not arg.startswith("-") or arg == "-":
             break
+        if len(arg) > 2 and set(arg[1:]) <= _FLAG_LETTERS:
+            # flags joined as getopt joins them: -ti, -it, -tv
+            opts.extract = opts.extract or "t" in arg
+            opts.ignore_dots = opts.ignore_dots or "i" in arg
+            i += 1
+            continue
         letter, value = arg[1:2], arg[2:]
         if letter in ("f", "F", "C", "r"):
             if not value:
@@ -96,10 +111,13 @@ def parse_args(argv: Sequence[str]) -> Options:
             opts.extract = True
         elif arg in ("-i", "-oi"):
             opts.ignore_dots = True
-        elif letter in ("o", "b", "v", "B", "N", "R", "U", "X", "h", "L", "q"):
+        elif letter == "q":
+            opts.flush = True   # sendmail -q: run the queue (the daemon's, at once)
+        elif letter in ("o", "b", "v", "B", "N", "R", "U", "X", "h", "L", "G", "m", "x", "A", "O",
+                        "e", "p", "V"):
             if letter in ("b",) and value not in ("m", ""):
                 raise UsageError(f"mode -b{value} is not supported")
-            if letter in ("B", "N", "R", "X", "h", "L") and not value:
+            if letter in ("B", "N", "R", "X", "h", "L", "O", "p", "V") and not value:
                 i += 1      # these take an argument
             pass
         else:
@@ -183,6 +201,10 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"postroom sendmail: {exc}\n")
         return 78
+    if opts.flush and not opts.recipients and not opts.extract:
+        from .serve import poke
+        poke(config, flush=True)     # no daemon: nothing to run now (it runs at start)
+        return 0
     _log_to_file(config.server.log_file)
     stdin = sys.stdin.buffer if sys.stdin is not None else open(0, "rb")
     data = read_message(stdin, opts.ignore_dots)
@@ -217,7 +239,9 @@ def submit(config, opts: Options, data: bytes) -> int:
     recipients = list(opts.recipients)
     if opts.extract:
         recipients += header_recipients(head)
-        head = _remove_header(head, b"Bcc")
+    # Bcc: never travels with the message, -t or not (sendmail and Postfix remove it):
+    # every recipient would see the hidden addresses
+    head = _remove_header(head, b"Bcc")
     recipients = [r.strip() for r in recipients if r.strip()]
     # sendmail splits comma-separated argument lists
     recipients = [a for r in recipients for _, a in email.utils.getaddresses([r]) if a] or recipients

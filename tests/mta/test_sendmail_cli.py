@@ -112,6 +112,27 @@ def test_parse_args() -> None:
         parse_args(["-f"])
     with pytest.raises(UsageError):
         parse_args(["-bd"])
+    # joined flags (cron and scripts use -ti), and Postfix's accepted no-ops
+    o = parse_args(["-ti", "a"])
+    assert o.extract and o.ignore_dots and o.recipients == ["a"]
+    o = parse_args(["-it", "-G", "-m", "-O", "x=y", "-p", "smtp", "-V", "env", "-em", "-Am", "b"])
+    assert o.extract and o.ignore_dots and o.recipients == ["b"]
+    assert parse_args(["-q30m"]).flush and parse_args(["-q"]).flush
+
+
+def test_bcc_never_travels_without_t_either(tmp_path: Path) -> None:
+    data = b"From: a@example.org\nTo: bob@example.com\nBcc: secret@example.com\nSubject: t\n\nx\n"
+    r = sendmail(tmp_path, "bob@example.com", stdin=data)
+    assert r.returncode == 0, r.stderr
+    [(env, msg)] = queued(tmp_path)
+    assert [x["address"] for x in env["recipients"]] == ["bob@example.com"]
+    assert b"secret" not in msg and b"Bcc" not in msg
+
+
+def test_q_asks_for_a_queue_run_and_reads_nothing(tmp_path: Path) -> None:
+    r = sendmail(tmp_path, "-q", stdin=b"")
+    assert r.returncode == 0, r.stderr
+    assert queued(tmp_path) == []
 
 
 def test_header_recipients() -> None:
