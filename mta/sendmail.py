@@ -37,6 +37,7 @@ import email.utils
 import logging
 import os
 import pwd
+import re
 import sys
 import time
 from email.parser import BytesHeaderParser
@@ -144,17 +145,29 @@ def read_message(stream, ignore_dots: bool) -> bytes:
     return data
 
 
+_FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")     # RFC 5322 field name and colon
+
+
 def _split_head(data: bytes) -> tuple[bytes, bytes]:
-    if data.startswith(b"\n"):
-        return b"", data
-    idx = data.find(b"\n\n")
-    if idx < 0:
-        # all header, or a body without header (no colon on the first line)
-        first = data.split(b"\n", 1)[0]
-        if b":" in first and not first.startswith((b" ", b"\t")):
-            return data, b""
-        return b"", b"\n" + data
-    return data[:idx + 1], data[idx + 1:]
+    """(header, body): the header ends at the empty line, or, as Postfix's cleanup
+    reads it, at the first line that is neither a header field nor its continuation
+    (``Subject: x`` then text at once, or a first line ``Dear Bob: hi``); an mbox
+    ``From `` line in front is dropped.  The body keeps the empty line that starts it."""
+    if not data:
+        return b"", b"\n"
+    if data.startswith(b"From ") and not _FIELD.match(data):
+        data = data.partition(b"\n")[2]
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        end = len(data) if end < 0 else end + 1
+        line = data[pos:end]
+        if line in (b"\n", b""):
+            return data[:pos], data[pos:]
+        if not (_FIELD.match(line) or (pos and line[:1] in (b" ", b"\t"))):
+            return data[:pos], b"\n" + data[pos:]
+        pos = end
+    return data, b""
 
 
 def header_recipients(head: bytes) -> list[str]:

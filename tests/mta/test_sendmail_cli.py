@@ -156,3 +156,21 @@ def test_read_message_with_i_keeps_every_line(body: list[bytes], eol: bytes) -> 
             break
         expect.append(line + b"\n")
     assert cut == b"".join(expect)
+
+
+@pytest.mark.parametrize("data, head, body", [
+    (b"Subject: hdr\nthis is body\n", b"\nSubject: hdr\n", b"this is body\n"),
+    (b"Dear Bob: hello\nmore\n", None, b"Dear Bob: hello\nmore\n"),
+    (b"From a@b.example Mon Dec  7 10:00:00 2026\nSubject: x\n\nbody\n", b"\nSubject: x\n", b"body\n"),
+])
+def test_the_body_starts_where_the_header_fields_end(tmp_path: Path, data: bytes, head, body: bytes) -> None:
+    # Postfix's cleanup: the first line that is no header field starts the body; a
+    # leading mbox From_ line is dropped (text was filed among the header fields)
+    r = sendmail(tmp_path, "bob@example.com", stdin=data)
+    assert r.returncode == 0, r.stderr
+    [(_env, msg)] = queued(tmp_path)
+    h, _, b = msg.partition(b"\n\n")
+    assert b == body
+    if head is not None:
+        assert head in h + b"\n"
+    assert b"From a@b.example Mon" not in msg
