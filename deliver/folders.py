@@ -212,12 +212,7 @@ def deliver_to_folders(
     if not kind:
         kind = DIR if os.path.isdir(path) else MBOX
     if kind != MBOX and linebuf is not None and _too_long(kind, path, linebuf):
-        log.warning("Exceeded LINEBUF")
-        err = MailboxError(f'Exceeded LINEBUF with "{path}"', path=path)
-        err.log_head = ""
-        err.overflow = True
-        err.keeps_lastfolder = True
-        raise err
+        raise _exceeded_linebuf(path, None)
     if suffixed and not _ready(kind, path, umask, group, abspath):
         broken = _broken_maildir_part(kind, path)
         if broken is not None:
@@ -280,12 +275,7 @@ def deliver_to_folders(
         if linebuf is not None and _too_long(okind, opath, linebuf):
             # procmail's writefolder() gives up there (its exlb): the folders stored so
             # far keep the mail, the recipe fails, LASTFOLDER names what was stored
-            log.warning("Exceeded LINEBUF")
-            err = MailboxError(f'Exceeded LINEBUF with "{opath}"', path=opath)
-            err.log_head = ""
-            err.overflow = True
-            err.lastfolder = " ".join(shown)
-            raise err
+            raise _exceeded_linebuf(opath, " ".join(shown))
         if not _prepare(okind, opath, umask, forcedir=True):
             log.warning('Unable to treat as directory "%s"', _broken_maildir_part(okind, opath) or opath)
             log.warning('Skipped "%s"', opath)
@@ -310,6 +300,20 @@ def deliver_to_folders(
 
 _UNIQ_NAME_LEN = 30       # procmail's UNIQnamelen: room for a Maildir/MH/msg.XXXX name
 _MAILDIR_PART_LEN = 4     # MAILDIRLEN: "/new", "/tmp"
+
+
+def _exceeded_linebuf(path: str, stored: str | None) -> MailboxError:
+    """procmail's exlb: "Exceeded LINEBUF" logged here, PROCMAIL_OVERFLOW for the caller;
+    LASTFOLDER names what was ``stored`` before (None: nothing, it keeps its value)."""
+    log.warning("Exceeded LINEBUF")
+    err = MailboxError(f'Exceeded LINEBUF with "{path}"', path=path)
+    err.log_head = ""
+    err.overflow = True
+    if stored is None:
+        err.keeps_lastfolder = True
+    else:
+        err.lastfolder = stored
+    return err
 
 
 def _too_long(kind: str, path: str, linebuf: int) -> bool:

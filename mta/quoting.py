@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-__all__ = ["unquoted"]
+__all__ = ["leading_quoted", "unquoted"]
 
 
 def unquoted(text: str) -> Iterator[tuple[int, str]]:
@@ -25,3 +25,24 @@ def unquoted(text: str) -> Iterator[tuple[int, str]]:
             quoted = not quoted
         elif not quoted:
             yield i, c
+
+
+def leading_quoted(text: str) -> tuple[str, str] | None:
+    """The quoted string that starts ``text``, its backslash escapes resolved, and what
+    follows its closing quote; None when ``text`` does not start with a quote or the
+    quote is never closed."""
+    if not text.startswith('"'):
+        return None
+    out: list[str] = []
+    escaped = False
+    for i, c in enumerate(text[1:], start=1):
+        if escaped:
+            out.append(c)
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        elif c == '"':
+            return "".join(out), text[i + 1:]
+        else:
+            out.append(c)
+    return None

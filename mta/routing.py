@@ -56,6 +56,7 @@ from . import reply as R
 from .config import Config
 from .maps import Maps, MapUnavailable
 from .maps.names import NameSyntaxError, split_address
+from .quoting import leading_quoted
 from .maps.targets import (
     AddressTarget,
     ErrorTarget,
@@ -114,16 +115,8 @@ class Address:
 def _unquote_local(local: str) -> str:
     """A quoted local part as the name it quotes ("bob" is bob, RFC 5321 4.1.2):
     quotes dropped, backslash escapes resolved; any other local part as it is."""
-    if len(local) < 2 or not (local.startswith('"') and local.endswith('"')):
-        return local
-    out, escaped = [], False
-    for c in local[1:-1]:
-        if escaped or c != "\\":
-            out.append(c)
-            escaped = False
-        else:
-            escaped = True
-    return "".join(out)
+    quoted = leading_quoted(local)
+    return quoted[0] if quoted is not None and not quoted[1] else local
 
 
 def parse_address(text: str) -> Address:
@@ -448,9 +441,7 @@ class UsersStage:
     def run(self, item: _Item, run: _Run) -> StageResult:
         if item.kind != DomainClass.LOCAL:
             return Continue(item, "skipped")
-        local = item.address.local
-        if local.startswith('"') and local.endswith('"'):
-            local = local[1:-1]
+        local = _unquote_local(item.address.local)
         name, plus, detail = local.partition("+")
         user = self.maps.users.lookup(name) if name else None
         if user is not None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from ..quoting import leading_quoted
 from .mapfile import Diagnostic, Line, MapFile, MapUnavailable, logical_lines, read_lines
 from .targets import Target, format_target, parse_target, split_targets, strip_comment
 
@@ -51,7 +52,7 @@ def parse_alias_line(line: Line, base_dir: Path | None = None) -> tuple[Alias | 
     text = line.text
     if text[:1] in (" ", "\t"):
         return None, [line.error("continuation line without an alias before it")]
-    quoted_name = _quoted_name(text)
+    quoted_name = leading_quoted(text)
     if quoted_name is not None:
         # Postfix aliases(5): a name with blanks, "#", ":" or "@" is written in quotes
         name, rest = quoted_name
@@ -84,27 +85,6 @@ def parse_alias_line(line: Line, base_dir: Path | None = None) -> tuple[Alias | 
             diagnostics.append(line.error(f"alias {name} has no targets"))
         return None, diagnostics
     return Alias(name.lower(), tuple(targets), line.number), diagnostics
-
-
-def _quoted_name(text: str) -> tuple[str, str] | None:
-    """(name, rest after its closing quote) for a line that starts with a quoted name,
-    backslash escapes removed; None when it does not start with a quote or the quote is
-    never closed."""
-    if not text.startswith('"'):
-        return None
-    out: list[str] = []
-    escaped = False
-    for i, c in enumerate(text[1:], start=1):
-        if escaped:
-            out.append(c)
-            escaped = False
-        elif c == "\\":
-            escaped = True
-        elif c == '"':
-            return "".join(out), text[i + 1:]
-        else:
-            out.append(c)
-    return None
 
 
 def format_alias(alias: Alias) -> str:

@@ -123,6 +123,7 @@ def test_quoted_alias_names_and_quoted_local_parts(tmp_path: Path) -> None:
     assert dests(r, '"quoted name"@example.com') == (LocalMailbox("alice"),)
     assert dests(r, '"a:b"') == (LocalMailbox("bob"),)
     assert dests(r, '"alice"@example.com') == (LocalMailbox("alice"),)
+    assert dests(r, '"al\\ice"@example.com') == (LocalMailbox("alice"),)    # escapes resolved
 
 
 def test_depth_limit(tmp_path: Path) -> None:
