@@ -74,6 +74,7 @@ from deliver.exitcodes import ExitCode
 from .config import Config
 from .forking import fork_process
 from .maps.users import User as MapUser
+from .returnpath import with_return_path
 
 __all__ = ["Request", "Result", "LocalDelivery", "resolve_mode", "status_text", "recover_stale_locks",
            "close_inherited"]
@@ -535,8 +536,10 @@ def preload() -> None:
 
 
 def _read(req: Request) -> bytes:
+    """The queued message as this delivery hands it on: with its Return-Path: field
+    (mta.returnpath), as sendmail's local mailer and Postfix local(8) deliver it."""
     from .queue.spool import read_file
-    return read_file(req.message_path)
+    return with_return_path(read_file(req.message_path), req.sender)
 
 
 def _queued_lock_effects():

@@ -151,6 +151,37 @@ def test_local_user_mbox_after_rc(make_site) -> None:
     assert all(site.spool.locate(q) is None for q in (q1, q2, q3))
 
 
+def test_every_local_delivery_starts_with_the_return_path(make_site, tmp_path: Path) -> None:
+    # RFC 5321 4.4, as sendmail's local mailer (P) and Postfix local(8): the envelope
+    # sender in Return-Path:, first after the From_ line, for the recipes, a program
+    # and a file alike; a Return-Path: that came with the message is not kept
+    out = tmp_path / "prog.out"
+    archive = tmp_path / "archive.mbox"
+    seen = tmp_path / "seen"
+    rc = f"MAILDIR=$HOME\n:0 c\n* ^Return-Path: <sender@example.org>\n| cat > {seen}\n"
+    site = make_site(users={"alice": rc, "bob": ""},
+                     aliases=f'pipe: "|cat > {out}"\nkeep: {archive}\n')
+    site.queue(["alice@example.com", "pipe@example.com", "keep@example.com"],
+               body="Return-Path: <a body line stays>\n")
+    forged = site.spool.new_message()
+    data = b"Received: from test\nReturn-Path: <forged@evil.example>\nSubject: forged\n\nx\n"
+    forged.write(data)
+    forged.commit(Envelope(sender="", recipients=[RecipientState("bob@example.com")],
+                           received_at=site.clock.now, size=len(data), helo="c", client_ip="127.0.0.1"))
+    site.drain()
+    alice = site.inbox("alice").read_bytes()
+    assert alice.startswith(b"From sender@example.org ")
+    assert alice.split(b"\n")[1:3] == [b"Return-Path: <sender@example.org>", b"Received: from test"]
+    assert alice.count(b"Return-Path:") == 2 and b"\nReturn-Path: <a body line stays>\n" in alice
+    assert seen.read_bytes().split(b"\n")[1] == b"Return-Path: <sender@example.org>"   # the recipe saw it
+    assert out.read_bytes().startswith(b"Return-Path: <sender@example.org>\nReceived: from test\n")
+    assert archive.read_bytes().split(b"\n")[1] == b"Return-Path: <sender@example.org>"
+    bob = site.inbox("bob").read_bytes()
+    assert bob.startswith(b"From MAILER-DAEMON ")
+    assert bob.split(b"\n")[1:4] == [b"Return-Path: <>", b"Received: from test", b"Subject: forged"]
+    assert b"forged@evil" not in bob
+
+
 def test_alias_include_program_file_and_virtusertable(make_site, tmp_path: Path) -> None:
     out = tmp_path / "prog.out"
     archive = tmp_path / "archive.mbox"
