@@ -31,7 +31,7 @@ from .maps.aliases import Aliases, format_alias, read_include
 from .maps.mapfile import Diagnostic, MapUnavailable
 from .maps.targets import IncludeTarget
 
-__all__ = ["main", "check_aliases"]
+__all__ = ["main", "check_aliases", "report"]
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_CONFIG = 0, 64, 65, 66, 78
 
@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
             print("postroom newaliases: no aliases file configured ([maps] aliases)", file=sys.stderr)
             return EX_USAGE
         path = config.maps.aliases
+    return report(path)
+
+
+def report(path: Path) -> int:
+    """Check ``path`` and print its problems and summary; the exit status (also for
+    ``postroom sendmail -bi``)."""
     # the map logs each problem as it loads (the daemon's maillog); here they are the
     # report itself, printed once below
     logging.getLogger("mta.maps").addHandler(logging.NullHandler())

@@ -14,6 +14,8 @@ DESCRIPTION
                 to the command-line ones).  Bcc: is removed from the message, -t or not.
                 Flags may be joined (-ti).
     -q[time]    ask the daemon to run the queue now (sendmail -q); nothing is read.
+    -bp         list the queue (postroom mailq); -bi or -I: check the aliases file
+                (postroom newaliases), as sendmail and Postfix's sendmail do.
     -i, -oi     a line with a single "." does not end the message (without it, it does,
                 as in sendmail).
     -f sender   the envelope sender (default: the invoking user at the host name);
@@ -64,6 +66,7 @@ class Options:
         self.fullname: str | None = None
         self.recipients: list[str] = []
         self.flush = False
+        self.mode = "m"          # -b: m deliver mail, p list the queue, i check aliases
 
 
 # single-letter flags without an argument that may be joined (-ti); i and t act, the
@@ -114,6 +117,8 @@ def parse_args(argv: Sequence[str]) -> Options:
             opts.ignore_dots = True
         elif letter == "q":
             opts.flush = True   # sendmail -q: run the queue (the daemon's, at once)
+        elif arg in ("-bp", "-bi", "-I"):
+            opts.mode = "p" if arg == "-bp" else "i"    # mailq, newaliases
         elif letter in ("o", "b", "v", "B", "N", "R", "U", "X", "h", "L", "G", "m", "x", "A", "O",
                         "e", "p", "V"):
             if letter in ("b",) and value not in ("m", ""):
@@ -214,6 +219,15 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"postroom sendmail: {exc}\n")
         return 78
+    if opts.mode == "p":
+        from .mailq import mailq_main
+        return mailq_main(_config_args(opts))
+    if opts.mode == "i":
+        if config.maps.aliases is None:
+            sys.stderr.write("postroom sendmail: no aliases file configured ([maps] aliases)\n")
+            return 64
+        from .newaliases import report
+        return report(config.maps.aliases)
     if opts.flush and not opts.recipients and not opts.extract:
         from .serve import poke
         poke(config, flush=True)     # no daemon: nothing to run now (it runs at start)
@@ -222,6 +236,14 @@ def main(argv: Sequence[str]) -> int:
     stdin = sys.stdin.buffer if sys.stdin is not None else open(0, "rb")
     data = read_message(stdin, opts.ignore_dots)
     return submit(config, opts, data)
+
+
+def _config_args(opts: Options) -> list[str]:
+    """--config/--embedded as given, for a command that selects its configuration
+    the same way (mailq)."""
+    if opts.embedded is not None:
+        return ["--embedded", opts.embedded]
+    return ["--config", opts.config] if opts.config is not None else []
 
 
 def _log_to_file(path) -> None:

@@ -174,3 +174,25 @@ def test_the_body_starts_where_the_header_fields_end(tmp_path: Path, data: bytes
     if head is not None:
         assert head in h + b"\n"
     assert b"From a@b.example Mon" not in msg
+
+
+def test_bp_lists_the_queue_and_bi_checks_the_aliases(tmp_path: Path) -> None:
+    # sendmail -bp is mailq, -bi (and -I) newaliases: scripts and cron run them by
+    # these names; they were refused as unsupported modes (exit 64)
+    r = sendmail(tmp_path, "-bp", stdin=b"")
+    assert r.returncode == 0 and r.stdout == b"Mail queue is empty\n", r.stderr
+    assert sendmail(tmp_path, "bob@example.com").returncode == 0
+    [qid] = [d.name for d in (tmp_path / "var" / "spool" / "incoming").iterdir()]
+    r = sendmail(tmp_path, "-bp", stdin=b"")
+    assert r.returncode == 0, r.stderr
+    assert qid.encode() in r.stdout and b"bob@example.com" in r.stdout
+    aliases = tmp_path / "etc" / "aliases"
+    aliases.parent.mkdir(parents=True, exist_ok=True)
+    aliases.write_text("team: alice, bob\n")
+    for flag in ("-bi", "-I"):
+        r = sendmail(tmp_path, flag, stdin=b"")
+        assert r.returncode == 0 and b"1 aliases" in r.stdout, r.stderr
+    aliases.write_text("team: alice, bob\nthis line has no colon\n")
+    r = sendmail(tmp_path, "-bi", stdin=b"")
+    assert r.returncode == 65 and f"{aliases}:2:".encode() in r.stderr
+    assert len(queued(tmp_path)) == 1        # nothing was read or queued by them
