@@ -11,7 +11,9 @@ DESCRIPTION
     daemon the message waits in the queue for the next `postroom serve`.
 
     -t          take recipients from To:, Cc: and Bcc: as well (Postfix: they are added
-                to the command-line ones).  Bcc: is removed from the message, -t or not.
+                to the command-line ones); from Resent-To:, Resent-Cc: and Resent-Bcc:
+                instead when the message has a Resent- field (a resent message).
+                Bcc: and Resent-Bcc: are removed from the message, -t or not.
                 Flags may be joined (-ti).
     -q[time]    ask the daemon to run the queue now (sendmail -q); nothing is read.
     -bp         list the queue (postroom mailq); -bi or -I: check the aliases file
@@ -177,7 +179,10 @@ def _split_head(data: bytes) -> tuple[bytes, bytes]:
 
 def header_recipients(head: bytes) -> list[str]:
     msg = BytesHeaderParser(policy=compat32).parsebytes(head)
-    fields = [str(v) for name in ("To", "Cc", "Bcc") for v in (msg.get_all(name) or [])]
+    # a resent message (RFC 5322 3.6.6) goes to its Resent- recipients, not to the
+    # original ones: Postfix's cleanup extracts only those when a Resent- field is there
+    resent = "Resent-" if any(k.lower().startswith("resent-") for k in msg.keys()) else ""
+    fields = [str(v) for name in ("To", "Cc", "Bcc") for v in (msg.get_all(resent + name) or [])]
     return [addr for _, addr in email.utils.getaddresses(fields) if addr]
 
 
@@ -276,7 +281,7 @@ def submit(config, opts: Options, data: bytes) -> int:
         recipients += header_recipients(head)
     # Bcc: never travels with the message, -t or not (sendmail and Postfix remove it):
     # every recipient would see the hidden addresses
-    head = _remove_header(head, b"Bcc")
+    head = _remove_header(_remove_header(head, b"Bcc"), b"Resent-Bcc")
     recipients = [r.strip() for r in recipients if r.strip()]
     # sendmail splits comma-separated argument lists
     recipients = [a for r in recipients for _, a in email.utils.getaddresses([r]) if a] or recipients

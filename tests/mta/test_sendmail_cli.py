@@ -135,6 +135,18 @@ def test_q_asks_for_a_queue_run_and_reads_nothing(tmp_path: Path) -> None:
     assert queued(tmp_path) == []
 
 
+def test_t_takes_a_resent_message_to_its_resent_recipients(tmp_path: Path) -> None:
+    # RFC 5322 3.6.6: the original To:/Cc: are not sent to again (Postfix's cleanup)
+    data = (b"Resent-From: me@example.org\nResent-To: dave@example.com\n"
+            b"Resent-Bcc: hidden@example.com\nFrom: a@example.org\nTo: bob@example.com\n"
+            b"Cc: carol@example.com\nSubject: fwd\n\nx\n")
+    r = sendmail(tmp_path, "-t", stdin=data)
+    assert r.returncode == 0, r.stderr
+    [(env, msg)] = queued(tmp_path)
+    assert [x["address"] for x in env["recipients"]] == ["dave@example.com", "hidden@example.com"]
+    assert b"hidden" not in msg and b"Resent-Bcc" not in msg and b"\nResent-To: dave" in msg
+
+
 def test_header_recipients() -> None:
     head = b"To: \"Doe, J\" <j@x.example>, k@x.example\nCc: (none)\nSubject: To: fake@x\n"
     assert header_recipients(head) == ["j@x.example", "k@x.example"]
