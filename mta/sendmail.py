@@ -31,7 +31,8 @@ DESCRIPTION
 
 EXIT STATUS
     0 queued; 64 (EX_USAGE) bad options or no recipients; 65 (EX_DATAERR) a recipient
-    address that cannot be parsed; 75 (EX_TEMPFAIL) the queue could not be written;
+    address that cannot be parsed, or a message larger than [smtp.limits]
+    max_message_size (the limit SMTP clients get; nothing is queued); 75 (EX_TEMPFAIL) the queue could not be written;
     78 a configuration error.  Errors are written to stderr.
 """
 
@@ -135,9 +136,15 @@ def parse_args(argv: Sequence[str]) -> Options:
     return opts
 
 
-def read_message(stream, ignore_dots: bool) -> bytes:
-    """stdin to LF-terminated bytes; without -i a lone "." line ends it."""
+class TooBig(Exception):
+    """The message exceeds the configured size limit ([smtp.limits] max_message_size)."""
+
+
+def read_message(stream, ignore_dots: bool, max_size: int | None = None) -> bytes:
+    """stdin to LF-terminated bytes; without -i a lone "." line ends it.  TooBig as soon
+    as more than ``max_size`` bytes were read: the rest is never held in memory."""
     lines = []
+    size = 0
     for line in stream:
         if line.endswith(b"\r\n"):
             line = line[:-2] + b"\n"
@@ -145,6 +152,9 @@ def read_message(stream, ignore_dots: bool) -> bytes:
             line = line[:-1] + b"\n"
         if not ignore_dots and line in (b".\n", b"."):
             break
+        size += len(line)
+        if max_size is not None and size > max_size:
+            raise TooBig(f"message file too big (limit {max_size} bytes)")
         lines.append(line)
     data = b"".join(lines)
     if data and not data.endswith(b"\n"):
@@ -239,7 +249,13 @@ def main(argv: Sequence[str]) -> int:
         return 0
     _log_to_file(config.server.log_file)
     stdin = sys.stdin.buffer if sys.stdin is not None else open(0, "rb")
-    data = read_message(stdin, opts.ignore_dots)
+    try:
+        data = read_message(stdin, opts.ignore_dots, config.smtp.limits.max_message_size)
+    except TooBig as exc:
+        # the limit SMTP clients are held to (552 5.3.4), as Postfix's sendmail applies
+        # message_size_limit: a permanent error, nothing queued
+        sys.stderr.write(f"postroom sendmail: {exc}\n")
+        return 65
     return submit(config, opts, data)
 
 

@@ -208,3 +208,17 @@ def test_bp_lists_the_queue_and_bi_checks_the_aliases(tmp_path: Path) -> None:
     r = sendmail(tmp_path, "-bi", stdin=b"")
     assert r.returncode == 65 and f"{aliases}:2:".encode() in r.stderr
     assert len(queued(tmp_path)) == 1        # nothing was read or queued by them
+
+
+def test_a_message_over_the_size_limit_is_refused_and_not_queued(tmp_path: Path) -> None:
+    (tmp_path / "postroom.toml").write_text(
+        '[server]\nhostname = "h.example"\nspool_dir = "q"\n[smtp.limits]\nmax_message_size = 1000\n')
+    def run(body: bytes) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([PY, "-m", "mta.cli", "sendmail", "-C", str(tmp_path / "postroom.toml"), "bob"],
+                              input=b"Subject: s\n\n" + body, capture_output=True, timeout=30)
+    r = run(b"x" * 2000 + b"\n")
+    assert r.returncode == 65 and b"message file too big" in r.stderr
+    assert not (tmp_path / "q" / "incoming").exists() or not list((tmp_path / "q" / "incoming").iterdir())
+    r = run(b"y" * 900 + b"\n")       # 12 + 901 bytes: within the limit
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "q" / "incoming").iterdir())) == 1
