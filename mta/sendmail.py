@@ -21,8 +21,9 @@ DESCRIPTION
     -i, -oi     a line with a single "." does not end the message (without it, it does,
                 as in sendmail).
     -f sender   the envelope sender (default: the invoking user at the host name);
-                "<>" or "" is the null sender.
-    -F name     the full name used if a From: header has to be added.
+                "<>" or "" is the null sender; "Name <addr>" gives addr.
+    -F name     the full name used if a From: header has to be added (default: $NAME,
+                else, without -f, the invoking user's GECOS name).
     -oXXX, -bm, -v, -B, -N, -R, -U, -G, -m, -x, -A, -O, -e, -p, -V are accepted and
                 ignored (sendmail and Postfix compatibility).
 
@@ -214,6 +215,20 @@ def _has(head: bytes, name: bytes) -> bool:
     return any(line.lower().startswith(lname) for line in head.splitlines())
 
 
+def _full_name(opts: Options) -> str:
+    """The sender's full name for an added From: when -F gave none: $NAME, else, for
+    mail sent as the invoking user (no -f), the password file's GECOS name (its
+    first comma-separated field), as sendmail does."""
+    name = os.environ.get("NAME", "").strip()
+    if name or opts.sender is not None:
+        return name
+    try:
+        gecos = pwd.getpwuid(os.getuid()).pw_gecos
+    except KeyError:
+        return ""
+    return gecos.split(",", 1)[0].strip()
+
+
 def _login() -> str:
     try:
         return pwd.getpwuid(os.getuid()).pw_name
@@ -313,16 +328,18 @@ def submit(config, opts: Options, data: bytes) -> int:
     login = _login()
     sender = opts.sender if opts.sender is not None else f"{login}@{hostname}"
     sender = sender.strip()
-    if sender in ("<>", ""):
-        sender = ""
-    else:
+    if "<" in sender:
+        # "-f 'Robot <robot@example.org>'": the address in the brackets (sendmail and
+        # Postfix parse it so); "<>" is the null sender
+        sender = email.utils.parseaddr(sender)[1] if sender != "<>" else ""
+    if sender:
         sender = sender.strip("<>")
         if "@" not in sender:
             sender = f"{sender}@{hostname}"
     now = time.time()
     added = b""
     if not _has(head, b"From"):
-        name = opts.fullname
+        name = opts.fullname or _full_name(opts)
         frm = email.utils.formataddr((name, sender or f"MAILER-DAEMON@{hostname}")) if name \
             else (sender or f"MAILER-DAEMON@{hostname}")
         added += f"From: {frm}\n".encode("utf-8")

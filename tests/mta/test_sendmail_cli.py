@@ -222,3 +222,24 @@ def test_a_message_over_the_size_limit_is_refused_and_not_queued(tmp_path: Path)
     r = run(b"y" * 900 + b"\n")       # 12 + 901 bytes: within the limit
     assert r.returncode == 0, r.stderr
     assert len(list((tmp_path / "q" / "incoming").iterdir())) == 1
+
+
+def test_sender_in_angle_brackets_and_the_full_name_of_an_added_from(tmp_path: Path) -> None:
+    import os
+    import pwd
+    r = sendmail(tmp_path, "-f", "The Robot <robot@example.org>", "bob", stdin=b"Subject: a\n\nx\n")
+    assert r.returncode == 0, r.stderr
+    env = dict(os.environ, NAME="Jane Doe")
+    r = sendmail(tmp_path, "bob", stdin=b"Subject: b\n\nx\n", env=env)
+    assert r.returncode == 0, r.stderr
+    env.pop("NAME")
+    r = sendmail(tmp_path, "bob", stdin=b"Subject: c\n\nx\n", env=env)
+    assert r.returncode == 0, r.stderr
+    got = {m.split(b"Subject: ")[1][:1]: (e["sender"], m) for e, m in queued(tmp_path)}
+    sender, msg = got[b"a"]
+    assert sender == "robot@example.org" and b"\nFrom: robot@example.org\n" in msg
+    sender, msg = got[b"b"]
+    assert f"\nFrom: Jane Doe <{sender}>\n".encode() in msg
+    gecos = pwd.getpwuid(os.getuid()).pw_gecos.split(",")[0].strip()
+    sender, msg = got[b"c"]
+    assert (f"\nFrom: {gecos} <{sender}>\n" if gecos else f"\nFrom: {sender}\n").encode() in msg
