@@ -450,6 +450,7 @@ class LocalDelivery:
         return Result(proc.returncode, text if proc.returncode else "program")
 
     def _file(self, req: Request, raw: bytes) -> Result:
+        from deliver.errors import DeliveryError
         from deliver.fromline import prepare_message
         from deliver.mbox import append_mbox
         assert req.path is not None
@@ -459,7 +460,12 @@ class LocalDelivery:
         except OSError as exc:
             code = ExitCode.TEMPFAIL if getattr(exc, "errno", None) not in (13, 2, 21) else ExitCode.CANTCREAT
             return Result(code, f"{req.path}: {exc.strerror or exc}")
-        except Exception as exc:  # noqa: BLE001 - deliver.errors types (lock timeouts ...)
+        except DeliveryError as exc:
+            # a file that can never be written as named (a directory, a symlink, a
+            # missing directory) fails, as Postfix local(8) bounces it (5.2.0); a full
+            # disk or a lock timeout is retried
+            return Result(ExitCode.TEMPFAIL if exc.temporary else ExitCode.CANTCREAT, f"{req.path}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a bug: defer, never lose mail
             return Result(ExitCode.TEMPFAIL, f"{req.path}: {exc}")
         return Result(0, req.path)
 

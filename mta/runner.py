@@ -577,8 +577,14 @@ class Runner:
                      dsn=a.status, stat=f"{a.stat}")
         if should_bounce(env):
             pending = json.loads(env.extra.get("unbounced", "[]"))
-            pending.append([display_address(rcpt.address, self.config.server.hostname),
-                            a.status, a.diagnostic, rcpt.orcpt])
+            shown, diagnostic = display_address(rcpt.address, self.config.server.hostname), a.diagnostic
+            if rcpt.address.startswith(("|", "/")) and rcpt.orcpt:
+                # a program or file an alias named is no address (RFC 3464 2.3.2's
+                # "rfc822;|cmd" was no use to anyone): the alias address is the final
+                # recipient, as Postfix reports it, and the diagnostic names the target
+                kind, _, detail = diagnostic.partition("; ")
+                shown, diagnostic = rcpt.orcpt, f"{kind}; {rcpt.address}: {detail}"
+            pending.append([shown, a.status, diagnostic, rcpt.orcpt])
             env.extra["unbounced"] = json.dumps(pending)
 
     async def _send_bounces(self, claimed: ClaimedMessage) -> None:

@@ -389,6 +389,24 @@ def test_failed_recipient_bounces_to_sender(make_site) -> None:
     assert b"From MAILER-DAEMON" in raw
 
 
+def test_a_failed_program_or_file_of_an_alias_bounces_as_the_alias_address(make_site, tmp_path: Path) -> None:
+    # Final-Recipient must be an address (RFC 3464 2.3.2): the alias that named the
+    # program or the file (as Postfix reports it); the diagnostic names what failed
+    (tmp_path / "adir").mkdir()           # a file destination that is a directory
+    site = make_site(users={"alice": ""},
+                     aliases=f'pipe: "|exit 67"\nkeep: {tmp_path}/adir\n')
+    site.queue(["pipe@example.com", "keep@example.com"], sender="alice@example.com", subject="s")
+    site.drain()
+    bounce = bounce_of(site, "alice")
+    blocks = [dict(b.items()) for b in list(bounce.iter_parts())[1].get_payload()][1:]
+    per = {b["Final-Recipient"]: b for b in blocks}
+    assert set(per) == {"rfc822;pipe@example.com", "rfc822;keep@example.com"}, per
+    assert per["rfc822;pipe@example.com"]["Diagnostic-Code"].startswith("x-unix; |exit 67: exit 67")
+    assert per["rfc822;keep@example.com"]["Diagnostic-Code"].startswith(f"x-unix; {tmp_path}/adir: ")
+    text = list(bounce.iter_parts())[0].get_content()
+    assert "<pipe@example.com>" in text and "|exit 67" in text and "rfc822;|" not in bounce.as_string()
+
+
 def test_a_bounce_is_never_bounced(make_site) -> None:
     site = make_site(users={"bob": "EXITCODE=67\n:0\n/dev/null\n"})
     qid = site.queue(["bob@example.com"], sender="")
