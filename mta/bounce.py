@@ -69,8 +69,15 @@ def split_header(raw: bytes) -> bytes:
 
 
 def _address_type(address: str) -> str:
-    # RFC 3464 2.3.2: "rfc822;" for Internet addresses; utf-8 (RFC 6533) when needed.
-    return f"rfc822;{address}" if address.isascii() else f"utf-8;{address}"
+    """RFC 3464 2.3.2: "rfc822;" for an ASCII address.  An internationalised one is
+    "utf-8;" in utf-8-addr-xtext (RFC 6533 3: ``\\x{HEX}`` for every character outside
+    printable ASCII and for "+", "=" and "\\"), since a message/delivery-status field
+    is ASCII: written raw it was RFC 2047-encoded whole, "=?utf-8?q?utf-8=3B...?=",
+    which no DSN reader takes for an address."""
+    if address.isascii():
+        return f"rfc822;{address}"
+    return "utf-8;" + "".join(c if "!" <= c <= "~" and c not in "+=\\" else f"\\x{{{ord(c):02X}}}"
+                              for c in address)
 
 
 def build_bounce(env: Envelope, headers: bytes, failures: list[Failure], *,

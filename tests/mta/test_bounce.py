@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -94,10 +95,29 @@ def test_every_failure_round_trips(sender: str, rcpts, subject: str) -> None:
 
 
 def test_non_ascii_recipient_uses_utf8_address_type() -> None:
-    raw = build_bounce(env(), HEADERS, [Failure("jösé@exämple.com", "5.1.1", "x-unix; gone")],
+    # RFC 6533 3: utf-8-addr-xtext in a message/delivery-status (an ASCII part), not
+    # RFC 2047 around the whole field
+    raw = build_bounce(env(), HEADERS, [Failure("jösé+1@exämple.com", "5.1.1", "x-unix; gone")],
                        reporting_mta="mx", qid="Q")
+    assert b"\nFinal-Recipient: utf-8;j\\x{F6}s\\x{E9}\\x{2B}1@ex\\x{E4}mple.com\n" in raw
+    assert b"=?utf-8?" not in raw
     _, status, _ = parse(raw).iter_parts()
-    assert dict(status.get_payload()[1].items())["Final-Recipient"] == "utf-8;jösé@exämple.com"
+    value = dict(status.get_payload()[1].items())["Final-Recipient"]
+    assert _from_xtext(value.removeprefix("utf-8;")) == "jösé+1@exämple.com"
+
+
+def _from_xtext(text: str) -> str:
+    return re.sub(r"\\x\{([0-9A-F]{2,6})\}", lambda m: chr(int(m.group(1), 16)), text)
+
+
+@given(st.text(min_size=1, max_size=30).filter(lambda a: not a.isascii()))
+def test_utf8_addr_xtext_is_ascii_and_reads_back(address: str) -> None:
+    from mta.bounce import _address_type
+    value = _address_type(address)
+    assert value.startswith("utf-8;") and value.isascii()
+    body = value.removeprefix("utf-8;")
+    assert all(c not in "+=" for c in re.sub(r"\\x\{[0-9A-F]+\}", "", body))
+    assert _from_xtext(body) == address
 
 
 def test_utf8_and_latin1_headers_are_returned_as_they_came() -> None:
