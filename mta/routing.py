@@ -432,6 +432,27 @@ class AliasesStage:
                     self._expand(inc_targets, name, item, owner, out, includes + (key,))
 
 
+# Postfix's default command_expansion_filter: what $EXTENSION may hold when it reaches
+# a mailbox_command (other bytes become "_")
+_EXTENSION_CHARS = frozenset(b"1234567890!@%-_=+:,./abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def extension_for_rules(detail: str, address: str) -> str | None:
+    """The +detail of ``user+detail`` as the recipient's rules get it ($1, procmail -a).
+
+    The sender picks it, and the usual rule files by it (``:0: * ? test -n "$1"
+    lists/$1``), so it is made safe as Postfix local(8) makes $EXTENSION: one with a
+    "/" is dropped ("address with illegal extension": the mail goes to the user as if
+    it had none; ``prtest+/etc/x`` or ``prtest+../x`` was appended to that path), and
+    it is folded to lower case with every byte outside Postfix's
+    command_expansion_filter (shell metacharacters, blanks, 8-bit bytes) made "_"."""
+    if "/" in detail:
+        log.warning("%s: address with illegal extension: %s", address, detail)
+        return None
+    raw = detail.lower().encode("utf-8", "surrogateescape")
+    return "".join(chr(b) if b in _EXTENSION_CHARS else "_" for b in raw)
+
+
 class UsersStage:
     name = "users"
 
@@ -445,7 +466,7 @@ class UsersStage:
         name, plus, detail = local.partition("+")
         user = self.maps.users.lookup(name) if name else None
         if user is not None:
-            return Done((LocalMailbox(user.name, detail if plus else None),))
+            return Done((LocalMailbox(user.name, extension_for_rules(detail, str(item.address)) if plus else None),))
         if name.lower() == "postmaster":
             # RFC 5321 4.5.1: postmaster must always be deliverable.  Without an alias,
             # fall back to root as sendmail's and Postfix's stock aliases do.

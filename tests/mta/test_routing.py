@@ -65,6 +65,15 @@ def test_users_case_and_detail(tmp_path: Path) -> None:
     assert dests(r, "ALICE@Example.Com.") == (LocalMailbox("alice"),)
     assert dests(r, "alice+lists@mx.example.com") == (LocalMailbox("alice", "lists"),)
     assert dests(r, "<bob@localhost>") == (LocalMailbox("bob"),)
+    # the detail reaches the rules as $1, made safe as Postfix makes $EXTENSION: a "/"
+    # drops it (the mail still goes to the user), case is folded, and bytes outside
+    # command_expansion_filter become "_"
+    assert dests(r, "alice+Lists@example.com") == (LocalMailbox("alice", "lists"),)
+    assert dests(r, '"alice+../x"@example.com') == (LocalMailbox("alice"),)
+    assert dests(r, '"alice+/etc/passwd"@example.com') == (LocalMailbox("alice"),)
+    assert dests(r, '"alice+a;b`c$d e"@example.com') == (LocalMailbox("alice", "a_b_c_d_e"),)
+    assert dests(r, "alice+café@example.com") == (LocalMailbox("alice", "caf__"),)
+    assert dests(r, "alice+@example.com") == (LocalMailbox("alice", ""),)
     with pytest.raises(Reject) as exc:
         r.resolve("carol@example.com")
     assert exc.value.reply == R.USER_UNKNOWN

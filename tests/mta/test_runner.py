@@ -182,6 +182,20 @@ def test_every_local_delivery_starts_with_the_return_path(make_site, tmp_path: P
     assert b"forged@evil" not in bob
 
 
+def test_a_detail_with_a_slash_never_names_a_file_for_the_rules(make_site, tmp_path: Path) -> None:
+    # the common "file by +detail" rc: the sender picks $1, so a "/" in it must not
+    # reach a folder name (Postfix local(8): "address with illegal extension")
+    rc = "MAILDIR=$HOME\nEXT=$1\n:0:\n* ! EXT ?? ^^^^\n$EXT\n"
+    site = make_site(users={"alice": rc})
+    target = tmp_path / "pwned"
+    site.queue([f"alice+{target}@example.com"], subject="abs")
+    site.queue(["alice+Lists@example.com"], subject="lists")
+    site.drain()
+    assert not target.exists()
+    assert [m["Subject"] for m in site.messages(site.inbox("alice"))] == ["abs"]
+    assert [m["Subject"] for m in site.messages(site.home("alice") / "lists")] == ["lists"]
+
+
 def test_alias_include_program_file_and_virtusertable(make_site, tmp_path: Path) -> None:
     out = tmp_path / "prog.out"
     archive = tmp_path / "archive.mbox"
