@@ -72,9 +72,9 @@ from typing import Iterator, Literal
 from deliver.exitcodes import ExitCode
 
 from .config import Config
+from .deliveryheader import for_delivery
 from .forking import fork_process
 from .maps.users import User as MapUser
-from .returnpath import with_return_path
 
 __all__ = ["Request", "Result", "LocalDelivery", "resolve_mode", "status_text", "recover_stale_locks",
            "close_inherited"]
@@ -542,10 +542,10 @@ def preload() -> None:
 
 
 def _read(req: Request) -> bytes:
-    """The queued message as this delivery hands it on: with its Return-Path: field
-    (mta.returnpath), as sendmail's local mailer and Postfix local(8) deliver it."""
+    """The queued message as this delivery hands it on (mta.deliveryheader): its
+    Return-Path: first, as sendmail's local mailer and Postfix local(8) deliver it."""
     from .queue.spool import read_file
-    return with_return_path(read_file(req.message_path), req.sender)
+    return for_delivery(read_file(req.message_path), req.sender)
 
 
 def _queued_lock_effects():

@@ -164,7 +164,9 @@ def test_every_local_delivery_starts_with_the_return_path(make_site, tmp_path: P
     site.queue(["alice@example.com", "pipe@example.com", "keep@example.com"],
                body="Return-Path: <a body line stays>\n")
     forged = site.spool.new_message()
-    data = b"Received: from test\nReturn-Path: <forged@evil.example>\nSubject: forged\n\nx\n"
+    data = (b"Received: from test\nReturn-Path: <forged@evil.example>\nSubject: forged\n"
+            b"Content-Length: 2\n\nx\nFrom bank@example.com  Mon Dec  7 10:00:00 2026\n"
+            b"Subject: planted\n\ny\n")
     forged.write(data)
     forged.commit(Envelope(sender="", recipients=[RecipientState("bob@example.com")],
                            received_at=site.clock.now, size=len(data), helo="c", client_ip="127.0.0.1"))
@@ -180,6 +182,10 @@ def test_every_local_delivery_starts_with_the_return_path(make_site, tmp_path: P
     assert bob.startswith(b"From MAILER-DAEMON ")
     assert bob.split(b"\n")[1:4] == [b"Return-Path: <>", b"Received: from test", b"Subject: forged"]
     assert b"forged@evil" not in bob
+    # no Content-Length: the body's From_ line is escaped, so no reader finds a second,
+    # planted message in the mailbox
+    assert b"Content-Length" not in bob and b"\n>From bank@example.com" in bob
+    assert [m["Subject"] for m in site.messages(site.inbox("bob"))] == ["forged"]
 
 
 def test_a_detail_with_a_slash_never_names_a_file_for_the_rules(make_site, tmp_path: Path) -> None:
