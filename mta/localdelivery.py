@@ -412,7 +412,7 @@ class LocalDelivery:
             # Not switching users: the delivery runs as the server's own user, so that is
             # the identity the agent checks rc files and mailboxes against.
             user = type(user)(user.name, os.geteuid(), os.getegid(), user.home, user.shell)
-        inv = Invocation(sender=req.sender or "MAILER-DAEMON", delivery_mode=True,
+        inv = Invocation(sender=_as_argument(req.sender) or "MAILER-DAEMON", delivery_mode=True,
                          recipients=[user.name], positional=[req.detail] if req.detail else [])
         env = {"TZ": os.environ["TZ"]} if "TZ" in os.environ else {}
         if not self._spool_made:         # once per process, not a mkdir per delivery
@@ -454,7 +454,7 @@ class LocalDelivery:
         from deliver.fromline import prepare_message
         from deliver.mbox import append_mbox
         assert req.path is not None
-        data = prepare_message(raw, sender=req.sender or "MAILER-DAEMON")
+        data = prepare_message(raw, sender=_as_argument(req.sender) or "MAILER-DAEMON")
         try:
             append_mbox(req.path, data)
         except OSError as exc:
@@ -539,6 +539,15 @@ def preload() -> None:
         deliver.locking._fqdn()     # the host name in lock claim files (getfqdn, IDNA codec)
         gc.freeze()
         _preloaded = True
+
+
+def _as_argument(text: str) -> str:
+    """``text`` (an SMTPUTF8 address may hold any character) as deliver/ takes the
+    command-line text it is handed: the latin-1 reading of its UTF-8 bytes, so that
+    the From_ line gets those bytes (as Postfix writes them).  Given as it was, a
+    non-latin-1 sender made the delivery fail (UnicodeEncodeError: deferred until it
+    expired) and a latin-1 one was written in latin-1."""
+    return text.encode("utf-8", "surrogateescape").decode("latin-1")
 
 
 def _read(req: Request) -> bytes:

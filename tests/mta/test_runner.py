@@ -202,6 +202,22 @@ def test_a_detail_with_a_slash_never_names_a_file_for_the_rules(make_site, tmp_p
     assert [m["Subject"] for m in site.messages(site.home("alice") / "lists")] == ["lists"]
 
 
+def test_an_smtputf8_sender_is_written_in_utf_8(make_site, tmp_path: Path) -> None:
+    # the From_ line and Return-Path carry the sender's UTF-8 bytes (Postfix does);
+    # a sender outside latin-1 made the delivery fail and the mail wait until expiry
+    archive = tmp_path / "archive.mbox"
+    site = make_site(users={"alice": ""}, aliases=f"keep: {archive}\n")
+    site.queue(["alice@example.com"], sender="jörg@example.org", subject="de")
+    site.queue(["alice@example.com", "keep@example.com"], sender="用户@例子.example", subject="zh")
+    site.drain()
+    raw = site.inbox("alice").read_bytes()
+    assert raw.startswith("From jörg@example.org ".encode())
+    assert "\nReturn-Path: <jörg@example.org>\n".encode() in raw
+    assert "\nFrom 用户@例子.example ".encode() in raw
+    assert archive.read_bytes().startswith("From 用户@例子.example ".encode())
+    assert site.all_queued() == []
+
+
 def test_alias_include_program_file_and_virtusertable(make_site, tmp_path: Path) -> None:
     out = tmp_path / "prog.out"
     archive = tmp_path / "archive.mbox"
