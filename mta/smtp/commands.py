@@ -30,6 +30,11 @@ class CommandSyntaxError(Exception):
 # RFC 5322 atext; RFC 6531 adds any non-ASCII UTF-8 character.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\u0080-\U0010ffff]"
 _DOT_STRING = re.compile(rf"^{_ATEXT}+(?:\.{_ATEXT}+)*$")
+# a sender's local part as Postfix takes it (strict_rfc821_envelopes = no): dots
+# anywhere, doubled or at an end.  Real mailboxes have such names (Japanese mobile
+# carriers gave them out: "taro..yamada.@docomo.ne.jp"), and refusing their mail at
+# MAIL FROM loses it; they are never used as a destination here
+_LOOSE_DOT_STRING = re.compile(rf"^(?=.*{_ATEXT})(?:{_ATEXT}|\.)+$")
 # qtextSMTP = %d32-33 / %d35-91 / %d93-126, quoted-pairSMTP = "\" %d32-126 (+ UTF-8)
 _QUOTED = re.compile(r'^"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"$')
 _LABEL = re.compile(r"^(?:[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]*"
@@ -78,12 +83,14 @@ def is_address_literal(text: str) -> bool:
     return bool(_GENERAL_LITERAL.match(inner)) and not inner.upper().startswith("IPV6:")
 
 
-def is_mailbox(text: str) -> bool:
-    """RFC 5321 Mailbox = Local-part "@" ( Domain / address-literal )."""
+def is_mailbox(text: str, *, loose_dots: bool = False) -> bool:
+    """RFC 5321 Mailbox = Local-part "@" ( Domain / address-literal ).  ``loose_dots``:
+    a Dot-string's dots may be doubled or end it (a sender's, see _LOOSE_DOT_STRING)."""
     local, at, domain = text.rpartition("@")
     if not at or not local:
         return False
-    if not (_DOT_STRING.match(local) or _QUOTED.match(local)):
+    dot_string = _LOOSE_DOT_STRING if loose_dots else _DOT_STRING
+    if not (dot_string.match(local) or _QUOTED.match(local)):
         return False
     return is_domain(domain) or is_address_literal(domain)
 
@@ -111,11 +118,11 @@ def parse_params(text: str) -> dict[str, str]:
 
 
 def parse_path(arg: str, keyword: str, *, null_ok: bool, postmaster_ok: bool = False,
-               bad: Reply = R.BAD_ADDRESS) -> tuple[str, dict[str, str]]:
+               bad: Reply = R.BAD_ADDRESS, loose_dots: bool = False) -> tuple[str, dict[str, str]]:
     """Parse ``FROM:<a@b> SIZE=10`` (keyword ``FROM``) into (mailbox, params).
 
     The null path ``<>`` gives ``""`` when ``null_ok``; ``<postmaster>`` without a domain
-    is accepted for RCPT (RFC 5321 4.5.1).
+    is accepted for RCPT (RFC 5321 4.5.1).  ``loose_dots``: see is_mailbox.
     """
     head = keyword + ":"
     if arg[:len(head)].upper() != head:
@@ -137,6 +144,6 @@ def parse_path(arg: str, keyword: str, *, null_ok: bool, postmaster_ok: bool = F
         raise CommandSyntaxError(bad)
     if postmaster_ok and path.lower() == "postmaster":
         return path, params
-    if not is_mailbox(path):
+    if not is_mailbox(path, loose_dots=loose_dots):
         raise CommandSyntaxError(bad.with_text(f"Bad address syntax: <{printable(path)}>"))
     return path, params

@@ -367,7 +367,8 @@ class Session(asyncio.Protocol):
             self._bad(R.NESTED_MAIL)
             return
         try:
-            sender, params = parse_path(arg, "FROM", null_ok=True, bad=R.BAD_SENDER_ADDRESS)
+            sender, params = parse_path(arg, "FROM", null_ok=True, bad=R.BAD_SENDER_ADDRESS,
+                                        loose_dots=True)
         except CommandSyntaxError as exc:
             self._bad(exc.reply)
             return

@@ -110,6 +110,23 @@ def test_null_sender_postmaster_and_8bitmime(smtp_server):
     assert env["sender"] == "" and env["body"] == "8BITMIME" and env["recipients"][0]["address"] == "postmaster"
 
 
+def test_a_sender_with_doubled_or_final_dots_is_accepted_and_a_recipient_is_not(smtp_server, raw):
+    # Postfix (strict_rfc821_envelopes = no) takes them: real mailboxes have such
+    # names, and their mail was refused at MAIL FROM; a recipient must still be RFC 5321
+    rs = smtp_server()
+    c = raw(rs)
+    assert c.cmd("EHLO client.example")[0] == 250
+    for bad in ("<.>", "<..@example.jp>", "<a b@example.jp>"):
+        assert c.cmd(f"MAIL FROM:{bad}")[0] == 501
+    assert c.cmd("MAIL FROM:<taro..yamada.@docomo.example>")[0] == 250
+    assert c.cmd("RCPT TO:<a..b@mx.test>")[0] == 501
+    assert c.cmd("RCPT TO:<postmaster>")[0] == 250
+    assert c.cmd("DATA")[0] == 354
+    c.send(b"Subject: s\r\n\r\nbody\r\n.\r\n")
+    assert c.reply()[0] == 250
+    assert envelope(rs, rs.queued[0])["sender"] == "taro..yamada.@docomo.example"
+
+
 def test_smtputf8(smtp_server, raw):
     rs = smtp_server()
     c = raw(rs)
