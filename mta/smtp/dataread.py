@@ -30,6 +30,9 @@ from .. import reply as R
 from ..reply import Reply
 
 _RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE)
+# a header field's name and colon, or a continuation line: anything else ends the
+# header (Postfix's cleanup; mta.deliveryheader puts the blank line there)
+_FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
 _MESSAGE_ID = re.compile(rb"^message-id[ \t]*:[ \t]*(.*?)[ \t]*\r?\n?$", re.IGNORECASE | re.DOTALL)
 
 
@@ -105,7 +108,7 @@ class DataReceiver:
     """
 
     def __init__(self, sink: Callable[[bytes], None], *, max_size: int, max_text_line: int,
-                 max_received: int) -> None:
+                 max_received: int, add_if_missing: dict[bytes, bytes] | None = None) -> None:
         self._sink = sink
         self._max_size = max_size
         self._max_line = max_text_line
@@ -115,9 +118,13 @@ class DataReceiver:
         self._skip_last = b""        # last byte seen while skipping (was it CR?)
         self._prev_crlf = True       # the previous line ended in CRLF (354 counts as one)
         self._in_headers = True
+        self._first_line = True
         self.size = 0
         self.received_count = 0
         self.message_id: str | None = None
+        # lower-case field name -> its whole line, put at the end of the header when the
+        # message has no such field (Date:, From:, Message-ID: of a local client's mail)
+        self._add = dict(add_if_missing or {})
         self.bare_lf = 0
         self.error: Reply | None = None
         self.done = False
@@ -182,6 +189,8 @@ class DataReceiver:
             line = buf[pos:nl + 1]
             pos = nl + 1
             if line == b".\r\n" and self._prev_crlf:
+                if self._in_headers:       # all of it was header
+                    self._end_of_header(out)
                 return pos
             self._line(line, out)
         rest = buf[pos:]
@@ -207,18 +216,37 @@ class DataReceiver:
         else:
             self.bare_lf += 1
         if self._in_headers:
-            if line == b"\n":
-                self._in_headers = False
-            elif _RECEIVED.match(line):
-                self.received_count += 1
-                if self.received_count > self._max_received:
-                    self._fail(R.LOOP)
-            elif self.message_id is None:
-                m = _MESSAGE_ID.match(line)
-                if m:
-                    self.message_id = m.group(1).decode("utf-8", "replace")
+            field = _FIELD_NAME.match(line)
+            first, self._first_line = self._first_line, False
+            if first and line.startswith(b"From "):
+                pass          # an mbox From_ line: X-Mailbox-Line: at delivery, a field
+            elif field is None and line[:1] not in (b" ", b"\t"):
+                self._end_of_header(out)           # an empty line, or one that is no field
+            elif field is not None:
+                if self._add:
+                    self._add.pop(field.group(1).lower(), None)
+                if _RECEIVED.match(line):
+                    self.received_count += 1
+                    if self.received_count > self._max_received:
+                        self._fail(R.LOOP)
+                elif self.message_id is None:
+                    m = _MESSAGE_ID.match(line)
+                    if m:
+                        self.message_id = m.group(1).decode("utf-8", "replace")
         if self.error is None:
             out.append(line)
+
+    def _end_of_header(self, out: list[bytes]) -> None:
+        """The header ends before the line in hand: the fields still missing go here."""
+        self._in_headers = False
+        if not self._add:
+            return
+        if b"message-id" in self._add and self.message_id is None:
+            m = _MESSAGE_ID.match(self._add[b"message-id"])
+            self.message_id = m.group(1).decode("utf-8", "replace") if m else None
+        if self.error is None:
+            out.append(b"".join(self._add.values()))
+        self._add = {}
 
     def _account(self, n: int) -> None:
         self.size += n

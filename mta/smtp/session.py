@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -464,7 +465,8 @@ class Session(asyncio.Protocol):
             self._data_failed(exc)
         self._rx = DataReceiver(msg.write, max_size=self.limits.max_message_size,
                                 max_text_line=self.limits.max_text_line,
-                                max_received=self.limits.max_received_headers)
+                                max_received=self.limits.max_received_headers,
+                                add_if_missing=self._missing_fields(msg.qid, self._received_at))
         self.reply(R.START_DATA)
         self._flush()
         self._state = _DATA
@@ -566,6 +568,21 @@ class Session(asyncio.Protocol):
             return "UTF8ESMTP"           # RFC 6531 3.7.3
         return "ESMTP" if self.esmtp else "SMTP"
 
+    def _missing_fields(self, qid: str, when: float) -> dict[bytes, bytes] | None:
+        """The Date:, From: and Message-ID: fields a message from this host itself gets
+        when it has none (RFC 5322 wants Date and From; RFC 6409 8 lets a submission
+        server add them), as Postfix adds them for its local_header_rewrite_clients:
+        scripts that talk SMTP to 127.0.0.1 with a bare body had mail with no date.
+        None for any other client: a relay does not edit what it was sent."""
+        if not _is_loopback(self.client_ip):
+            return None
+        host = self.server.hostname
+        stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(when))
+        sender = self.sender or f"MAILER-DAEMON@{host}"
+        return {b"date": f"Date: {_rfc5322_date(when)}\n".encode(),
+                b"from": f"From: {sender}\n".encode("utf-8"),
+                b"message-id": f"Message-ID: <{stamp}.{qid}@{host}>\n".encode()}
+
     def _received_header(self, qid: str, when: float) -> bytes:
         """RFC 5321 4.4 trace header, folded, LF line ends (the queue's format)."""
         date = _rfc5322_date(when)
@@ -608,6 +625,13 @@ _HANDLERS = {
 
 
 _date_memo: tuple[int, str] = (-1, "")
+
+
+def _is_loopback(ip: str | None) -> bool:
+    try:
+        return ip is not None and ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
 
 
 def _rfc5322_date(when: float) -> str:

@@ -50,7 +50,10 @@ def test_smtplib_send_is_on_disk_before_the_250_is_read(smtp_server):
         env = envelope(rs, qid)
     assert body.startswith(b"Received: from client.example ([127.0.0.1])\n\tby mx.test (postroom) with ESMTP id " + qid.encode())
     assert b"\tfor <b@example.net>; " in body
-    assert body.endswith(b"Subject: x\nMessage-ID: <m1@x>\n\n.dotted\nline\n")   # unstuffed, LF
+    # unstuffed, LF; from this host itself (127.0.0.1) the missing Date: and From: are
+    # added at the end of the header (as Postfix does for its own host's clients)
+    assert re.search(rb"\nSubject: x\nMessage-ID: <m1@x>\nDate: [^\n]+ [+-]\d{4}\nFrom: a@example.org\n"
+                     rb"\n.dotted\nline\n\Z", body), body
     assert env["sender"] == "a@example.org" and env["helo"] == "client.example"
     assert [(r["address"], r["state"], r["attempts"]) for r in env["recipients"]] == [("b@example.net", "pending", 0)]
     assert env["size"] == len(body) and env["message_id"] == "<m1@x>" and env["protocol"] == "ESMTP"
@@ -125,6 +128,32 @@ def test_a_sender_with_doubled_or_final_dots_is_accepted_and_a_recipient_is_not(
     c.send(b"Subject: s\r\n\r\nbody\r\n.\r\n")
     assert c.reply()[0] == 250
     assert envelope(rs, rs.queued[0])["sender"] == "taro..yamada.@docomo.example"
+
+
+def test_fields_a_local_client_left_out_are_added_where_the_header_ends(smtp_server, raw):
+    rs = smtp_server()
+    with smtplib.SMTP(rs.host, rs.port, local_hostname="client.example") as s:
+        s.ehlo()
+        s.sendmail("", ["b@example.net"], b"Subject: s\r\n\r\nbody\r\nDate: not a field\r\n")
+        s.sendmail("a@example.org", ["b@example.net"], b"Date: Mon, 7 Dec 2026 10:00:00 +0000\r\n"
+                   b"from: A <a@example.org>\r\nMessage-ID: <given@x>\r\n\r\nbody\r\n")
+        s.sendmail("a@example.org", ["b@example.net"], b"just text, no header\r\nSubject: planted\r\n")
+        s.sendmail("a@example.org", ["b@example.net"], b"From a@example.org Mon Dec  7 10:00:00 2026\r\n"
+                   b"Subject: mbox\r\n\r\nbody\r\n")
+    bodies = [(qdir(rs, q) / "message").read_bytes() for q in rs.queued]
+    envs = [envelope(rs, q) for q in rs.queued]
+    head, _, body = bodies[0].partition(b"\n\n")
+    assert re.search(rb"\nSubject: s\nDate: [^\n]+\nFrom: MAILER-DAEMON@mx.test\nMessage-ID: <\d{14}\."
+                     + rs.queued[0].encode() + rb"@mx.test>\Z", head), head
+    assert body == b"body\nDate: not a field\n"
+    assert envs[0]["message_id"] == f"<{head.rsplit(b'<', 1)[1][:-1].decode()}>"
+    assert bodies[1].split(b"\n", 3)[3] == (b"Date: Mon, 7 Dec 2026 10:00:00 +0000\nfrom: A <a@example.org>\n"
+                                           b"Message-ID: <given@x>\n\nbody\n")     # nothing added
+    # a first line that is no field ends the header: the fields go before it
+    assert re.search(rb"\nMessage-ID: <[^>]+>\njust text, no header\nSubject: planted\n\Z", bodies[2])
+    # an mbox From_ line first stays in the header (X-Mailbox-Line: at delivery)
+    assert re.search(rb"\nFrom a@example.org Mon[^\n]+\nSubject: mbox\nDate: [^\n]+\nFrom: a@example.org\n"
+                     rb"Message-ID: <[^>]+>\n\nbody\n\Z", bodies[3]), bodies[3]
 
 
 def test_smtputf8(smtp_server, raw):
@@ -624,6 +653,47 @@ def test_data_receiver_matches_reference(parts, cuts):
         assert b"".join(sink) == ref[1] and rx.size == ref[2]
 
 
+_ADD = {b"date": b"Date: D\n", b"from": b"From: F\n"}
+
+
+def reference_added(content: bytes) -> bytes:
+    """``content`` with _ADD's fields it lacks put where its header ends: before the
+    first line that is neither a field nor a continuation (an mbox From_ line first
+    counts as a field), or at the end when it is all header."""
+    lines = content.splitlines(keepends=True)
+    seen, at = set(), len(lines)
+    for i, line in enumerate(lines):
+        m = re.match(rb"([!-9;-~]+)[ \t]*:", line)
+        if m:
+            seen.add(m.group(1).lower())
+        elif not (line[:1] in (b" ", b"\t") or (i == 0 and line.startswith(b"From "))):
+            at = i
+            break
+    missing = b"".join(v for k, v in _ADD.items() if k not in seen)
+    return b"".join(lines[:at]) + missing + b"".join(lines[at:])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"Subject: s\r\n", b"date: x\r\n", b"From: y\r\n", b" cont\r\n",
+                                 b"From z\r\n", b"text\r\n", b"\r\n", b"X-A:\r\n", b".x\r\n"]),
+                max_size=12),
+       st.lists(st.integers(1, 30), max_size=10))
+def test_missing_fields_are_added_where_the_header_ends(parts, cuts):
+    stream = b"".join(parts) + b".\r\n"
+    sink: list[bytes] = []
+    rx = DataReceiver(sink.append, max_size=10**9, max_text_line=1000, max_received=10**6,
+                      add_if_missing=_ADD)
+    pos = 0
+    for cut in cuts + [len(stream)]:
+        chunk = stream[pos:pos + cut]
+        if not chunk or rx.feed(chunk) is not None:
+            break
+        pos += len(chunk)
+    ref = reference_data(stream, 1000)
+    assert ref is not None and rx.error is None
+    assert b"".join(sink) == reference_added(ref[1])
+
+
 _atom = st.text(st.sampled_from("abcxyzABC0189!#$%&'*+-/=?^_`{|}~"), min_size=1, max_size=8)
 _label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
 
@@ -694,3 +764,10 @@ def test_line_buffer_splits_any_chunking_like_the_whole(parts, cuts):
             got.append(line)
         assert len(buf._buf) <= max_len + 40     # the limit plus at most one chunk
     assert got == _reference_lines(stream, max_len)
+
+
+def test_only_this_hosts_own_clients_get_fields_added() -> None:
+    from mta.smtp.session import _is_loopback
+    assert _is_loopback("127.0.0.1") and _is_loopback("127.1.2.3") and _is_loopback("::1")
+    assert not _is_loopback("192.0.2.1") and not _is_loopback("2001:db8::1")
+    assert not _is_loopback(None) and not _is_loopback("not an address")
