@@ -412,8 +412,10 @@ class LocalDelivery:
             # Not switching users: the delivery runs as the server's own user, so that is
             # the identity the agent checks rc files and mailboxes against.
             user = type(user)(user.name, os.geteuid(), os.getegid(), user.home, user.shell)
+        # $1 is the +detail, "" without one, and always there ($# = 1): the rules see
+        # what procmail -a "$EXTENSION" under Postfix (or -a $h under sendmail) gives
         inv = Invocation(sender=_as_argument(req.sender) or "MAILER-DAEMON", delivery_mode=True,
-                         recipients=[user.name], positional=[req.detail] if req.detail else [])
+                         recipients=[user.name], positional=[req.detail or ""])
         env = {"TZ": os.environ["TZ"]} if "TZ" in os.environ else {}
         if not self._spool_made:         # once per process, not a mkdir per delivery
             os.makedirs(self.config.deliver.mail_spool, exist_ok=True)

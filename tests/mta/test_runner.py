@@ -191,7 +191,7 @@ def test_every_local_delivery_starts_with_the_return_path(make_site, tmp_path: P
 def test_a_detail_with_a_slash_never_names_a_file_for_the_rules(make_site, tmp_path: Path) -> None:
     # the common "file by +detail" rc: the sender picks $1, so a "/" in it must not
     # reach a folder name (Postfix local(8): "address with illegal extension")
-    rc = "MAILDIR=$HOME\nEXT=$1\n:0:\n* ! EXT ?? ^^^^\n$EXT\n"
+    rc = "MAILDIR=$HOME\nEXT=$1\nLOGFILE=$HOME/log\nLOG=\"args=$#\n\"\n:0:\n* ! EXT ?? ^^^^\n$EXT\n"
     site = make_site(users={"alice": rc})
     target = tmp_path / "pwned"
     site.queue([f"alice+{target}@example.com"], subject="abs")
@@ -200,6 +200,10 @@ def test_a_detail_with_a_slash_never_names_a_file_for_the_rules(make_site, tmp_p
     assert not target.exists()
     assert [m["Subject"] for m in site.messages(site.inbox("alice"))] == ["abs"]
     assert [m["Subject"] for m in site.messages(site.home("alice") / "lists")] == ["lists"]
+    # $1 is always there, as procmail -a "$EXTENSION" under Postfix gives it: $# is 1
+    site.queue(["alice@example.com"], subject="plain")
+    site.drain()
+    assert (site.home("alice") / "log").read_text().count("args=1\n") == 3
 
 
 def test_an_smtputf8_sender_is_written_in_utf_8(make_site, tmp_path: Path) -> None:
