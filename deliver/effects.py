@@ -371,8 +371,11 @@ class RealEffects:
         if res.overflow:
             self.log(f'procmail: Exceeded output limit of "{name}"\n')
             return ProgramResult(False, res.status, b"")
-        # procmail's abstract counts what it wrote: all of it, or up to the failed write
-        self.last_size = len(data) if not res.write_error or unpadded is None else unpadded
+        # procmail's abstract counts what it wrote: all of it, or up to the failed write;
+        # a filter's or capture's mail is written by a forked child (pipthrough()), whose
+        # dump() leaves the parent's count (lastdump) as it was
+        if not capture:
+            self.last_size = len(data) if not res.write_error or unpadded is None else unpadded
         failed_exit = wait and res.status != 0
         write_error = res.write_error and not ignore_write_error
         if write_error and failed_exit and len(data) <= _PIPE_CAPACITY:
@@ -434,7 +437,8 @@ class RealEffects:
              part: Part = None) -> ProgramResult:
         # a part alone is fed as it stands: its Content-Length was set when the mail was read
         feed = data if raw else program_bytes(data, berkeley=self.berkeley or part is not None)
-        self.last_size = len(feed)   # what a signal's abstract counts if the pipe never returns
+        if not capture:              # what a signal's abstract counts if the pipe never returns
+            self.last_size = len(feed)
         return self._run(command, feed, wait=wait, quiet=quiet,
                          ignore_write_error=ignore_write_error, capture=capture,
                          unpadded=len(data))
@@ -452,10 +456,15 @@ class RealEffects:
     def test_program(self, command: Command, data: bytes) -> int:
         # written as procmail's dump() writes any text to a program: ending in an empty
         # line (an area that does not gets a newline; an empty body is one newline)
-        res = programs.run(_argv_for_os(command.argv), with_final_newline(data), env=self._env(),
+        feed = with_final_newline(data)
+        res = programs.run(_argv_for_os(command.argv), feed, env=self._env(),
                            stderr_fd=self._log_fd, capture=False, timeout=self._timeout())
         if res.timed_out:
             self._log_timeout(command)
+        if res.status is not None:
+            # procmail's conditions() feeds it with pipin(), whose dump() in the main
+            # process sets the size a later abstract shows (lastdump)
+            self.last_size = len(feed)
         self.last_status = 1 if res.status is None else res.status
         return self.last_status
 
