@@ -75,6 +75,9 @@ _PROCMAIL_DIAG = re.compile(r'^(Skipped "[^"\n]*"|Missing closing brace|Closing 
                             r'|Missing action|Incomplete recipe|Extraneous [a-z-]+(?: flag)? ignored)')
 # logged as procmail reads the recipe, in a block it skips too (its conditions() runs)
 _PROCMAIL_DIAG_ALWAYS = re.compile(r'^(Conflicting [a-z-]+ suppressed)')
+# a condition's leftovers (``* > 10 x``) are logged as procmail tests it: never in a
+# block it skips.  Every other line above it logs as it reads, skipping or not.
+_EVALUATION_ONLY = "Skipped "
 
 
 _DIAGS: dict[int, tuple[RcFile, tuple[tuple[int, int, str, int], ...]]] = {}
@@ -100,13 +103,18 @@ def _compute_diags(rc: RcFile) -> list[tuple[int, int, str, int]]:
     long enough to exceed some LINEBUF, which procmail checks as it reads the line (in a
     block it skips too), against LINEBUF as it stands then."""
     skipped_at = {(i.span.line, i.span.col) for i in _walk(rc.items) if isinstance(i, Skipped)}
+    condition_lines = {c.span.line for i in _walk(rc.items) if isinstance(i, Recipe)
+                       for c in i.conditions}
     out = []
     for d in rc.diagnostics:
         m = _PROCMAIL_DIAG.match(d.message)
         if m and m.group(1) == "Missing closing brace":
             continue          # logged at run time, once, when an open block was entered
         if m and (d.span.line, d.span.col) not in skipped_at:
-            out.append((d.span.line, d.span.col, m.group(1), 0))
+            # procmail reads a block it does not enter item by item (skiprc): what it
+            # logs as it reads is logged there too (-1), a condition's test is not run
+            evaluated = m.group(1).startswith(_EVALUATION_ONLY) and d.span.line in condition_lines
+            out.append((d.span.line, d.span.col, m.group(1), 0 if evaluated else -1))
         elif m := _PROCMAIL_DIAG_ALWAYS.match(d.message):
             out.append((d.span.line, d.span.col, m.group(1), -1))
     out.extend((c.span.line, c.span.col, "", c.width) for i in _walk(rc.items)
@@ -532,17 +540,27 @@ class Evaluator:
             raise _Stop(End.DELIVERED)
 
     def _drop_diags_inside(self, block: Block) -> None:
-        """procmail skips a block it does not enter by counting braces, without
-        parsing its recipes: the syntax problems inside are never logged (a skipped
-        block that is never closed says nothing).  It still reads every line, so a
-        condition line that exceeds LINEBUF is logged there too: those entries stay."""
+        """procmail reads a block it does not enter item by item without running
+        anything (skiprc): what it logs as it reads stays to be logged in its place
+        (the entries marked -1, condition lines over LINEBUF, and the Skipped lines of
+        words that are no item), what it logs as it tests a condition does not, and a
+        skipped block that is never closed says nothing of it.  A ``c`` block's parent
+        skips the block so after its clone ran it: both log what they read."""
         frame = self._file_frame()
-        if frame is None or not frame.diags:
+        if frame is None:
             return
         start = (block.span.line, block.span.col)
         end = None if block.end is None else (block.end.line, block.end.col)
-        frame.diags[:] = [d for d in frame.diags
-                          if d[3] or not (start <= d[:2] and (end is None or d[:2] <= end))]
+        skipped = [(i.span.line, i.span.col, f'Skipped "{i.text}"', -1)
+                   for i in _walk(block.items) if isinstance(i, Skipped)]
+        if not frame.diags and not skipped:
+            return
+        kept = [d for d in frame.diags
+                if d[3] or not (start <= d[:2] and (end is None or d[:2] <= end))]
+        if skipped:
+            kept.extend(skipped)
+            kept.sort(key=lambda d: d[:2], reverse=True)    # popped from the end
+        frame.diags[:] = kept
 
     def _enter_block(self, recipe: Recipe, block: Block, tr: RecipeTrace) -> None:
         tr.action = "enter block"
