@@ -25,6 +25,7 @@ from rules.effects import Command, Part, ProgramResult, SaveResult
 from rules import numvars
 
 from . import programs
+from .dirfolder import TEMP_SERIAL
 from .errors import DeliveryError, LockError
 from .folders import deliver_to_folders
 from .groupcommit import GroupCommit
@@ -258,6 +259,9 @@ class RealEffects:
         and the delivery goes on unlocked as procmail's does."""
         name = for_os(path)
         key = self._abspath(name)              # also learns the cwd a relative name needs
+        # procmail makes a lock file with a name from unique(), whose serial its Maildir
+        # and directory folder names share: the next such name counts one more (_1)
+        next(TEMP_SERIAL)
         lock = DotLock(name, self._policy(), claims=self._claims, key=key, cwd=self._cwd)
         try:
             lock.acquire()
