@@ -32,10 +32,10 @@ __all__ = ["for_delivery"]
 
 # a header field line (RFC 5322 field-name, colon) or a continuation line; a last line
 # without its newline counts as one too
-_LINE = rb"(?:[!-9;-~]+:[^\n]*|[ \t][^\n]*)"
+_LINE = rb"(?:[!-9;-~]+[ \t]*:[^\n]*|[ \t][^\n]*)"   # blanks before the colon: obs-syntax
 _FIELDS = re.compile(rb"(?:%s\n)*(?:%s\Z)?" % (_LINE, _LINE))
-_FIRST_FIELD = re.compile(rb"[!-9;-~]+:[^\n]*\n(?:[ \t][^\n]*\n)*")
-_DROPPED = re.compile(rb"(?im)^(?:return-path|content-length):")
+_FIRST_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:[^\n]*\n(?:[ \t][^\n]*\n)*")
+_DROPPED = re.compile(rb"(?im)^(?:return-path|content-length)[ \t]*:")
 _MAILBOX_LINE = b"X-Mailbox-Line: "
 
 

@@ -28,6 +28,12 @@ def test_return_path_and_content_length_that_came_with_it_are_removed() -> None:
         b"Return-Path: <in the body stays>\nContent-Length: 9\n")
 
 
+def test_blanks_before_the_colon_still_make_a_field() -> None:
+    # RFC 5322 4.5.2 obs-syntax, which the receiver's header reading takes too
+    msg = RCVD + b"Subject : s\nReturn-Path : <forged@x>\n\nbody\n"
+    assert for_delivery(msg, "s@x") == b"Return-Path: <s@x>\n" + RCVD + b"Subject : s\n\nbody\n"
+
+
 def test_a_field_that_only_starts_alike_is_kept() -> None:
     msg = RCVD + b"Return-Path-Extra: 1\nX-Content-Length: 2\n\nbody\n"
     assert for_delivery(msg, "s@x") == b"Return-Path: <s@x>\n" + msg
