@@ -89,9 +89,11 @@ class VarTest:
 
 @dataclass(frozen=True, slots=True)
 class ProgramTest:
-    """``* ? command``: true when the command exits 0; it gets the area on stdin."""
+    """``* ? command``: true when the command exits 0; it gets the area on stdin:
+    the flags' (H, B or both) or, after ``NAME ??``, that area or variable's value."""
 
     command: str
+    area: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +113,12 @@ class SizeTest:
 @dataclass(frozen=True, slots=True)
 class ExpandTest:
     """``* $ text``: the text is expanded as inside double quotes, then re-parsed as a
-    condition at run time (so ``* $ !x`` is a negation)."""
+    condition at run time (so ``* $ !x`` is a negation).  ``area``: it came after
+    ``NAME ??`` (``* VAR ?? $ $pat``), whose area the re-parsed condition searches
+    unless it names one of its own."""
 
     text: str
+    area: str | None = None
 
 
 Test = RegexTest | VarTest | ProgramTest | SizeTest | ExpandTest

@@ -21,12 +21,13 @@ from .errors import RulesError
 __all__ = ["encode_rc", "decode_rc", "AstCodecError", "FORMAT", "VERSION"]
 
 FORMAT = "postroom-rc-ast"
-VERSION = 11         # 2: SizeTest.text; 3: Block.end; 4: a bare "|" refused (the parse changed:
+VERSION = 12         # 2: SizeTest.text; 3: Block.end; 4: a bare "|" refused (the parse changed:
                      # a cached AST of an older parser must not be used); 5: Condition.width;
                      # 6: f on a VAR=| capture warned; 7: E and a dropped beside e;
                      # 8: a c block's lock kept, not warned; 9: Pipe.width;
                      # 10: "NAME = |" captures into NAME without its last letter;
-                     # 11: every word after a lock name is Skipped
+                     # 11: every word after a lock name is Skipped;
+                     # 12: ProgramTest.area, ExpandTest.area (``VAR ?? ?``, ``VAR ?? $``)
 
 
 class AstCodecError(RulesError):
@@ -43,12 +44,12 @@ def _test(t) -> dict:
             return {"t": "regex", "pattern": p}
         case VarTest(name=n, pattern=p):
             return {"t": "var", "name": n, "pattern": p}
-        case ProgramTest(command=c):
-            return {"t": "program", "command": c}
+        case ProgramTest(command=c, area=a):
+            return {"t": "program", "command": c, "area": a}
         case SizeTest(op=op, limit=lim, area=a, text=x):
             return {"t": "size", "op": op, "limit": lim, "area": a, "text": x}
-        case ExpandTest(text=x):
-            return {"t": "expand", "text": x}
+        case ExpandTest(text=x, area=a):
+            return {"t": "expand", "text": x, "area": a}
     raise AstCodecError(f"unknown test {t!r}")
 
 
@@ -140,14 +141,14 @@ def _dtest(d: Any):
     if t == "var":
         return VarTest(_get(d, "name", str), _get(d, "pattern", str))
     if t == "program":
-        return ProgramTest(_get(d, "command", str))
+        return ProgramTest(_get(d, "command", str), _str_or_none(d, "area"))
     if t == "size":
         op = _get(d, "op", str)
         if op not in ("<", ">"):
             raise AstCodecError("bad size operator")
         return SizeTest(op, _get(d, "limit", int), _str_or_none(d, "area"), _str_or_none(d, "text"))
     if t == "expand":
-        return ExpandTest(_get(d, "text", str))
+        return ExpandTest(_get(d, "text", str), _str_or_none(d, "area"))
     raise AstCodecError(f"unknown test tag {t!r}")
 
 

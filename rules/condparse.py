@@ -26,8 +26,12 @@ blanks that start the continuation line are removed.  Program texts keep them (i
 What it guarantees: ``parse_condition`` returns a ``Condition`` or raises
 ``RcSyntaxError`` (never any other exception) for any input string.
 
-Errors: ``RcSyntaxError`` for a size test whose literal operand has no number, and for
-a ``?`` or ``$`` test after ``NAME ??`` (procmail supports these; the AST cannot express them yet).
+After ``NAME ??`` the test that follows searches, measures or is fed that area or
+variable (procmail's conditions() keeps it while it reads on): ``VAR ?? ! x``,
+``VAR ?? < 10``, ``VAR ?? $ $pat`` (expanded, then re-parsed with the area kept),
+``B ?? ? prog`` (fed the body).
+
+Errors: ``RcSyntaxError`` for a size test whose literal operand has no number.
 """
 
 from __future__ import annotations
@@ -156,18 +160,10 @@ def parse_condition(text: str, span: Span, *, expanded: bool = False) -> Conditi
             rest = rest[1:].lstrip(_BLANKS)
             continue
         if c == "$":
-            if area is not None:
-                raise RcSyntaxError(
-                    span, f"'$' after '{area} ??' is not supported: expected a regular "
-                          "expression or a size test after '??'")
-            test = ExpandTest(squeeze(rest[1:]))
+            test = ExpandTest(squeeze(rest[1:]), area)
             break
         if c == "?":
-            if area is not None:
-                raise RcSyntaxError(
-                    span, f"'?' after '{area} ??' is not supported: expected a regular "
-                          "expression or a size test after '??'")
-            test = ProgramTest(rest[1:].lstrip(_BLANKS))
+            test = ProgramTest(rest[1:].lstrip(_BLANKS), area)
             break
         if c in ("<", ">"):
             operand = rest[1:]

@@ -18,6 +18,7 @@ processing continues; only a bug escapes as an exception (the caller maps that t
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 import os
@@ -718,6 +719,8 @@ class Evaluator:
                 ct.matched = False
                 tr.conditions.append(ct)
                 return False
+            if test.area is not None:
+                inner = _in_area(inner, test.area)
             return self._condition(inner, flags, state, tr, negate, weight)
         tr.conditions.append(ct)
         if weight is not None:
@@ -737,9 +740,9 @@ class Evaluator:
                 else:
                     result = self._regex(pattern, area, flags, negate, weight, state, ct,
                                          cond.span)
-            case ProgramTest(command=command):
-                result = self._program_test(command, self.area(*self._default_area(flags)),
-                                            negate, weight, state)
+            case ProgramTest(command=command, area=name):
+                fed = self.area(*self._default_area(flags)) if name is None else self._named_area(name)
+                result = self._program_test(command, fed, negate, weight, state)
             case SizeTest(area=None):
                 # procmail compares the whole mail, From_ line included (item 11)
                 result = self._size_test(test, len(self.message.data), negate, weight, state)
@@ -1261,6 +1264,19 @@ def _part(flags: frozenset[Flag], *, folder: bool = False) -> Part:
     return "header" if h else "body"
 
 
+def _in_area(cond: Condition, area: str) -> Condition:
+    """A condition re-parsed from ``VAR ?? $ text`` searches VAR's area, as procmail
+    keeps the area it set while it reads on, unless it names one of its own."""
+    test = cond.test
+    if isinstance(test, RegexTest):
+        test = VarTest(area, test.pattern)
+    elif isinstance(test, (ProgramTest, ExpandTest, SizeTest)) and test.area is None:
+        test = dataclasses.replace(test, area=area)
+    else:
+        return cond
+    return dataclasses.replace(cond, test=test)
+
+
 def _read_upto(item: Item) -> Span:
     """How far procmail has read when it acts on ``item``: a recipe's header and
     conditions come before its action is taken."""
@@ -1343,12 +1359,12 @@ def _cond_text(cond: Condition) -> str:
             return prefix + p
         case VarTest(name=n, pattern=p):
             return f"{prefix}{n} ?? {p}"
-        case ProgramTest(command=c):
-            return f"{prefix}? {c}"
+        case ProgramTest(command=c, area=a):
+            return f"{prefix}{a + ' ?? ' if a else ''}? {c}"
         case SizeTest(op=op, limit=n, area=a):
             return f"{prefix}{a + ' ?? ' if a else ''}{op} {n}"
-        case ExpandTest(text=t):
-            return f"{prefix}$ {t}"
+        case ExpandTest(text=t, area=a):
+            return f"{prefix}{a + ' ?? ' if a else ''}$ {t}"
     return prefix
 
 

@@ -83,12 +83,12 @@ def format_condition(cond: Condition) -> str:
             parts.append(_regex_text(p, None))
         case VarTest(name=n, pattern=p):
             parts.append(f"{n} ?? {_regex_text(p, n)}")
-        case ProgramTest(command=c):
-            parts.append("? " + _multiline(c))
+        case ProgramTest(command=c, area=area):
+            parts.append((f"{area} ?? " if area else "") + "? " + _multiline(c))
         case SizeTest(op=op, limit=lim, area=area):
             parts.append((f"{area} ?? " if area else "") + f"{op} {lim}")
-        case ExpandTest(text=x):
-            parts.append("$" + x)
+        case ExpandTest(text=x, area=area):
+            parts.append((f"{area} ?? " if area else "") + "$" + x)
         case _:
             raise ValueError(f"unknown test {t!r}")
     return "* " + "".join(parts)
@@ -171,12 +171,12 @@ def _dump_test(c: Condition) -> str:
             body = f"Regex {p!r}"
         case VarTest(name=n, pattern=p):
             body = f"Var {n} {p!r}"
-        case ProgramTest(command=cmd):
-            body = f"Program {cmd!r}"
+        case ProgramTest(command=cmd, area=area):
+            body = f"Program {cmd!r}" + (f" area={area}" if area else "")
         case SizeTest(op=op, limit=lim, area=area):
             body = f"Size {op} {lim}" + (f" area={area}" if area else "")
-        case ExpandTest(text=x):
-            body = f"Expand {x!r}"
+        case ExpandTest(text=x, area=area):
+            body = f"Expand {x!r}" + (f" area={area}" if area else "")
         case _:
             body = repr(t)
     return f"Condition {body}{neg}{w}"

@@ -58,12 +58,12 @@ def conditions(draw) -> Condition:
         test = VarTest(draw(st.one_of(st.sampled_from(["H", "B", "HB", "BH"]), NAME)),
                        draw(PATTERN))
     elif kind == "program":
-        test = ProgramTest(draw(COMMAND))
+        test = ProgramTest(draw(COMMAND), draw(st.one_of(st.none(), st.sampled_from(["H", "B"]), NAME)))
     elif kind == "size":
         test = SizeTest(draw(st.sampled_from("<>")), draw(st.integers(0, 10**9)),
                         draw(st.one_of(st.none(), NAME)))
     else:
-        test = ExpandTest(draw(PATTERN))
+        test = ExpandTest(draw(PATTERN), draw(st.one_of(st.none(), NAME)))
     weight = draw(st.one_of(st.none(), st.builds(Weight, NUM, NUM)))
     return Condition(test, draw(st.booleans()), weight)
 
