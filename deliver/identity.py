@@ -109,6 +109,9 @@ def drop_privileges(user: User, spool_dir: str | None = None) -> None:
     os.setresgid(user.gid, user.gid, saved_gid)
     os.setresuid(user.uid, user.uid, user.uid)
     spoolgroup.forget()
+    # the group is for the spool mailbox's own lock only (procmail's defdeflock: the
+    # mailbox and the default LOCKEXT)
+    spoolgroup.allow(os.path.join(spool_dir, user.name) + ".lock" if saved_gid != user.gid else None)
     if os.geteuid() == 0 or os.getuid() == 0 or 0 in os.getresuid():
         raise IdentityError("could not drop root privileges", ExitCode.NOPERM)
 

@@ -352,7 +352,7 @@ class DotLock:
         tries = 0
         while True:
             try:
-                with spool_group():
+                with spool_group(path):
                     lock.lock(timeout=timeout)
                 break
             except flufl.lock.TimeOutError:
@@ -380,7 +380,7 @@ class DotLock:
             return
         _held.discard(self._key)
         try:
-            with spool_group():
+            with spool_group(lock.lockfile):
                 lock.unlock()
         except flufl.lock.NotLockedError:
             # Someone judged our lock stale and broke it (or removed it): the fcntl lock

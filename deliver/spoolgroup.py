@@ -1,11 +1,16 @@
-"""The mail spool's group, raised only to make and remove dot-lock files.
+"""The mail spool's group, raised only to make and remove the spool mailbox's lock.
 
 Why: /var/mail is root:mail 2775 on Debian; a user cannot create ``/var/mail/USER.lock``
 there.  procmail is setgid mail for exactly this.  deliver.identity.drop_privileges keeps
-the spool's group as the process's *saved* gid; this context manager raises it as the
-effective gid for the few system calls that make or remove a lock file, then lowers it
-again.  exec() copies the effective gid into the saved one, so programs that recipes
-start never get the group.  Tiny on purpose: deliver.locking imports it on the hot path.
+the spool's group as the process's *saved* gid and names the one lock file it is for
+(``allow``); this context manager raises it as the effective gid for the few system
+calls that make or remove that lock file, then lowers it again.  Any other lock file
+gets the user's own rights, as procmail's lockit() raises the group only for its
+default mailbox's lock (``defdeflock``): with the group raised for every lock, a
+recipe's ``LOCKFILE=/var/mail/victim`` made, held and broke files in the spool (another
+user's empty mailbox, forced as a stale lock, was removed).  exec() copies the effective
+gid into the saved one, so programs that recipes start never get the group.  Tiny on
+purpose: deliver.locking imports it on the hot path.
 """
 
 from __future__ import annotations
@@ -18,6 +23,14 @@ import os
 # lock and unlock calls of every delivery (getresgid and geteuid are system calls);
 # forgotten by ``forget`` wherever the process changes its ids and in a forked child.
 _ids: tuple[int, int] | None | bool = False
+# the lock file (absolute, normalised) the group is raised for: the spool mailbox's
+_allowed: str | None = None
+
+
+def allow(lockfile: str | None) -> None:
+    """The one lock file the spool group may be raised for (None: none)."""
+    global _allowed
+    _allowed = None if lockfile is None else os.path.normpath(lockfile)
 
 
 def forget() -> None:
@@ -40,14 +53,19 @@ def _raisable() -> tuple[int, int] | None:
 
 class spool_group:
     """Raise the saved gid (the spool's group, see drop_privileges) for a ``with``
-    block.  A no-op for a process that keeps no such group.  A class rather than a
-    generator: it wraps every lock and unlock of every delivery."""
+    block around making or removing ``lockfile`` (absolute), when that is the one lock
+    file ``allow`` named.  A no-op otherwise, and for a process that keeps no such
+    group.  A class rather than a generator: it wraps every lock and unlock of every
+    delivery."""
 
-    __slots__ = ("_lowered",)
+    __slots__ = ("_lowered", "_lockfile")
+
+    def __init__(self, lockfile: str) -> None:
+        self._lockfile = lockfile
 
     def __enter__(self) -> None:
         ids = _raisable()
-        if ids is None:
+        if ids is None or _allowed is None or os.path.normpath(self._lockfile) != _allowed:
             self._lowered = -1
             return
         effective, saved = ids

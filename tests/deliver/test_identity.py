@@ -32,7 +32,7 @@ user = lookup_user({user!r})
 spool = {spool!r}
 prepare_spool_mailbox(user, spool)
 from deliver.spoolgroup import spool_group
-with spool_group():     # looked at as root first: drop_privileges must make it look again
+with spool_group("/x.lock"):   # looked at as root first: drop_privileges must look again
     pass
 drop_privileges(user, spool if {keep} else None)
 print("ids", os.getresuid(), os.getresgid())
@@ -41,6 +41,14 @@ try:
         print("locked", os.path.exists(os.path.join(spool, user.name + ".lock")))
 except LockError as err:
     print("lockerror", err)
+for other in ("victim", "other.lock", user.name + ".lk"):
+    # any other lock in the spool gets the user's own rights (procmail's lockit() raises
+    # the group for its default mailbox's lock only)
+    try:
+        with DotLock(os.path.join(spool, other), LockPolicy(locksleep=0.05, retries=0)):
+            print("made", other)
+    except LockError as err:
+        print("refused", other, err)
 print("after", sorted(os.listdir(spool)))
 out = subprocess.run(["/bin/sh", "-c", "grep ^Gid: /proc/self/status; id -G"],
                      capture_output=True, text=True).stdout
@@ -75,6 +83,7 @@ def test_spool_group_makes_the_dotlock_and_never_reaches_programs(spool):
     out = run_child(path, keep=True)
     assert f"ids ({pw.pw_uid}, {pw.pw_uid}, {pw.pw_uid}) ({pw.pw_gid}, {pw.pw_gid}, {mail_gid})" in out
     assert "locked True" in out
+    assert "made" not in out and out.count("Permission denied") == 3, out
     assert f"after ['{USER}']" in out                         # lock and claim file gone
     child = out.split("child ", 1)[1]
     gids = child.split("|")[0].split()[1:]                    # real, effective, saved, fs
