@@ -314,6 +314,8 @@ class Agent:
                        pid=procinfo.pid(),
                        on_clone_end=self._finish_clone, tracing=self.tracing)
         eff.set_umask(0o077)
+        if inv.delivery_mode and isinstance(eff, RealEffects):
+            eff.spool_mailbox = os.path.normpath(os.path.join(self.site.spool_dir, self.user.name))
         orgmail = variables.get("ORGMAIL")
         if orgmail and not inv.mailfilter and tighten_spool_mailbox(for_os(orgmail), self.user.uid):
             eff.log(f'procmail: Enforcing stricter permissions on "{orgmail}"\n')

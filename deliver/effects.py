@@ -82,6 +82,9 @@ class RealEffects:
                  claims: dict[str, str] | None = None) -> None:
         self.berkeley = berkeley
         self.group = group               # a batch's deferred syncs (Agent.run_many)
+        # the user's spool mailbox (os form, absolute) in delivery mode: appends to it
+        # refuse a symlink, another owner or a hard-linked file (deliver.mbox spool checks)
+        self.spool_mailbox: str | None = None
         # lock file -> a claim file kept between locks (deliver.locking): a batch's, or
         # a long-lived delivery process's (mta.localdelivery's pool workers)
         self._claims = group.claims if group is not None else claims
@@ -320,9 +323,12 @@ class RealEffects:
         if box == "DEFAULT" and self.vars.get("LOCKEXT", ""):
             def box_lock(name: str) -> contextlib.AbstractContextManager[bool]:
                 return self.lock(internal(name) + lockext)
+        names = [for_os(f) for f in folders]
+        spool_checks = self.spool_mailbox is not None and bool(names) \
+            and self._abspath(names[0]) == self.spool_mailbox
         try:
             result = deliver_to_folders(
-                [for_os(f) for f in folders], data, raw=raw, umask=self._umask, policy=self._policy(),
+                names, data, raw=raw, umask=self._umask, policy=self._policy(), spool_checks=spool_checks,
                 msgprefix=for_os(self.vars.get("MSGPREFIX", "")), lock_mbox=not already,
                 berkeley=self.berkeley, group=self.group, abspath=self._abspath,
                 part=part, mail=mail, box=box is not None, box_lock=box_lock,

@@ -81,6 +81,10 @@ def prepare_spool_mailbox(user: User, spool_dir: str) -> None:
         raise IdentityError(f'Refusing spool mailbox "{path}": not a regular file', ExitCode.TEMPFAIL)
     if st.st_uid != user.uid:
         raise IdentityError(f'Refusing spool mailbox "{path}": owned by uid {st.st_uid}', ExitCode.TEMPFAIL)
+    if st.st_nlink != 1:
+        # a hard link to a file of the user's (~/.bashrc): mail would be written into it
+        # (procmail's screenmailbox() takes nlink != 1 for bogus too)
+        raise IdentityError(f'Refusing spool mailbox "{path}": it has several hard links', ExitCode.TEMPFAIL)
 
 
 def drop_privileges(user: User, spool_dir: str | None = None) -> None:

@@ -48,3 +48,23 @@ def test_rcfile_directory_checks_are_procmails(tmp_path) -> None:
     assert rcfile_is_safe(str(tmp_path / "d775" / "rc"), stranger_group, default_rc=True) is False
     assert rcfile_is_safe(str(tmp_path / "d775" / "rc"), stranger_group, default_rc=False) is True
     assert rcfile_is_safe(str(tmp_path / "d770" / "rc"), stranger_group, default_rc=True) is False
+
+
+def test_a_hard_linked_spool_mailbox_is_never_written(tmp_path, agent_process_state) -> None:
+    # /var/mail/USER hard-linked to a file of the user's (~/.bashrc): the delivery must
+    # not append the mail to that file (procmail takes nlink != 1 for a bogus mailbox)
+    pw = pwd.getpwuid(os.geteuid())
+    home = tmp_path / "home"
+    home.mkdir()
+    user = User(pw.pw_name, pw.pw_uid, pw.pw_gid, str(home), "/bin/sh")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    victim = home / ".bashrc"
+    victim.write_text("export X=1\n")
+    os.link(victim, spool / pw.pw_name)
+    site = Site(spool_dir=str(spool), system_rc="")
+    inv = Invocation(delivery_mode=True, recipients=[pw.pw_name], sender="a@example.org")
+    out = Agent(user, site, load_rc=load_rc).run(inv, b"From: a@example.org\nSubject: x\n\nbody\n",
+                                                 {"TZ": "UTC"})
+    assert int(out.status) != 0 and not out.delivered
+    assert victim.read_text() == "export X=1\n"

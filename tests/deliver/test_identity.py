@@ -105,3 +105,16 @@ def test_a_symlinked_spool_mailbox_is_refused(spool):
     code = CHILD.format(repo=str(REPO), user=USER, spool=path, keep=True)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "Refusing spool mailbox" in proc.stderr
+
+
+def test_a_hard_linked_spool_mailbox_is_refused(spool):
+    path, _ = spool
+    target = os.path.join(os.path.dirname(path), "bashrc")
+    with open(target, "w") as f:
+        f.write("x\n")
+    os.chown(target, pwd.getpwnam(USER).pw_uid, -1)
+    os.link(target, os.path.join(path, USER))
+    code = CHILD.format(repo=str(REPO), user=USER, spool=path, keep=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "several hard links" in proc.stderr
+    assert open(target).read() == "x\n"
