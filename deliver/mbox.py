@@ -107,17 +107,23 @@ _SPOOL_OVERRIDE = stat.S_IXUSR | stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 
 
 def tighten_spool_mailbox(path: str, uid: int) -> bool:
-    """Make the user's spool mailbox 0600-like when it is open to others (0644 -> 0600),
+    """Take from the user's spool mailbox the bits procmail's umask would not give it,
     as procmail does before reading any rc file; whether it did (the caller logs
-    procmail's "Enforcing stricter permissions on").  Only a regular file of the user's
-    own with one link is touched; anything else is left to the delivery's checks."""
+    procmail's "Enforcing stricter permissions on").  The umask is 077, or 007 in a
+    spool its group may write (Debian's root:mail 2775: 0644 -> 0640, 0666 -> 0660, the
+    mail group keeps its access), as screenmailbox() sets it.  Only a regular file of
+    the user's own with one link is touched; anything else is left to the delivery's
+    checks."""
     try:
         st = os.lstat(path)
+        parent = os.stat(os.path.dirname(path) or ".")
     except OSError:
         return False
     mode = stat.S_IMODE(st.st_mode)
+    group_spool = parent.st_mode & stat.S_IWGRP and parent.st_gid != 0
+    cumask = 0o007 if group_spool else 0o077
     if not stat.S_ISREG(st.st_mode) or st.st_uid != uid or st.st_nlink != 1 \
-            or not mode & stat.S_IWUSR or mode & _SPOOL_OVERRIDE or not mode & _SPOOL_LOOSE:
+            or not mode & stat.S_IWUSR or mode & _SPOOL_OVERRIDE or not mode & cumask & _SPOOL_LOOSE:
         return False
     try:     # through a descriptor of that very file: no symlink swapped in meanwhile
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -127,7 +133,7 @@ def tighten_spool_mailbox(path: str, uid: int) -> bool:
         now = os.fstat(fd)
         if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
             return False
-        os.fchmod(fd, mode & ~0o077)
+        os.fchmod(fd, mode & ~cumask)
     except OSError:
         return False
     finally:

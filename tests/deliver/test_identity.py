@@ -89,8 +89,9 @@ def test_spool_group_makes_the_dotlock_and_never_reaches_programs(spool):
     gids = child.split("|")[0].split()[1:]                    # real, effective, saved, fs
     assert gids == [str(pw.pw_gid)] * 4, child
     assert str(mail_gid) not in child.split("|")[1].split()   # not a supplementary group
+    # made in a spool its group may write: that group, mode 0660, as procmail makes it
     st = os.stat(os.path.join(path, USER))
-    assert (st.st_uid, st.st_mode & 0o777) == (pw.pw_uid, 0o600)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (pw.pw_uid, mail_gid, 0o660)
 
 
 def test_without_the_spool_group_the_lock_cannot_be_made(spool):

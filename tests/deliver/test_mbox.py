@@ -227,6 +227,22 @@ def test_spool_mailbox_open_to_others_is_tightened(tmp_path):
     assert not tighten_spool_mailbox(str(box), os.getuid())     # nothing left to do
 
 
+@pytest.mark.parametrize("mode,tightened", [(0o644, 0o640), (0o666, 0o660), (0o604, 0o600)])
+def test_in_a_spool_its_group_may_write_the_group_keeps_its_bits(tmp_path, mode, tightened):
+    # Debian's /var/mail (root:mail 2775): procmail's umask there is 007, so only the
+    # others lose their bits and the mail group keeps its access
+    import grp
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    os.chown(spool, -1, grp.getgrnam("mail").gr_gid)
+    spool.chmod(0o2775)
+    box = spool / "user"
+    box.write_bytes(b"")
+    box.chmod(mode)
+    assert tighten_spool_mailbox(str(box), os.getuid())
+    assert stat.S_IMODE(box.stat().st_mode) == tightened
+
+
 def test_spool_mailbox_tightening_leaves_links_and_other_owners_alone(tmp_path):
     """A symlink or a hard-linked file may not be the user's mailbox at all, and a file
     of another owner is not ours to change: the delivery's own checks refuse those."""
