@@ -185,6 +185,24 @@ def rcfile_is_safe(path: str, user: User, *, default_rc: bool) -> bool:
     return True
 
 
+def system_rc_is_safe(path: str) -> bool:
+    """The system rc file runs for every recipient: only root may be able to change it
+    (owned by root, no write bit for others, nor for a group other than root's, in a
+    directory others cannot write unless it is sticky).  procmail runs a world-writable
+    /etc/procmailrc as it finds it, so any user could run commands as every other one;
+    postroom says "Suspicious rcfile" and goes on with the user's own."""
+    try:
+        st = os.stat(path)
+        dst = os.stat(os.path.dirname(os.path.abspath(path)) or "/")
+    except OSError:
+        return True   # absent or unreadable: reported as procmail does by the loader
+    if path == os.devnull:
+        return True
+    if st.st_uid != 0 or st.st_mode & stat.S_IWOTH or (st.st_mode & stat.S_IWGRP and st.st_gid != 0):
+        return False
+    return bool(dst.st_mode & stat.S_ISVTX) or not dst.st_mode & stat.S_IWOTH
+
+
 class Agent:
     """Runs one delivery.  ``load_rc`` turns a path into an RcFile (the cached loader in
     production, rules.parser directly in tests)."""
@@ -234,7 +252,8 @@ class Agent:
         cmdline = kind in ("given", "cwd")
         say = not cmdline or not self._rc_failed
         if kind in ("given", "default") and \
-                not rcfile_is_safe(for_os(path), self.user, default_rc=kind == "default"):
+                not rcfile_is_safe(for_os(path), self.user, default_rc=kind == "default") \
+                or kind == "system" and not system_rc_is_safe(for_os(path)):
             self.effects.log(f'procmail: Suspicious rcfile "{path}"\n'
                              + (f'procmail: Couldn\'t read "{path}"\n' if say else ""))
             self._rc_failed = self._rc_failed or cmdline

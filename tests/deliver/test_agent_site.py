@@ -68,3 +68,28 @@ def test_a_hard_linked_spool_mailbox_is_never_written(tmp_path, agent_process_st
                                                  {"TZ": "UTC"})
     assert int(out.status) != 0 and not out.delivered
     assert victim.read_text() == "export X=1\n"
+
+
+def test_a_system_rc_others_can_write_is_not_run(tmp_path, agent_process_state) -> None:
+    # it runs for every recipient: a world-writable one would let any user run
+    # commands as all the others (procmail runs it as it finds it)
+    pw = pwd.getpwuid(os.geteuid())
+    home = tmp_path / "home"
+    home.mkdir()
+    user = User(pw.pw_name, pw.pw_uid, pw.pw_gid, str(home), "/bin/sh")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    system_rc = etc / "procmailrc"
+    log = tmp_path / "log"
+    system_rc.write_text(f"LOGFILE={log}\nLOG=\"system rc ran\n\"\n")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    site = Site(spool_dir=str(spool), system_rc=str(system_rc))
+    mail = b"From: a@example.org\nSubject: x\n\nbody\n"
+    for mode, runs in ((0o644, True), (0o666, False), (0o664, True)):
+        system_rc.chmod(mode)
+        log.unlink(missing_ok=True)
+        inv = Invocation(delivery_mode=True, recipients=[pw.pw_name], sender="a@example.org")
+        out = Agent(user, site, load_rc=load_rc).run(inv, mail, {"TZ": "UTC"})
+        assert out.delivered, oct(mode)
+        assert ("system rc ran" in (log.read_text() if log.exists() else "")) is runs, oct(mode)
