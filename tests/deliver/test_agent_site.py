@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pwd
+from pathlib import Path
 
 from deliver.agent import Agent, Invocation, Site, User
 from rules.cache import load_rc
@@ -50,22 +51,31 @@ def test_rcfile_directory_checks_are_procmails(tmp_path) -> None:
     assert rcfile_is_safe(str(tmp_path / "d770" / "rc"), stranger_group, default_rc=True) is False
 
 
+MAIL = b"From: a@example.org\nSubject: x\n\nbody\n"
+
+
+def lda(tmp_path: Path) -> tuple[User, Path, Path]:
+    """The current user with a home and a spool under ``tmp_path``, for -d deliveries."""
+    pw = pwd.getpwuid(os.geteuid())
+    home, spool = tmp_path / "home", tmp_path / "spool"
+    home.mkdir()
+    spool.mkdir()
+    return User(pw.pw_name, pw.pw_uid, pw.pw_gid, str(home), "/bin/sh"), home, spool
+
+
+def deliver_as_lda(user: User, site: Site):
+    inv = Invocation(delivery_mode=True, recipients=[user.name], sender="a@example.org")
+    return Agent(user, site, load_rc=load_rc).run(inv, MAIL, {"TZ": "UTC"})
+
+
 def test_a_hard_linked_spool_mailbox_is_never_written(tmp_path, agent_process_state) -> None:
     # /var/mail/USER hard-linked to a file of the user's (~/.bashrc): the delivery must
     # not append the mail to that file (procmail takes nlink != 1 for a bogus mailbox)
-    pw = pwd.getpwuid(os.geteuid())
-    home = tmp_path / "home"
-    home.mkdir()
-    user = User(pw.pw_name, pw.pw_uid, pw.pw_gid, str(home), "/bin/sh")
-    spool = tmp_path / "spool"
-    spool.mkdir()
+    user, home, spool = lda(tmp_path)
     victim = home / ".bashrc"
     victim.write_text("export X=1\n")
-    os.link(victim, spool / pw.pw_name)
-    site = Site(spool_dir=str(spool), system_rc="")
-    inv = Invocation(delivery_mode=True, recipients=[pw.pw_name], sender="a@example.org")
-    out = Agent(user, site, load_rc=load_rc).run(inv, b"From: a@example.org\nSubject: x\n\nbody\n",
-                                                 {"TZ": "UTC"})
+    os.link(victim, spool / user.name)
+    out = deliver_as_lda(user, Site(spool_dir=str(spool), system_rc=""))
     assert int(out.status) != 0 and not out.delivered
     assert victim.read_text() == "export X=1\n"
 
@@ -73,23 +83,15 @@ def test_a_hard_linked_spool_mailbox_is_never_written(tmp_path, agent_process_st
 def test_a_system_rc_others_can_write_is_not_run(tmp_path, agent_process_state) -> None:
     # it runs for every recipient: a world-writable one would let any user run
     # commands as all the others (procmail runs it as it finds it)
-    pw = pwd.getpwuid(os.geteuid())
-    home = tmp_path / "home"
-    home.mkdir()
-    user = User(pw.pw_name, pw.pw_uid, pw.pw_gid, str(home), "/bin/sh")
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    system_rc = etc / "procmailrc"
+    user, _home, spool = lda(tmp_path)
+    (tmp_path / "etc").mkdir()
+    system_rc = tmp_path / "etc" / "procmailrc"
     log = tmp_path / "log"
     system_rc.write_text(f"LOGFILE={log}\nLOG=\"system rc ran\n\"\n")
-    spool = tmp_path / "spool"
-    spool.mkdir()
     site = Site(spool_dir=str(spool), system_rc=str(system_rc))
-    mail = b"From: a@example.org\nSubject: x\n\nbody\n"
     for mode, runs in ((0o644, True), (0o666, False), (0o664, True)):
         system_rc.chmod(mode)
         log.unlink(missing_ok=True)
-        inv = Invocation(delivery_mode=True, recipients=[pw.pw_name], sender="a@example.org")
-        out = Agent(user, site, load_rc=load_rc).run(inv, mail, {"TZ": "UTC"})
+        out = deliver_as_lda(user, site)
         assert out.delivered, oct(mode)
         assert ("system rc ran" in (log.read_text() if log.exists() else "")) is runs, oct(mode)
