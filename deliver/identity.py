@@ -52,16 +52,6 @@ def current_user() -> User:
     return User(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_shell or "/bin/sh")
 
 
-def spool_mail_group(spool_dir: str) -> int | None:
-    """The group of a spool directory that group may write (not root's), as Debian's
-    /var/mail (root:mail 2775); None for any other spool."""
-    try:
-        st = os.stat(spool_dir)
-    except OSError:
-        return None
-    return st.st_gid if st.st_mode & stat.S_IWGRP and st.st_gid != 0 else None
-
-
 def prepare_spool_mailbox(user: User, spool_dir: str) -> None:
     """As root: make sure /var/mail/USER exists as a regular file owned by the user.
     A symlink or a file owned by another user is the classic LDA attack: refuse.  A
@@ -73,7 +63,7 @@ def prepare_spool_mailbox(user: User, spool_dir: str) -> None:
         # in a spool its group may write (Debian's root:mail 2775) the mailbox gets that
         # group and mode 0660, as procmail makes it (screenmailbox(): keepgid and the
         # group-writable umask), so that tools of the mail group reach it; else 0600
-        group = spool_mail_group(spool_dir)
+        group = spoolgroup.mail_group(spool_dir)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except FileExistsError:
@@ -120,7 +110,7 @@ def drop_privileges(user: User, spool_dir: str | None = None) -> None:
     os.initgroups(user.name, user.gid) if _has_passwd(user) else os.setgroups([user.gid])
     saved_gid = user.gid
     if spool_dir is not None:
-        saved_gid = spool_mail_group(spool_dir) or user.gid
+        saved_gid = spoolgroup.mail_group(spool_dir) or user.gid
     os.setresgid(user.gid, user.gid, saved_gid)
     os.setresuid(user.uid, user.uid, user.uid)
     spoolgroup.forget()

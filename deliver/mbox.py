@@ -34,6 +34,7 @@ import logging
 import os
 import stat
 
+from . import spoolgroup
 from .errors import LockError, MailboxError
 from .groupcommit import GroupCommit
 from .locking import DotLock, LockPolicy, is_held, lock_kernel, unlock_kernel
@@ -116,14 +117,14 @@ def tighten_spool_mailbox(path: str, uid: int) -> bool:
     checks."""
     try:
         st = os.lstat(path)
-        parent = os.stat(os.path.dirname(path) or ".")
     except OSError:
         return False
     mode = stat.S_IMODE(st.st_mode)
-    group_spool = parent.st_mode & stat.S_IWGRP and parent.st_gid != 0
-    cumask = 0o007 if group_spool else 0o077
     if not stat.S_ISREG(st.st_mode) or st.st_uid != uid or st.st_nlink != 1 \
-            or not mode & stat.S_IWUSR or mode & _SPOOL_OVERRIDE or not mode & cumask & _SPOOL_LOOSE:
+            or not mode & stat.S_IWUSR or mode & _SPOOL_OVERRIDE or not mode & 0o077 & _SPOOL_LOOSE:
+        return False               # the usual case, decided without a look at the spool
+    cumask = 0o007 if spoolgroup.mail_group(os.path.dirname(path) or ".") is not None else 0o077
+    if not mode & cumask & _SPOOL_LOOSE:
         return False
     try:     # through a descriptor of that very file: no symlink swapped in meanwhile
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)

@@ -16,6 +16,7 @@ purpose: deliver.locking imports it on the hot path.
 from __future__ import annotations
 
 import os
+import stat
 
 
 # (effective gid, saved gid) when the saved one is to be raised, None when there is
@@ -25,6 +26,16 @@ import os
 _ids: tuple[int, int] | None | bool = False
 # the lock file (absolute, normalised) the group is raised for: the spool mailbox's
 _allowed: str | None = None
+
+
+def mail_group(spool_dir: str) -> int | None:
+    """The group of a spool directory that group may write (not root's), as Debian's
+    /var/mail (root:mail 2775); None for any other spool (or none at all)."""
+    try:
+        st = os.stat(spool_dir)
+    except OSError:
+        return None
+    return st.st_gid if st.st_mode & stat.S_IWGRP and st.st_gid != 0 else None
 
 
 def allow(lockfile: str | None) -> None:

@@ -28,14 +28,17 @@ from __future__ import annotations
 
 import re
 
+from .headerfields import FIELD_NAME, remove_fields
+
 __all__ = ["for_delivery"]
 
-# a header field line (RFC 5322 field-name, colon) or a continuation line; a last line
-# without its newline counts as one too
-_LINE = rb"(?:[!-9;-~]+[ \t]*:[^\n]*|[ \t][^\n]*)"   # blanks before the colon: obs-syntax
+# a header field line or a continuation line; a last line without its newline counts
+# as one too
+_LINE = rb"(?:%s[^\n]*|[ \t][^\n]*)" % FIELD_NAME
 _FIELDS = re.compile(rb"(?:%s\n)*(?:%s\Z)?" % (_LINE, _LINE))
-_FIRST_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:[^\n]*\n(?:[ \t][^\n]*\n)*")
-_DROPPED = re.compile(rb"(?im)^(?:return-path|content-length)[ \t]*:")
+_FIRST_FIELD = re.compile(rb"%s[^\n]*\n(?:[ \t][^\n]*\n)*" % FIELD_NAME)
+_DROPPED_NAMES = (b"return-path", b"content-length")
+_DROPPED = re.compile(rb"(?im)^(?:return-path|content-length)[ \t]*:")     # a quick look
 _MAILBOX_LINE = b"X-Mailbox-Line: "
 
 
@@ -51,7 +54,7 @@ def for_delivery(message: bytes, sender: str) -> bytes:
     else:
         head, rest = _split_at_non_field(message, end)
     if _DROPPED.search(head):
-        head = _without_dropped(head)
+        head = remove_fields(head, _DROPPED_NAMES)
     return b"".join((top, head, rest))
 
 
@@ -75,23 +78,3 @@ def _split_at_non_field(message: bytes, end: int) -> tuple[bytes, bytes]:
 def _first_field_end(message: bytes) -> int:
     m = _FIRST_FIELD.match(message)
     return m.end() if m else 0
-
-
-def _without_dropped(head: bytes) -> bytes:
-    """The lines of ``head`` without Return-Path: and Content-Length: fields and their
-    continuation lines (lines starting with a blank that follow them)."""
-    kept: list[bytes] = []
-    dropping = False
-    # lines end at LF only (a CR is a byte of the line, as deliver/ reads it); a last
-    # line without one keeps having none
-    lines = [line + b"\n" for line in head.split(b"\n")]
-    lines[-1] = lines[-1][:-1]
-    for line in lines:
-        if line[:1] in (b" ", b"\t"):
-            if not dropping:
-                kept.append(line)
-            continue
-        dropping = _DROPPED.match(line) is not None
-        if not dropping:
-            kept.append(line)
-    return b"".join(kept)

@@ -50,6 +50,8 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Sequence
 
+from .headerfields import remove_fields
+
 log = logging.getLogger("mta.sendmail")
 
 USAGE = ("usage: postroom sendmail [--config FILE | --embedded DIR] [-t] [-i] [-oi] "
@@ -197,19 +199,6 @@ def header_recipients(head: bytes) -> list[str]:
     return [addr for _, addr in email.utils.getaddresses(fields) if addr]
 
 
-def _remove_header(head: bytes, name: bytes) -> bytes:
-    out, skipping = [], False
-    for line in head.splitlines(keepends=True):
-        if line[:1] in (b" ", b"\t"):
-            if not skipping:
-                out.append(line)
-            continue
-        skipping = line.split(b":", 1)[0].strip().lower() == name.lower()
-        if not skipping:
-            out.append(line)
-    return b"".join(out)
-
-
 def _has(head: bytes, name: bytes) -> bool:
     lname = name.lower() + b":"
     return any(line.lower().startswith(lname) for line in head.splitlines())
@@ -312,7 +301,7 @@ def submit(config, opts: Options, data: bytes) -> int:
         recipients += header_recipients(head)
     # Bcc: never travels with the message, -t or not (sendmail and Postfix remove it):
     # every recipient would see the hidden addresses
-    head = _remove_header(_remove_header(head, b"Bcc"), b"Resent-Bcc")
+    head = remove_fields(head, (b"bcc", b"resent-bcc"))
     recipients = [r.strip() for r in recipients if r.strip()]
     # sendmail splits comma-separated argument lists
     recipients = [a for r in recipients for _, a in email.utils.getaddresses([r]) if a] or recipients

@@ -128,6 +128,24 @@ def _compute_diags(rc: RcFile) -> list[tuple[int, int, str, int]]:
     return out
 
 
+_SKIPPED_INSIDE: dict[int, tuple[Block, tuple[tuple[int, int, str, int], ...]]] = {}
+
+
+def _skipped_inside(block: Block) -> tuple[tuple[int, int, str, int], ...]:
+    """The Skipped lines (words that are no item) of ``block`` and its blocks, as
+    diagnostic entries procmail logs while it skips the block.  Made once per block:
+    a block not entered is skipped at every mail, and the AST never changes."""
+    hit = _SKIPPED_INSIDE.get(id(block))
+    if hit is not None and hit[0] is block:
+        return hit[1]
+    found = tuple((i.span.line, i.span.col, f'Skipped "{i.text}"', -1)
+                  for i in _walk(block.items) if isinstance(i, Skipped))
+    if len(_SKIPPED_INSIDE) >= _MEMO_MAX:
+        _SKIPPED_INSIDE.clear()
+    _SKIPPED_INSIDE[id(block)] = (block, found)
+    return found
+
+
 def _walk(items: Sequence[Item]):
     for item in items:
         yield item
@@ -552,8 +570,7 @@ class Evaluator:
             return
         start = (block.span.line, block.span.col)
         end = None if block.end is None else (block.end.line, block.end.col)
-        skipped = [(i.span.line, i.span.col, f'Skipped "{i.text}"', -1)
-                   for i in _walk(block.items) if isinstance(i, Skipped)]
+        skipped = _skipped_inside(block)
         if not frame.diags and not skipped:
             return
         kept = [d for d in frame.diags

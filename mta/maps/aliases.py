@@ -56,18 +56,17 @@ def parse_alias_line(line: Line, base_dir: Path | None = None) -> tuple[Alias | 
     if quoted_name is not None:
         # Postfix aliases(5): a name with blanks, "#", ":" or "@" is written in quotes
         name, rest = quoted_name
-        colon, rhs = (":", rest.lstrip(" \t")[1:]) if rest.lstrip(" \t").startswith(":") else ("", "")
-        if not colon:
-            return None, [line.error(f'missing ":" after alias name {name[:40]!r}')]
-        if not name or any(ord(c) < 32 for c in name):
-            return None, [line.error(f"bad alias name {name!r}")]
+        after = rest.lstrip(" \t")
+        colon, rhs = (":", after[1:]) if after.startswith(":") else ("", "")
+        bad_name = any(ord(c) < 32 for c in name)
     else:
         name, colon, rhs = text.partition(":")
         name = name.strip()
-        if not colon:
-            return None, [line.error(f'missing ":" after alias name {name[:40]!r}')]
-        if not name or any(c.isspace() or c in '@,:"\\' for c in name):
-            return None, [line.error(f"bad alias name {name!r}")]
+        bad_name = any(c.isspace() or c in '@,:"\\' for c in name)
+    if not colon:
+        return None, [line.error(f'missing ":" after alias name {name[:40]!r}')]
+    if not name or bad_name:
+        return None, [line.error(f"bad alias name {name!r}")]
     diagnostics: list[Diagnostic] = []
     targets: list[Target] = []
     for item in split_targets(rhs):

@@ -27,12 +27,10 @@ import re
 from collections.abc import Callable
 
 from .. import reply as R
+from ..headerfields import FIELD
 from ..reply import Reply
 
 _RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE)
-# a header field's name and colon, or a continuation line: anything else ends the
-# header (Postfix's cleanup; mta.deliveryheader puts the blank line there)
-_FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
 _MESSAGE_ID = re.compile(rb"^message-id[ \t]*:[ \t]*(.*?)[ \t]*\r?\n?$", re.IGNORECASE | re.DOTALL)
 
 
@@ -216,7 +214,9 @@ class DataReceiver:
         else:
             self.bare_lf += 1
         if self._in_headers:
-            field = _FIELD_NAME.match(line)
+            # a field or a continuation line: anything else ends the header (Postfix's
+            # cleanup; mta.deliveryheader puts the blank line there)
+            field = FIELD.match(line)
             first, self._first_line = self._first_line, False
             if first and line.startswith(b"From "):
                 pass          # an mbox From_ line: X-Mailbox-Line: at delivery, a field

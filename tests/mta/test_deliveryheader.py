@@ -90,3 +90,10 @@ def test_one_return_path_first_and_everything_else_unchanged(fields, body, sende
         return
     out = for_delivery(head + b"\n" + body, sender)
     assert out == top + RCVD + b"".join(kept) + b"\n" + body
+
+
+def test_remove_fields_takes_continuations_and_keeps_lookalikes() -> None:
+    from mta.headerfields import remove_fields
+    head = b"Bcc: a\n b\nBcc : c\nBcc-Extra: d\nX: e\r\n f\nbcc:"
+    assert remove_fields(head, (b"bcc",)) == b"Bcc-Extra: d\nX: e\r\n f\n"
+    assert remove_fields(b"", (b"bcc",)) == b""
